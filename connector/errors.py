@@ -1,0 +1,174 @@
+"""The connector's exception tree: every failure the clients raise derives from ``ConnectorError``.
+
+    ConnectorError
+    ├── ConfigurationError        a setting is missing or invalid (names the variable)
+    ├── RqlBuildError             a filter could not be built from the given values
+    ├── ApiError                  the API answered with an error status (problem details parsed)
+    │   ├── RateLimitedError      429, ``retry_after`` seconds when the server said so
+    │   ├── AuthenticationError   401 / 403
+    │   ├── NotFoundError         404
+    │   ├── ConflictError         409, or a create rejected because the item already exists
+    │   ├── ValidationError       400 / 422, with ``field_errors``
+    │   └── ServerError           5xx
+    ├── TransportError            no usable answer: timeout, dropped connection, truncated body
+    ├── AmbiguousOutcomeError     a write may or may not have taken effect; check before retrying
+    └── IncompleteReadError       a collection read did not match the server's own ``total``
+
+``retryable`` tells whether sending the same request again may succeed. Messages never contain
+credentials: clients build them from method, path and the server's problem details only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class ConnectorError(Exception):
+    """Root of every error raised by the connector."""
+
+    retryable: bool = False
+
+
+class ConfigurationError(ConnectorError):
+    """A required setting is missing or invalid."""
+
+
+class RqlBuildError(ConnectorError, ValueError):
+    """An RQL expression could not be built from the values given."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """An RFC 9110 problem-details body, as far as the server filled it in."""
+
+    status: int
+    title: str | None = None
+    detail: str | None = None
+    type: str | None = None
+    trace_id: str | None = None
+    field_errors: dict[str, list[str]] = field(default_factory=dict)
+
+    @classmethod
+    def from_response_body(cls, status: int, body: Any) -> Problem:
+        """Parse a decoded JSON body; anything that is not problem details keeps just the status."""
+        if not isinstance(body, dict):
+            return cls(status=status)
+        errors = body.get("errors")
+        field_errors: dict[str, list[str]] = {}
+        if isinstance(errors, dict):
+            for name, messages in errors.items():
+                if isinstance(messages, list):
+                    field_errors[str(name)] = [str(m) for m in messages]
+                else:
+                    field_errors[str(name)] = [str(messages)]
+        return cls(
+            status=status,
+            title=_text(body.get("title")),
+            detail=_text(body.get("detail")),
+            type=_text(body.get("type")),
+            trace_id=_text(body.get("traceId")),
+            field_errors=field_errors,
+        )
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+class ApiError(ConnectorError):
+    """The API answered with an error status."""
+
+    def __init__(self, method: str, path: str, problem: Problem) -> None:
+        self.method = method
+        self.path = path
+        self.problem = problem
+        parts = [f"{method} {path} -> {problem.status}"]
+        if problem.title:
+            parts.append(problem.title)
+        if problem.detail:
+            parts.append(problem.detail)
+        if problem.field_errors:
+            fields = "; ".join(f"{k}: {', '.join(v)}" for k, v in problem.field_errors.items())
+            parts.append(f"[{fields}]")
+        if problem.trace_id:
+            parts.append(f"(trace {problem.trace_id})")
+        super().__init__(" ".join(parts[:1]) + (": " + " ".join(parts[1:]) if parts[1:] else ""))
+
+    @property
+    def status(self) -> int:
+        return self.problem.status
+
+
+class RateLimitedError(ApiError):
+    retryable = True
+
+    def __init__(
+        self, method: str, path: str, problem: Problem, retry_after: float | None = None
+    ) -> None:
+        super().__init__(method, path, problem)
+        self.retry_after = retry_after
+
+
+class AuthenticationError(ApiError):
+    pass
+
+
+class NotFoundError(ApiError):
+    pass
+
+
+class ConflictError(ApiError):
+    pass
+
+
+class ValidationError(ApiError):
+    pass
+
+
+class ServerError(ApiError):
+    retryable = True
+
+
+class TransportError(ConnectorError):
+    """No usable answer arrived: timeout, dropped connection or a truncated body."""
+
+    retryable = True
+
+
+class AmbiguousOutcomeError(ConnectorError):
+    """A write that is not safe to repeat failed in a way that leaves its effect unknown."""
+
+    def __init__(self, method: str, path: str, cause: BaseException) -> None:
+        self.method = method
+        self.path = path
+        super().__init__(
+            f"{method} {path}: outcome unknown ({type(cause).__name__}); "
+            "check the current state before sending it again"
+        )
+
+
+class IncompleteReadError(ConnectorError):
+    """A collection read did not add up to the count the server reported."""
+
+    retryable = True
+
+
+def error_for_status(
+    method: str, path: str, problem: Problem, retry_after: float | None = None
+) -> ApiError:
+    """Pick the ``ApiError`` subclass that fits an HTTP status."""
+    status = problem.status
+    if status == 429:
+        return RateLimitedError(method, path, problem, retry_after)
+    if status in (401, 403):
+        return AuthenticationError(method, path, problem)
+    if status == 404:
+        return NotFoundError(method, path, problem)
+    if status == 409:
+        return ConflictError(method, path, problem)
+    if status in (400, 422):
+        return ValidationError(method, path, problem)
+    if status >= 500:
+        return ServerError(method, path, problem)
+    return ApiError(method, path, problem)
