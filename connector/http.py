@@ -1,0 +1,377 @@
+"""One resilient HTTP client shared by both API clients.
+
+It owns the connection pool, explicit timeouts, a client-side rate limit, a concurrency limit
+and the retry policy (exponential backoff with full jitter, ``Retry-After`` honoured). It turns
+HTTP failures into ``connector.errors`` exceptions. Whether a request may be retried after it
+possibly reached the server is the caller's call (``safe_to_retry``): reads and idempotent
+writes say yes; for the rest a timeout or dropped connection becomes ``AmbiguousOutcomeError``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import httpx
+import orjson
+
+from connector.errors import (
+    AmbiguousOutcomeError,
+    ApiError,
+    Problem,
+    TransportError,
+    error_for_status,
+)
+
+log = logging.getLogger(__name__)
+
+# Statuses that say the server did not act on the request, so even a create may be resent.
+_NOT_PROCESSED = frozenset({429, 503})
+_RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+
+@dataclass(frozen=True)
+class ClientLimits:
+    """Timeouts, limits and retry policy for one API client."""
+
+    timeout: float = 30.0
+    max_concurrency: int = 8
+    rate_limit: float | None = None  # requests per second, client-side; None = unlimited
+    max_attempts: int = 6
+    backoff_base: float = 0.2
+    backoff_max: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.timeout <= 0:
+            raise ValueError("timeout must be positive")
+        if self.max_concurrency < 1:
+            raise ValueError("max_concurrency must be at least 1")
+        if self.rate_limit is not None and self.rate_limit <= 0:
+            raise ValueError("rate_limit must be positive (or None for no limit)")
+        if self.max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+
+
+class RateLimiter:
+    """Spaces request starts evenly at ``rate`` per second; a 429 pauses every caller."""
+
+    def __init__(self, rate: float | None) -> None:
+        self._interval = 0.0 if rate is None else 1.0 / rate
+        self._next_start = 0.0
+        self._paused_until = 0.0
+        self._lock = asyncio.Lock()
+
+    async def acquire(self) -> None:
+        """Wait for this caller's turn."""
+        async with self._lock:
+            now = time.monotonic()
+            start = max(now, self._next_start, self._paused_until)
+            self._next_start = start + self._interval
+        delay = start - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+    def pause(self, seconds: float) -> None:
+        """Hold back every caller for ``seconds`` (the server asked us to slow down)."""
+        self._paused_until = max(self._paused_until, time.monotonic() + seconds)
+
+
+class _Retry(Exception):
+    """Internal: this attempt failed in a way worth retrying."""
+
+    def __init__(self, reason: str, error: Exception, delay: float | None = None) -> None:
+        self.reason = reason
+        self.error = error
+        self.delay = delay
+
+
+class ResilientClient:
+    """Async HTTP client with a pool, limits, retries and typed errors."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        auth: httpx.Auth | None = None,
+        headers: Mapping[str, str] | None = None,
+        limits: ClientLimits | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.limits = limits or ClientLimits()
+        self._http = httpx.AsyncClient(
+            base_url=base_url,
+            auth=auth,
+            headers=dict(headers or {}),
+            timeout=httpx.Timeout(self.limits.timeout),
+            limits=httpx.Limits(
+                max_connections=self.limits.max_concurrency,
+                max_keepalive_connections=self.limits.max_concurrency,
+            ),
+            transport=transport,
+            follow_redirects=True,  # large results may answer 302 to a download location
+        )
+        self._slots = asyncio.Semaphore(self.limits.max_concurrency)
+        self._rate = RateLimiter(self.limits.rate_limit)
+        self.stats: Counter[str] = Counter()
+
+    async def __aenter__(self) -> ResilientClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        await self._http.aclose()
+
+    async def send(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, Any] | str | None = None,
+        json: Any = None,
+        content: bytes | str | None = None,
+        headers: Mapping[str, str] | None = None,
+        safe_to_retry: bool,
+    ) -> httpx.Response:
+        """Send one request, retrying what may be retried; returns a 2xx response, body read."""
+        response, _ = await self._attempts(
+            method, path, params, json, content, headers, safe_to_retry, decode=False
+        )
+        return response
+
+    async def send_json(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, Any] | str | None = None,
+        json: Any = None,
+        content: bytes | str | None = None,
+        headers: Mapping[str, str] | None = None,
+        safe_to_retry: bool,
+    ) -> Any:
+        """Like ``send``, and decode the JSON body (an undecodable body counts as truncated)."""
+        _, body = await self._attempts(
+            method, path, params, json, content, headers, safe_to_retry, decode=True
+        )
+        return body
+
+    @asynccontextmanager
+    async def stream(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, Any] | str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> AsyncIterator[httpx.Response]:
+        """Open a streamed read; retries until a 2xx status line arrives, not once the body flows.
+
+        Errors while reading the body surface as ``TransportError`` so the caller can resume.
+        """
+        attempt = 0
+        while True:
+            attempt += 1
+            await self._rate.acquire()
+            async with self._slots:
+                self.stats["requests"] += 1
+                try:
+                    url, query = _url(path, params)
+                    request = self._http.build_request(method, url, params=query, headers=headers)
+                    response = await self._http.send(request, stream=True)
+                except httpx.HTTPError as exc:
+                    failure = _Retry(
+                        type(exc).__name__, TransportError(_describe(method, path, exc))
+                    )
+                else:
+                    if response.is_success:
+                        try:
+                            yield _GuardedStream(response)
+                        finally:
+                            await response.aclose()
+                        return
+                    await response.aread()
+                    await response.aclose()
+                    failure = self._status_failure(method, path, response, safe_to_retry=True)
+                    if failure is None:
+                        raise _api_error(method, path, response)
+            await self._back_off_or_raise(method, path, attempt, failure)
+
+    async def _attempts(
+        self,
+        method: str,
+        path: str,
+        params: Mapping[str, Any] | str | None,
+        json: Any,
+        content: bytes | str | None,
+        headers: Mapping[str, str] | None,
+        safe_to_retry: bool,
+        *,
+        decode: bool,
+    ) -> tuple[httpx.Response, Any]:
+        attempt = 0
+        while True:
+            attempt += 1
+            await self._rate.acquire()
+            async with self._slots:
+                self.stats["requests"] += 1
+                try:
+                    return await self._attempt(
+                        method, path, params, json, content, headers, safe_to_retry, decode
+                    )
+                except _Retry as failure:
+                    pending = failure
+            await self._back_off_or_raise(method, path, attempt, pending)
+
+    async def _attempt(
+        self,
+        method: str,
+        path: str,
+        params: Mapping[str, Any] | str | None,
+        json: Any,
+        content: bytes | str | None,
+        headers: Mapping[str, str] | None,
+        safe_to_retry: bool,
+        decode: bool,
+    ) -> tuple[httpx.Response, Any]:
+        request_content = orjson.dumps(json) if json is not None else content
+        request_headers = dict(headers or {})
+        if json is not None:
+            request_headers.setdefault("Content-Type", "application/json")
+        url, query = _url(path, params)
+        try:
+            response = await self._http.request(
+                method,
+                url,
+                params=query,
+                content=request_content,
+                headers=request_headers,
+            )
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            # The request never left this machine: resending cannot duplicate anything.
+            raise _Retry(type(exc).__name__, TransportError(_describe(method, path, exc))) from exc
+        except httpx.HTTPError as exc:
+            if not safe_to_retry:
+                raise AmbiguousOutcomeError(method, path, exc) from exc
+            raise _Retry(type(exc).__name__, TransportError(_describe(method, path, exc))) from exc
+        if not response.is_success:
+            failure = self._status_failure(method, path, response, safe_to_retry)
+            if failure is None:
+                raise _api_error(method, path, response)
+            raise failure
+        if not decode:
+            return response, None
+        try:
+            body = orjson.loads(response.content) if response.content else None
+        except orjson.JSONDecodeError as exc:
+            error = TransportError(f"{method} {path}: response body is not valid JSON (truncated?)")
+            if not safe_to_retry:
+                raise AmbiguousOutcomeError(method, path, exc) from exc
+            raise _Retry("invalid_body", error) from exc
+        return response, body
+
+    def _status_failure(
+        self, method: str, path: str, response: httpx.Response, safe_to_retry: bool
+    ) -> _Retry | None:
+        """A ``_Retry`` for a status worth retrying, else None (the caller raises the error)."""
+        status = response.status_code
+        if status not in _RETRYABLE_STATUSES:
+            return None
+        error = _api_error(method, path, response)
+        if not safe_to_retry and status not in _NOT_PROCESSED:
+            raise AmbiguousOutcomeError(method, path, error)
+        retry_after = _retry_after(response)
+        if status == 429:
+            self._rate.pause(retry_after if retry_after is not None else self.limits.backoff_base)
+        return _Retry(f"http_{status}", error, retry_after)
+
+    async def _back_off_or_raise(
+        self, method: str, path: str, attempt: int, failure: _Retry
+    ) -> None:
+        self.stats[f"retry:{failure.reason}"] += 1
+        if attempt >= self.limits.max_attempts:
+            self.stats["gave_up"] += 1
+            raise failure.error
+        ceiling = min(self.limits.backoff_max, self.limits.backoff_base * 2 ** (attempt - 1))
+        delay = random.uniform(0, ceiling)  # full jitter: concurrent callers spread out
+        if failure.delay is not None:
+            delay = min(self.limits.backoff_max, failure.delay) + random.uniform(0, 0.05)
+        log.warning(
+            "%s %s failed (%s), attempt %d of %d, retrying in %.2fs",
+            method,
+            path,
+            failure.reason,
+            attempt,
+            self.limits.max_attempts,
+            delay,
+        )
+        await asyncio.sleep(delay)
+
+
+class _GuardedStream:
+    """A streamed response whose body errors surface as ``TransportError``."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        self.response = response
+        self.headers = response.headers
+        self.status_code = response.status_code
+
+    async def aiter_lines(self) -> AsyncIterator[str]:
+        try:
+            async for line in self.response.aiter_lines():
+                yield line
+        except httpx.HTTPError as exc:
+            raise TransportError(f"stream interrupted ({type(exc).__name__})") from exc
+
+    async def aiter_bytes(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self.response.aiter_bytes():
+                yield chunk
+        except httpx.HTTPError as exc:
+            raise TransportError(f"stream interrupted ({type(exc).__name__})") from exc
+
+
+def _url(path: str, params: Mapping[str, Any] | str | None) -> tuple[str, Mapping[str, Any] | None]:
+    # A str is a ready-made, encoded query string: RQL is written straight into it, and httpx's
+    # own params handling would re-encode it as key=value pairs.
+    if isinstance(params, str):
+        return (f"{path}?{params}" if params else path), None
+    return path, params
+
+
+def _describe(method: str, path: str, exc: Exception) -> str:
+    return f"{method} {path}: {type(exc).__name__}"
+
+
+def _api_error(method: str, path: str, response: httpx.Response) -> ApiError:
+    try:
+        body = orjson.loads(response.content) if response.content else None
+    except orjson.JSONDecodeError:
+        body = None
+    problem = Problem.from_response_body(response.status_code, body)
+    return error_for_status(method, path, problem, _retry_after(response))
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("Retry-After")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        moment = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, moment.timestamp() - time.time())

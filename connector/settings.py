@@ -1,0 +1,123 @@
+"""Connection settings for both APIs, read from environment variables and checked early.
+
+A missing or invalid setting is a ``ConfigurationError`` naming the variable; secret values are
+kept in ``Secret`` wrappers so they never show up in a repr, a log line or an exception.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from connector.errors import ConfigurationError
+
+MPT_API_BASE_URL = "MPT_API_BASE_URL"
+MPT_API_TOKEN = "MPT_API_TOKEN"
+EVINOTICE_BASE_URL = "EVINOTICE_BASE_URL"
+EVINOTICE_USERNAME = "EVINOTICE_USERNAME"
+EVINOTICE_PASSWORD = "EVINOTICE_PASSWORD"
+EVINOTICE_SITE_ID = "EVINOTICE_SITE_ID"
+
+# Development defaults the sandbox accepts when no credentials are set. They open nothing real.
+SANDBOX_TOKEN = "sandbox-token"
+SANDBOX_EVINOTICE_USERNAME = "sandbox"
+SANDBOX_EVINOTICE_PASSWORD = "sandbox-password"
+SANDBOX_EVINOTICE_SITE_ID = "SITE-SANDBOX"
+
+
+class Secret:
+    """A string that refuses to show itself in reprs and formatting."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        """The secret itself, for the one place that must send it."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True)
+class MarketplaceSettings:
+    """Where the Marketplace API is and the token to reach it."""
+
+    base_url: str
+    token: Secret
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> MarketplaceSettings:
+        """Read ``MPT_API_BASE_URL`` and ``MPT_API_TOKEN``."""
+        env = os.environ if env is None else env
+        return cls(
+            base_url=validate_base_url(require(env, MPT_API_BASE_URL), MPT_API_BASE_URL),
+            token=Secret(require(env, MPT_API_TOKEN)),
+        )
+
+
+@dataclass(frozen=True)
+class EviNoticeSettings:
+    """Where the EviNotice API is, its Basic-auth credentials and the owner site to list."""
+
+    base_url: str
+    username: str
+    password: Secret
+    site_id: str
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> EviNoticeSettings:
+        """Read the ``EVINOTICE_*`` variables."""
+        env = os.environ if env is None else env
+        return cls(
+            base_url=validate_base_url(require(env, EVINOTICE_BASE_URL), EVINOTICE_BASE_URL),
+            username=require(env, EVINOTICE_USERNAME),
+            password=Secret(require(env, EVINOTICE_PASSWORD)),
+            site_id=env.get(EVINOTICE_SITE_ID) or SANDBOX_EVINOTICE_SITE_ID,
+        )
+
+
+def require(env: Mapping[str, str], name: str) -> str:
+    """The non-empty value of ``name``, or a ConfigurationError naming it."""
+    value = env.get(name, "").strip()
+    if not value:
+        raise ConfigurationError(f"{name} is not set")
+    return value
+
+
+def validate_base_url(url: str, name: str) -> str:
+    """A base URL without trailing slash; https unless it points at this machine."""
+    parts = urlsplit(url.strip())
+    # Checked first so the URL is never echoed back while it may hold credentials.
+    if "@" in parts.netloc:
+        raise ConfigurationError(f"{name} must not carry credentials in the URL")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigurationError(f"{name} must be an http(s) URL with a host, got {url!r}")
+    if parts.query or parts.fragment:
+        raise ConfigurationError(f"{name} must not have a query string or fragment")
+    if parts.scheme == "http" and not is_loopback(parts.hostname):
+        raise ConfigurationError(f"{name} must use https (plain http only for loopback), got {url}")
+    return url.strip().rstrip("/")
+
+
+def is_loopback(host: str) -> bool:
+    """True for localhost and loopback addresses."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
