@@ -1,0 +1,407 @@
+"""The sandbox's in-memory Marketplace data and the operations the API performs on it.
+
+Records are kept in id order (ids are fixed width, so text order is creation order). An
+unfiltered read in id order is a slice; a filtered or re-ordered read is computed once per
+collection version and cached, so paging through a million records never rescans per page.
+"""
+
+from __future__ import annotations
+
+import bisect
+import random
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from connector.sandbox import marketplace_data as gen
+from connector.sandbox.clock import SandboxClock, format_timestamp
+
+Record = dict[str, Any]
+Predicate = Callable[[Record], bool]
+SortKey = Callable[[Record], Any]
+
+
+class StoreError(Exception):
+    """An operation the API refuses; ``status`` and ``title`` become problem details."""
+
+    def __init__(
+        self, status: int, title: str, detail: str, errors: dict[str, list[str]] | None = None
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.title = title
+        self.detail = detail
+        self.errors = errors or {}
+
+
+class Collection:
+    """Records of one resource in id order, with a per-version cache of query results."""
+
+    def __init__(self, records: list[Record]) -> None:
+        records = sorted(records, key=lambda r: r["id"])
+        self._ids = [r["id"] for r in records]
+        self._by_id = {r["id"]: r for r in records}
+        self.version = 0
+        self._cache: dict[tuple[str, tuple[tuple[str, bool], ...]], tuple[int, list[Record]]] = {}
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def get(self, identifier: str) -> Record | None:
+        return self._by_id.get(identifier)
+
+    def all(self) -> Iterator[Record]:
+        """Every record in id order (a snapshot of the order at call time)."""
+        by_id = self._by_id
+        return (by_id[i] for i in list(self._ids))
+
+    def put(self, record: Record) -> None:
+        """Insert or replace a record."""
+        identifier = record["id"]
+        if identifier not in self._by_id:
+            if not self._ids or identifier > self._ids[-1]:
+                self._ids.append(identifier)
+            else:
+                bisect.insort(self._ids, identifier)
+        self._by_id[identifier] = record
+        self._changed()
+
+    def remove(self, identifier: str) -> Record | None:
+        record = self._by_id.pop(identifier, None)
+        if record is not None:
+            del self._ids[bisect.bisect_left(self._ids, identifier)]
+            self._changed()
+        return record
+
+    def pick(self, rng: random.Random) -> Record:
+        """A random record (the collection must not be empty)."""
+        return self._by_id[self._ids[rng.randrange(len(self._ids))]]
+
+    def touched(self) -> None:
+        """A record changed in place."""
+        self._changed()
+
+    def _changed(self) -> None:
+        self.version += 1
+        self._cache.clear()
+
+    def query(
+        self,
+        cache_key: str,
+        predicate: Predicate | None,
+        order: tuple[tuple[str, bool], ...],
+        sort_key: Callable[[tuple[tuple[str, bool], ...]], SortKey] | None,
+    ) -> tuple[int, Callable[[int, int], list[Record]]]:
+        """Total count and a slicer ``(offset, limit) -> records`` for a filtered, ordered read."""
+        by_id = self._by_id
+        if predicate is None and (not order or order == (("id", False),)):
+            ids = self._ids
+            return len(ids), lambda offset, limit: [by_id[i] for i in ids[offset : offset + limit]]
+        key = (cache_key, order)
+        cached = self._cache.get(key)
+        if cached is None or cached[0] != self.version:
+            rows = [by_id[i] for i in self._ids]
+            if predicate is not None:
+                rows = [r for r in rows if predicate(r)]
+            if order and sort_key is not None:
+                rows.sort(key=sort_key(order))
+            cached = (self.version, rows)
+            self._cache[key] = cached
+        rows = cached[1]
+        return len(rows), lambda offset, limit: rows[offset : offset + limit]
+
+
+@dataclass
+class ChurnStats:
+    created: int = 0
+    updated: int = 0
+    blocked: int = 0
+    unblocked: int = 0
+    deleted: int = 0
+    deleted_ids: list[str] = field(default_factory=list)
+
+
+class MarketplaceStore:
+    """Categories, contacts, batches and messages, and the API's operations on them."""
+
+    def __init__(self, clock: SandboxClock, *, contacts: int = 1000, seed: int = 1) -> None:
+        self.clock = clock
+        self.lock = threading.RLock()
+        data = gen.generate(contacts, seed, clock.now())
+        self.categories = Collection(data.categories)
+        self.contacts = Collection(data.contacts)
+        self.batches = Collection(data.batches)
+        self.messages = Collection(data.messages)
+        self._emails = {c["email"].casefold(): c["id"] for c in data.contacts}
+        self._next_contact = contacts + 1
+        self._next_batch = len(data.batches) + 1
+        self._churn_rng = random.Random(seed * 7919 + 17)
+        self.churn = ChurnStats()
+        # (timestamp, status) per category, kept sorted, so statistics are a bisect per window.
+        self._message_times: dict[str, list[tuple[str, str]]] = {}
+        for message in data.messages:
+            self._index_message(message)
+        for times in self._message_times.values():
+            times.sort()
+
+    def collection(self, name: str) -> Collection:
+        return {
+            "contacts": self.contacts,
+            "categories": self.categories,
+            "batches": self.batches,
+            "messages": self.messages,
+        }[name]
+
+    # -- categories -------------------------------------------------------------------------
+
+    def category_with_statistics(self, category: Record) -> Record:
+        """The category as the API shows it, statistics computed for the current windows."""
+        return {**category, "statistics": self.statistics(category["id"])}
+
+    def statistics(self, category: str) -> dict[str, dict[str, int]]:
+        """Message counts per status for today, this week and this month (UTC calendar windows)."""
+        now = self.clock.now()
+        day = now.replace(hour=0, minute=0, second=0, microsecond=0)
+        windows = {
+            "today": day,
+            "week": day - timedelta(days=day.weekday()),
+            "month": day.replace(day=1),
+        }
+        times = self._message_times.get(category, [])
+        end = bisect.bisect_right(times, (format_timestamp(now), "\uffff"))
+        result = {}
+        for name, start in windows.items():
+            begin = bisect.bisect_left(times, (format_timestamp(start), ""))
+            counts = dict.fromkeys(("sent", "bounced", "complained", "discarded", "failed"), 0)
+            for _, status in times[begin:end]:
+                key = status.lower()
+                if key in counts:
+                    counts[key] += 1
+            counts["total"] = sum(counts.values())
+            result[name] = counts
+        return result
+
+    def _index_message(self, message: Record) -> None:
+        self._message_times.setdefault(message["category"]["id"], []).append(
+            (message["audit"]["created"]["at"], message["status"])
+        )
+
+    # -- contacts ---------------------------------------------------------------------------
+
+    def create_contact(self, body: Any) -> Record:
+        """POST /contacts."""
+        email, name, opt_outs = self._contact_fields(body)
+        with self.lock:
+            if email.casefold() in self._emails:
+                raise StoreError(
+                    409,
+                    "Conflict",
+                    f"A contact with email {email} already exists.",
+                    {"email": ["A contact with this email already exists."]},
+                )
+            identifier = gen.contact_id(self._next_contact)
+            self._next_contact += 1
+            contact = gen.new_contact(identifier, email, name, opt_outs, self.clock.now())
+            self.contacts.put(contact)
+            self._emails[email.casefold()] = identifier
+            return contact
+
+    def update_contact(self, identifier: str, body: Any) -> Record:
+        """PUT /contacts/{id}."""
+        email, name, opt_outs = self._contact_fields(body)
+        with self.lock:
+            contact = self._contact(identifier)
+            owner = self._emails.get(email.casefold())
+            if owner is not None and owner != identifier:
+                raise StoreError(
+                    409, "Conflict", f"A contact with email {email} already exists.", {}
+                )
+            del self._emails[contact["email"].casefold()]
+            self._emails[email.casefold()] = identifier
+            updated = {**contact, "email": email, "name": name, "optOuts": opt_outs}
+            return self._save(updated)
+
+    def set_blocked(self, identifier: str, blocked: bool, reason: str | None = None) -> Record:
+        """POST /contacts/{id}/block and /unblock."""
+        with self.lock:
+            contact = self._contact(identifier)
+            target = "Blocked" if blocked else "Active"
+            if contact["status"] == target:
+                raise StoreError(
+                    400,
+                    "Bad Request",
+                    f"Contact {identifier} is already {target}.",
+                    {"status": [f"Contact is already {target}."]},
+                )
+            updated = {
+                **contact,
+                "status": target,
+                "blockedReason": (reason or "Blocked by API") if blocked else None,
+            }
+            return self._save(updated)
+
+    def delete_contact(self, identifier: str) -> None:
+        """DELETE /contacts/{id}."""
+        with self.lock:
+            contact = self._contact(identifier)
+            self.contacts.remove(identifier)
+            del self._emails[contact["email"].casefold()]
+
+    def _contact(self, identifier: str) -> Record:
+        contact = self.contacts.get(identifier)
+        if contact is None:
+            raise StoreError(404, "Not Found", f"Contact {identifier} was not found.")
+        return contact
+
+    def _save(self, contact: Record) -> Record:
+        contact["audit"] = {
+            "created": contact["audit"]["created"],
+            "updated": {"at": format_timestamp(self.clock.now())},
+        }
+        self.contacts.put(contact)
+        return contact
+
+    def _contact_fields(self, body: Any) -> tuple[str, str | None, list[Record]]:
+        if not isinstance(body, dict):
+            raise StoreError(400, "Bad Request", "The request body must be a JSON object.")
+        errors: dict[str, list[str]] = {}
+        unknown = sorted(set(body) - {"email", "name", "optOuts"})
+        for name in unknown:
+            errors[name] = ["Unknown property."]
+        email = body.get("email")
+        if not isinstance(email, str) or not _looks_like_email(email):
+            errors["email"] = ["A valid email address is required."]
+        name = body.get("name")
+        if name is not None and not isinstance(name, str):
+            errors["name"] = ["The name must be a string."]
+        opt_outs: list[Record] = []
+        raw_opt_outs = body.get("optOuts") or []
+        if not isinstance(raw_opt_outs, list):
+            errors["optOuts"] = ["optOuts must be a list of category references."]
+            raw_opt_outs = []
+        for reference in raw_opt_outs:
+            category = (
+                self.categories.get(reference.get("id", ""))
+                if isinstance(reference, dict)
+                else None
+            )
+            if category is None:
+                errors.setdefault("optOuts", []).append(f"Unknown category {reference!r}.")
+            elif not category["optOutAllowed"]:
+                errors.setdefault("optOuts", []).append(
+                    f"Category {category['id']} does not allow opting out."
+                )
+            else:
+                opt_outs.append(
+                    {
+                        "id": category["id"],
+                        "name": category["name"],
+                        "shortDescription": category["shortDescription"],
+                    }
+                )
+        if errors:
+            raise StoreError(400, "Bad Request", "One or more validation errors occurred.", errors)
+        assert isinstance(email, str)
+        return email.strip(), name, opt_outs
+
+    # -- batches ----------------------------------------------------------------------------
+
+    def create_batch(self, body: Any) -> Record:
+        """POST /batches: one batch and a Queued message per contact."""
+        if not isinstance(body, dict):
+            raise StoreError(400, "Bad Request", "The request body must be a JSON object.")
+        errors: dict[str, list[str]] = {}
+        category = self.categories.get((body.get("category") or {}).get("id", ""))
+        if category is None or category["status"] != "Published":
+            errors["category.id"] = ["A published category is required."]
+        if not isinstance(body.get("subject"), str) or not body["subject"].strip():
+            errors["subject"] = ["A subject is required."]
+        references = body.get("contacts")
+        if not isinstance(references, list) or not references:
+            errors["contacts"] = ["At least one contact is required."]
+            references = []
+        with self.lock:
+            recipients = []
+            for position, reference in enumerate(references):
+                contact = self._resolve_contact(reference)
+                if contact is None:
+                    errors.setdefault(f"contacts[{position}]", []).append("Unknown contact.")
+                else:
+                    recipients.append(contact)
+            if errors:
+                raise StoreError(
+                    400, "Bad Request", "One or more validation errors occurred.", errors
+                )
+            assert category is not None
+            now = self.clock.now()
+            number = self._next_batch
+            self._next_batch += 1
+            batch = {
+                "id": gen.batch_id(number),
+                "subject": body["subject"],
+                "body": body.get("body"),
+                "category": gen.category_ref(category),
+                "account": dict(gen.ACCOUNT),
+                "attachments": [],
+                "audit": gen.audit(now),
+            }
+            self.batches.put(batch)
+            for position, contact in enumerate(recipients, start=1):
+                # A blocked contact still gets a message, which the platform discards.
+                status = "Discarded" if contact["status"] == "Blocked" else "Queued"
+                message = gen.new_message(
+                    batch, contact, gen.message_id(number, position), status, now, position
+                )
+                self.messages.put(message)
+                self._index_message(message)
+                self._message_times[category["id"]].sort()
+            return batch
+
+    def _resolve_contact(self, reference: Any) -> Record | None:
+        if not isinstance(reference, dict):
+            return None
+        if reference.get("id"):
+            return self.contacts.get(reference["id"])
+        email = reference.get("email")
+        if isinstance(email, str):
+            identifier = self._emails.get(email.strip().casefold())
+            return self.contacts.get(identifier) if identifier else None
+        return None
+
+    # -- churn ------------------------------------------------------------------------------
+
+    def churn_step(self, events: int = 1) -> None:
+        """Apply ``events`` random contact changes: creates, updates, blocks, unblocks, deletes."""
+        rng = self._churn_rng
+        with self.lock:
+            for _ in range(events):
+                roll = rng.random()
+                if roll < 0.3 or len(self.contacts) == 0:
+                    number = self._next_contact
+                    first, last = rng.choice(gen.FIRST_NAMES), rng.choice(gen.LAST_NAMES)
+                    email = f"{first}.{last}.{number}@churn.test".lower()
+                    self.create_contact({"email": email, "name": f"{first} {last}"})
+                    self.churn.created += 1
+                    continue
+                contact = self.contacts.pick(rng)
+                if roll < 0.6:
+                    self._save({**contact, "name": f"{contact['name'] or ''} Jr.".strip()})
+                    self.churn.updated += 1
+                elif roll < 0.75:
+                    blocked = contact["status"] == "Blocked"
+                    self.set_blocked(contact["id"], not blocked, "Complained")
+                    if blocked:
+                        self.churn.unblocked += 1
+                    else:
+                        self.churn.blocked += 1
+                else:
+                    self.delete_contact(contact["id"])
+                    self.churn.deleted += 1
+                    self.churn.deleted_ids.append(contact["id"])
+
+
+def _looks_like_email(value: str) -> bool:
+    local, _, domain = value.strip().rpartition("@")
+    return bool(local) and "." in domain and " " not in value.strip() and len(value) <= 320
