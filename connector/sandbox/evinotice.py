@@ -52,9 +52,11 @@ from connector.sandbox.evinotice_data import (
     batch_parameters,
     generate_batches,
 )
+from connector.settings import SANDBOX_EVINOTICE_SITE_ID
 
 BASE_PATH = "/v2/EviNotice/Batches"
-DEFAULT_SITE_ID = "SITE-SANDBOX-0001"
+# The site the settings fall back to, so a client with default settings lists the seeded batches.
+DEFAULT_SITE_ID = SANDBOX_EVINOTICE_SITE_ID
 DEFAULT_SITE_NAME = "Sandbox Site"
 MAX_RECIPIENTS_PER_REQUEST = 500
 MAX_PAGE_SIZE = 100
@@ -761,6 +763,9 @@ def _parse_attachments(files: Any) -> list[dict[str, Any]]:
         if not isinstance(content, str):
             raise _bad(f"{where}.Content", "Must be a Base64 string.")
         try:
+            # Python tolerates surplus padding; .NET's Base64 decoder does not, so neither do we.
+            if len(content) % 4:
+                raise ValueError("length is not a multiple of 4")
             data = base64.b64decode(content, validate=True)
         except (binascii.Error, ValueError):
             raise _bad(f"{where}.Content", f"{name}: not valid Base64.") from None
