@@ -579,7 +579,7 @@ async def test_counts_move_with_time_until_processed(
     assert twin_id == batch_id
 
 
-async def test_sped_up_clock_processes_without_manual_advance(store: EviNoticeStore) -> None:
+async def test_sped_up_clock_processes_without_manual_advance() -> None:
     clock = SandboxClock(start=START, speed=5_000.0)
     fast = EviNoticeStore(clock, seed=1, batches=0)
     batch_id = fast.create_batch(NEW_BATCH, submitter=USER)
