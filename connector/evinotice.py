@@ -34,10 +34,12 @@ __all__ = [
     "BATCHES_PATH",
     "MAX_PAGE_SIZE",
     "MAX_RECIPIENTS_PER_REQUEST",
+    "STATES",
     "Attachment",
     "EviNoticeClient",
     "InvalidRequestError",
     "Recipient",
+    "build_patch",
     "format_recipients",
 ]
 

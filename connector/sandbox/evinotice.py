@@ -1,9 +1,10 @@
 """The EviNotice part of the sandbox: an in-memory batch store and the routes serving it.
 
 ``EviNoticeStore`` holds batches and derives their progress from sandbox time, so the same seed
-and clock always give the same state: a batch submitted (or whose ``ScheduledDate`` is reached)
-waits ``queue_delay`` seconds, then processes ``rate`` recipients a second; a small deterministic
-share of recipients fails. ``evinotice_routes`` serves the store under ``/v2/EviNotice/Batches``
+and clock always give the same state: a submitted batch starts ``queue_delay`` seconds later (or
+at its ``ScheduledDate`` if that is later), then processes a fixed number of recipients a second;
+a small deterministic share of recipients fails, and so does every address whose local part starts
+with ``fail`` or ``bounce``. ``evinotice_routes`` serves the store under ``/v2/EviNotice/Batches``
 with HTTP Basic authentication and problem-details errors, including the literal ``QUERY`` method.
 
 Decisions where the vendor's documentation is silent:
@@ -17,6 +18,8 @@ Decisions where the vendor's documentation is silent:
   that changes nothing (same options, the state the batch is already in) is a ``200`` no-op, which
   makes a repeated PATCH safe.
 - Submitting needs a subject, a body and at least one recipient (``400`` otherwise).
+- The body and the recipients text may be sent raw (``text/*``) or as a JSON string; attachments
+  are a JSON list of ``{FileName, Content (Base64), ContentType?}``.
 - Unknown fields in a create or PATCH body are a ``400`` (the real API may ignore them; the sandbox
   is strict so client typos show up).
 """
