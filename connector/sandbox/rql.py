@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import operator
 import re
+import struct
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
@@ -120,22 +121,27 @@ class FieldSet:
             for i in range(1, len(parts)):
                 kinds.setdefault(".".join(parts[:i]), "object")
         for path in self.paths:
-            kinds[path] = "value"
+            # A path listed as well as something under it ("user" and "user.id") is an object.
+            kinds.setdefault(path, "value")
         for path in elements:
             kinds[path] = "collection"
         object.__setattr__(self, "_kinds", kinds)
         object.__setattr__(self, "_elements", elements)
 
     @classmethod
-    def of(
+    def from_paths(
         cls,
-        *paths: str,
+        paths: Iterable[str],
+        *,
         collections: Mapping[str, FieldSet | Iterable[str]] | None = None,
         select_required: Iterable[str] = ("audit",),
     ) -> FieldSet:
         """Build a field set: value paths, plus collection fields with their elements' paths."""
         nested = tuple(
-            (name, inner if isinstance(inner, FieldSet) else cls.of(*inner, select_required=()))
+            (
+                name,
+                inner if isinstance(inner, FieldSet) else cls.from_paths(inner, select_required=()),
+            )
             for name, inner in (collections or {}).items()
         )
         return cls(frozenset(paths), nested, frozenset(select_required))
@@ -161,7 +167,7 @@ class FieldSet:
                     paths.append(path)
 
         walk("", record)
-        return cls.of(*paths, collections=collections, select_required=select_required)
+        return cls.from_paths(paths, collections=collections, select_required=select_required)
 
     def kind(self, path: str) -> FieldKind | None:
         """What ``path`` is in this resource: a value, an object, a collection, or unknown."""
@@ -984,68 +990,80 @@ class _Parser:
 
 # --------------------------------------------------------------------------- sorting
 
+# Sort keys are flat strings (ascending) or bytes (descending), so that sorting a million records
+# compares in C without nested tuples. The first character ranks the type:
+# null < bool < number < text < anything else. A descending key is the exact byte-wise inverse
+# of the ascending one: UTF-8 keeps code point order, NUL is escaped as NUL 01 and the key ends
+# with NUL NUL, which keeps the order and makes the encoding prefix-free, so that inverting
+# every byte reverses the order exactly.
+_INVERT = bytes(range(255, -1, -1))
+_DOUBLE = struct.Struct(">d")
+_UINT64 = struct.Struct(">Q")
+_SIGN = 1 << 63
 
-def _sortable(v: Any) -> tuple[Any, ...]:
+
+def _number_text(v: int | float) -> str:
+    try:
+        x = float(v)
+    except OverflowError:  # ints beyond float range sort at the ends, in their own order
+        x = float("inf") if v > 0 else float("-inf")
+    (bits,) = _UINT64.unpack(_DOUBLE.pack(x))
+    # IEEE 754 bits ordered as unsigned integers: flip all bits of negatives, the sign of others.
+    bits = bits ^ 0xFFFF_FFFF_FFFF_FFFF if bits & _SIGN else bits | _SIGN
+    return bits.to_bytes(8, "big").decode("latin-1")
+
+
+def _ascending(v: Any) -> str:
+    """Ascending sort key of one value; never raises."""
     cls = v.__class__
     if cls is str:
         if not _looks_canonical(v) and len(v) > 10 and v[10] in "Tt ":
             # An ISO timestamp written differently still sorts by the instant it names.
             instant = _record_instant(v)
             if instant is not None:
-                return (3, _canonical_timestamp(instant))
-        return (3, v)
+                return "\x03" + _canonical_timestamp(instant)
+        return "\x03" + v
     if v is None:
-        return (0,)
+        return "\x00"
     if cls is bool:
-        return (1, v)
+        return "\x011" if v else "\x010"
     if cls is int or cls is float:
-        return (2, v)
+        return "\x02" + _number_text(v)
     if isinstance(v, bool):
-        return (1, bool(v))
+        return "\x011" if v else "\x010"
     if isinstance(v, (int, float)):
-        return (2, v)
+        return "\x02" + _number_text(v)
     if isinstance(v, str):
-        return _sortable(str(v))
+        return _ascending(str(v))
     if isinstance(v, datetime):
-        return (3, _canonical_timestamp(_datetime_utc(v)))
-    return (4, repr(v))
+        return "\x03" + _canonical_timestamp(_datetime_utc(v))
+    return "\x04" + repr(v)
 
 
-class _Descending:
-    """Inverts the order of a sort key inside a tuple key."""
-
-    __slots__ = ("key",)
-
-    def __init__(self, key: tuple[Any, ...]) -> None:
-        self.key = key
-
-    def __lt__(self, other: _Descending) -> bool:
-        return other.key < self.key
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, _Descending) and self.key == other.key
-
-    def __hash__(self) -> int:
-        return hash(self.key)
+def _inverted(key: str) -> bytes:
+    """A key that sorts exactly in the reverse order of ``key``."""
+    escaped = key.replace("\x00", "\x00\x01") + "\x00\x00"
+    return escaped.encode("utf-8", "surrogatepass").translate(_INVERT)
 
 
-def sort_key(order: OrderSpec) -> Callable[[Any], tuple[Any, ...]]:
-    """A key function for ``sorted`` that orders records by ``order`` ((path, descending), ...)."""
-    getters = [(_getter(path), descending) for path, descending in order]
+def sort_key(order: OrderSpec) -> Callable[[Any], Any]:
+    """A key function for ``sorted`` ordering records by ``order`` ((path, descending), ...)."""
+    one_field = [_field_key(path, descending) for path, descending in order]
+    if len(one_field) == 1:
+        return one_field[0]
+    if len(one_field) == 2:
+        first, second = one_field
+        return lambda rec: (first(rec), second(rec))
+    return lambda rec: tuple([key(rec) for key in one_field])
 
-    def key(rec: Any) -> tuple[Any, ...]:
-        return tuple(
-            _Descending(_sortable(get(rec))) if descending else _sortable(get(rec))
-            for get, descending in getters
-        )
 
-    return key
+def _field_key(path: str, descending: bool) -> Callable[[Any], Any]:
+    get = _getter(path)
+    if descending:
+        return lambda rec: _inverted(_ascending(get(rec)))
+    return lambda rec: _ascending(get(rec))
 
 
 def sort_records(records: Iterable[Any], order: OrderSpec) -> list[Any]:
-    """Sort records by ``order``; faster than ``sort_key`` (one stable C-level pass per field)."""
-    result = list(records)
-    for path, descending in reversed(order):
-        get = _getter(path)
-        result.sort(key=lambda rec, get=get: _sortable(get(rec)), reverse=descending)
-    return result
+    """Records sorted by ``order``; a stable sort, so ties keep their incoming order."""
+    return sorted(records, key=sort_key(order))
