@@ -230,8 +230,8 @@ class MarketplaceStore:
             target = "Blocked" if blocked else "Active"
             if contact["status"] == target:
                 raise StoreError(
-                    400,
-                    "Bad Request",
+                    409,
+                    "Conflict",
                     f"Contact {identifier} is already {target}.",
                     {"status": [f"Contact is already {target}."]},
                 )

@@ -1,0 +1,55 @@
+"""Shared fixtures: sandboxes in-process (ASGI) and on loopback, and clients pointed at them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import httpx
+import pytest
+
+from connector.http import ClientLimits
+from connector.marketplace import MarketplaceClient
+from connector.sandbox.app import Sandbox, SandboxConfig
+from connector.sandbox.server import serve_in_thread
+from connector.settings import SANDBOX_TOKEN, MarketplaceSettings, Secret
+
+# A fixed anchor keeps generated timestamps identical from run to run.
+ANCHOR = datetime(2026, 11, 18, 15, 30, tzinfo=UTC)
+
+
+def make_sandbox(**settings: object) -> Sandbox:
+    """A sandbox with a fixed start time; keyword settings as for ``SandboxConfig.with_behaviour``."""
+    settings.setdefault("start", ANCHOR)
+    return Sandbox(SandboxConfig.with_behaviour(**settings))  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session")
+def small_sandbox() -> Sandbox:
+    """A read-only sandbox of 1,000 contacts shared by tests that do not change data."""
+    return make_sandbox(contacts=1000, seed=7)
+
+
+def asgi_marketplace(sandbox: Sandbox, **limits: object) -> MarketplaceClient:
+    """A Marketplace client talking to the sandbox in-process."""
+    return MarketplaceClient(
+        MarketplaceSettings(base_url="http://sandbox.local", token=Secret(SANDBOX_TOKEN)),
+        limits=ClientLimits(**limits),  # type: ignore[arg-type]
+        transport=httpx.ASGITransport(app=sandbox.app),
+    )
+
+
+@pytest.fixture
+def loopback() -> Iterator[object]:
+    """Factory: serve a sandbox on loopback for the rest of the test; returns its base URL."""
+    with_stack: list[object] = []
+
+    def start(sandbox: Sandbox) -> str:
+        context = serve_in_thread(sandbox)
+        url = context.__enter__()
+        with_stack.append(context)
+        return url
+
+    yield start
+    for context in reversed(with_stack):
+        context.__exit__(None, None, None)  # type: ignore[attr-defined]
