@@ -7,7 +7,7 @@ import contextlib
 import os
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import IO, Any
 
 import click
@@ -105,7 +105,7 @@ def sandbox(
         click.echo(f"  export {EVINOTICE_USERNAME}={SANDBOX_EVINOTICE_USERNAME}", err=True)
         click.echo(f"  export {EVINOTICE_PASSWORD}={SANDBOX_EVINOTICE_PASSWORD}", err=True)
     else:
-        click.echo(f"  (EviNotice credentials as already set in this environment)", err=True)
+        click.echo("  (EviNotice credentials as already set in this environment)", err=True)
     click.echo(f"Control endpoint: {url}/_sandbox/behaviour, /_sandbox/stats", err=True)
     serve(box, sock)
 
@@ -185,7 +185,3 @@ def _progress(resource: str) -> Iterator[Any]:
         file=sys.stderr,
     ) as bar:
         yield bar
-
-
-async def _aiter(it: AsyncIterator[Any]) -> list[Any]:
-    return [x async for x in it]

@@ -73,6 +73,7 @@ class ReadReport:
     duplicates_dropped: int = 0
     gaps_repaired: int = 0
     resumed_streams: int = 0
+    changed: bool = False  # the server's totals moved, or rows repeated, during the read
 
     @property
     def complete(self) -> bool:
@@ -101,6 +102,7 @@ class _Emitter:
             identifier = row["id"]
             if self.last_id is not None and identifier <= self.last_id:
                 self.report.duplicates_dropped += 1
+                self.report.changed = True
                 continue
             fresh.append(row)
             self.last_id = identifier
@@ -222,9 +224,9 @@ class MarketplaceClient:
                     )
                 )
                 if len(in_flight) >= window:
-                    yield (await in_flight.popleft())["data"]
+                    yield _checked(await in_flight.popleft(), total, report)
             while in_flight:
-                yield (await in_flight.popleft())["data"]
+                yield _checked(await in_flight.popleft(), total, report)
         finally:
             for task in in_flight:
                 task.cancel()
@@ -266,6 +268,7 @@ class MarketplaceClient:
                 # A cut stream resumes after the last complete row; a partial last line is
                 # dropped (it may be a truncated object).
                 report.resumed_streams += 1
+                report.changed = True  # two snapshots now: check the seams
                 if report.resumed_streams > self.http.limits.max_attempts:
                     raise
                 log.warning("stream of %s interrupted (%s); resuming", resource, exc)
@@ -281,71 +284,58 @@ class MarketplaceClient:
         """Find rows the read skipped (they shifted between pages) and fetch just those."""
         report = emitter.report
         report.final_count = await self.count(resource, filter)
-        if report.final_count <= report.rows:
+        if not report.changed and report.final_count == report.rows:
             return
+        # The data moved during the read. Totals cannot locate skipped rows (a deleted row
+        # already read hides one skipped), so every gap between the pages read is probed: a
+        # gap lies strictly between two ranges read, so any row in it was missed.
         segments = emitter.segments
-        # Gap i lies between segment i-1 and segment i (open-ended at both extremes).
-        bounds = [None, *(s.last for s in segments)], [*(s.first for s in segments), None]
-        gaps = list(zip(*bounds, strict=True))
-        found = await self._missing_in(resource, filter, select, gaps, segments, 0, len(gaps))
-        # Gap ranges lie strictly between the ranges already read, so every row found is new.
-        fresh = sorted(found, key=lambda r: r["id"])
+        lows: list[str | None] = [None, *(s.last for s in segments)]
+        highs: list[str | None] = [*(s.first for s in segments), None]
+        found = await asyncio.gather(
+            *(
+                self._rows_between(resource, filter, select, lo, hi)
+                for lo, hi in zip(lows, highs, strict=True)
+            )
+        )
+        fresh = sorted((row for rows in found for row in rows), key=lambda r: r["id"])
         report.gaps_repaired += len(fresh)
         report.rows += len(fresh)
-        if report.rows < report.final_count:
-            log.warning(
-                "read of %s: %d rows after repair, server counts %d (rows created during read)",
-                resource,
-                report.rows,
-                report.final_count,
-            )
         if fresh:
             yield fresh
 
-    async def _missing_in(
+    async def _rows_between(
         self,
         resource: str,
         filter: rql.Rql | None,
         select: Sequence[str],
-        gaps: list[tuple[str | None, str | None]],
-        segments: list[_Segment],
-        start: int,
-        stop: int,
+        low: str | None,
+        high: str | None,
     ) -> list[Row]:
-        """Rows in gaps[start:stop], narrowing down by comparing server counts with rows read."""
-        low, high = gaps[start][0], gaps[stop - 1][1]
-        range_filter = _and(
-            filter,
-            *([rql.gt("id", low)] if low is not None else []),
-            *([rql.lt("id", high)] if high is not None else []),
-        )
-        read_inside = sum(s.rows for s in segments[start : stop - 1])
-        if await self.count(resource, range_filter) <= read_inside:
+        """Rows with ``low < id < high`` (a count first: almost every gap is empty)."""
+        bounds = []
+        if low is not None:
+            bounds.append(rql.gt("id", low))
+        if high is not None:
+            bounds.append(rql.lt("id", high))
+        range_filter = _and(filter, *bounds)
+        if await self.count(resource, range_filter) == 0:
             return []
-        if stop - start == 1:
-            rows: list[Row] = []
-            offset = 0
-            while True:
-                body = await self._page(
-                    resource, range_filter, select, offset=offset, limit=PAGE_SIZE
-                )
-                rows.extend(body["data"])
-                offset += PAGE_SIZE
-                if len(body["data"]) < PAGE_SIZE:
-                    return rows
-        middle = (start + stop) // 2
-        left, right = await asyncio.gather(
-            self._missing_in(resource, filter, select, gaps, segments, start, middle),
-            self._missing_in(resource, filter, select, gaps, segments, middle, stop),
-        )
-        return left + right
+        rows: list[Row] = []
+        while True:
+            body = await self._page(
+                resource, range_filter, select, offset=len(rows), limit=PAGE_SIZE
+            )
+            rows.extend(body["data"])
+            if len(body["data"]) < PAGE_SIZE:
+                return rows
 
     # -- contact writes ---------------------------------------------------------------------
 
     async def create_contact(
         self, email: str, name: str | None = None, opt_outs: Sequence[str] = ()
     ) -> Row:
-        """POST /contacts; not safe to repeat, so an unknown outcome raises AmbiguousOutcomeError."""
+        """POST /contacts; not safe to repeat: an unknown outcome raises AmbiguousOutcomeError."""
         body = _contact_body(email, name, opt_outs)
         return await self.http.send_json("POST", "/contacts", json=body, safe_to_retry=False)
 
@@ -407,6 +397,13 @@ class MarketplaceClient:
             "contacts": list(contacts),
         }
         return await self.http.send_json("POST", "/batches", json=payload, safe_to_retry=False)
+
+
+def _checked(body: Any, first_total: int, report: ReadReport) -> list[Row]:
+    """A page's rows, noting when its total says the collection changed since the first."""
+    if body["$meta"]["pagination"]["total"] != first_total:
+        report.changed = True
+    return body["data"]
 
 
 def _contact_body(email: str, name: str | None, opt_outs: Sequence[str]) -> dict[str, Any]:

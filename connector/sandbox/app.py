@@ -71,6 +71,7 @@ class SandboxConfig:
         rate_limit: float | None = None,
         faults: str | float | None = None,
         churn_per_second: float = 0,
+        churn_per_request: int = 0,
         slow_seconds: float = 12.0,
         **settings: Any,
     ) -> SandboxConfig:
@@ -80,6 +81,7 @@ class SandboxConfig:
             rate_limit=rate_limit,
             faults=parse_faults(faults),
             churn_per_second=churn_per_second,
+            churn_per_request=churn_per_request,
             slow_seconds=slow_seconds,
         )
         return cls(behaviour=behaviour, **settings)
@@ -116,6 +118,7 @@ class Sandbox:
                     BehaviourMiddleware,
                     behaviour=self.behaviour,
                     stats=self.stats,
+                    churn=self.marketplace.churn_step,
                     seed=config.seed,
                 )
             ],

@@ -10,11 +10,13 @@ closed), ``truncate`` (a 200 whose body is cut short) and ``slow`` (an answer he
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import random
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -71,6 +73,9 @@ class Behaviour:
     faults: dict[str, float] = field(default_factory=dict)
     slow_seconds: float = 12.0
     churn_per_second: float = 0.0
+    # Contact changes applied before each API request: rows move while a client pages,
+    # deterministically, wherever the client is in its read.
+    churn_per_request: int = 0
 
     def update(self, changes: dict[str, Any]) -> None:
         """Apply a partial update, validating each value."""
@@ -81,6 +86,8 @@ class Behaviour:
                 self.rate_limit = None if value in (None, 0) else _positive(key, value)
             elif key in ("latency_ms", "slow_seconds", "churn_per_second"):
                 setattr(self, key, _non_negative(key, value))
+            elif key == "churn_per_request":
+                self.churn_per_request = int(_non_negative(key, value))
             else:
                 raise ValueError(f"unknown behaviour setting {key!r}")
 
@@ -159,9 +166,15 @@ class BehaviourMiddleware:
     """ASGI middleware applying the current ``Behaviour`` to API requests."""
 
     def __init__(
-        self, app: ASGIApp, behaviour: Behaviour, stats: TrafficStats, seed: int = 0
+        self,
+        app: ASGIApp,
+        behaviour: Behaviour,
+        stats: TrafficStats,
+        churn: Callable[[int], None],
+        seed: int = 0,
     ) -> None:
         self.app = app
+        self.churn = churn
         self.behaviour = behaviour
         self.stats = stats
         self._bucket = _TokenBucket()
@@ -187,6 +200,8 @@ class BehaviourMiddleware:
                 return
         if behaviour.latency_ms:
             await asyncio.sleep(behaviour.latency_ms / 1000)
+        if behaviour.churn_per_request:
+            self.churn(behaviour.churn_per_request)
         fault = self._pick_fault()
         if fault is None:
             await self.app(scope, receive, send)
@@ -196,8 +211,11 @@ class BehaviourMiddleware:
             status = self._rng.choice((500, 502, 503, 504))
             await _send_problem(send, status, "Server Error", "Injected sandbox fault.", [])
         elif fault == "slow":
+            # Read the request first, as a real server would before a slow handler, so the
+            # work is done even when the client has given up waiting.
+            receive = await _buffered(receive)
             await asyncio.sleep(behaviour.slow_seconds)
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, _ignore_disconnected(send))
         elif fault == "drop":
             await send(
                 {
@@ -240,6 +258,32 @@ class BehaviourMiddleware:
         headers.append((b"content-length", str(len(cut)).encode()))
         await send({**start, "headers": headers})
         await send({"type": "http.response.body", "body": cut})
+
+
+async def _buffered(receive: Receive) -> Receive:
+    """Read the whole request body now; replay it to the app later."""
+    messages: list[Message] = []
+    while True:
+        message = await receive()
+        messages.append(message)
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            break
+    replay = iter(messages)
+
+    async def replayed() -> Message:
+        return next(replay, {"type": "http.disconnect"})
+
+    return replayed
+
+
+def _ignore_disconnected(send: Send) -> Send:
+    """Sending to a client that already left is not an error worth a traceback."""
+
+    async def guarded(message: Message) -> None:
+        with contextlib.suppress(OSError, RuntimeError):
+            await send(message)
+
+    return guarded
 
 
 async def _send_problem(

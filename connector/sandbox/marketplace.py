@@ -52,8 +52,10 @@ FIELDS: dict[str, FieldSet] = {
         ],
     ),
     "batches": FieldSet.from_paths(
-        ["id", "subject", "body", "category.id", "category.name", "account.id", "account.name"]
-        + list(_AUDIT),
+        [
+            *("id", "subject", "body", "category.id", "category.name"),
+            *("account.id", "account.name", *_AUDIT),
+        ],
         collections={"attachments": ("id", "name", "filename", "contentType", "size")},
     ),
     "messages": FieldSet.from_paths(
