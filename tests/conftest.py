@@ -19,7 +19,7 @@ ANCHOR = datetime(2026, 11, 18, 15, 30, tzinfo=UTC)
 
 
 def make_sandbox(**settings: object) -> Sandbox:
-    """A sandbox with a fixed start time; keyword settings as for ``SandboxConfig.with_behaviour``."""
+    """A sandbox with a fixed start; settings as for ``SandboxConfig.with_behaviour``."""
     settings.setdefault("start", ANCHOR)
     return Sandbox(SandboxConfig.with_behaviour(**settings))  # type: ignore[arg-type]
 

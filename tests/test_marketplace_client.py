@@ -116,6 +116,7 @@ def test_read_under_faults_and_rate_limit_is_exact_and_keeps_to_the_limit(
             return await read_all(client, "contacts", mode=mode)
 
     rows, report = asyncio.run(run())
+    assert report.complete
     assert [r["id"] for r in rows] == [c["id"] for c in sandbox.truth("contacts")]
     stats = httpx.get(f"{url}/_sandbox/stats").json()
     # Faults really happened, and the client never pushed past the limit for long.
