@@ -677,7 +677,7 @@ def test_builder_rejects_bad_field_names(name: Any) -> None:
 def test_builder_refuses_ordering_against_null(op: Any) -> None:
     with pytest.raises(RqlBuildError, match="needs a value to compare with"):
         op("count", None)
-    with pytest.raises(RqlBuildError, match="not empty()"):
+    with pytest.raises(RqlBuildError, match=re.escape("not empty()")):
         op("count", rql.EMPTY)
 
 
@@ -843,7 +843,8 @@ WILD = object()
 
 adversarial_text = st.text(
     alphabet=st.one_of(
-        st.sampled_from(list("aAbBßSsΣσς*\\\"'(),&=+#%; \t\n|\x00é😀İi")),
+        # Case-folding traps: sharp s, the three sigmas, dotted capital I.
+        st.sampled_from(list("aAbBßSs\u03a3\u03c3\u03c2*\\\"'(),&=+#%; \t\n|\x00é😀İi")),
         st.characters(exclude_categories=("Cs",)),
     ),
     max_size=8,
