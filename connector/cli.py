@@ -185,3 +185,7 @@ def _progress(resource: str) -> Iterator[Any]:
         file=sys.stderr,
     ) as bar:
         yield bar
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,49 @@
+"""Runs ``notifsync sandbox`` in its own process, so it never competes with the client for
+the interpreter lock while a benchmark measures the client."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def sandbox_process(*options: str, timeout: float = 600) -> Iterator[str]:
+    """Start a sandbox with the given ``notifsync sandbox`` options; yields its base URL."""
+    port = free_port()
+    command = [sys.executable, "-m", "connector.cli", "sandbox", "--port", str(port), *options]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MPT_", "EVINOTICE_"))}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"sandbox exited: {process.stderr.read().decode()[-2000:]}")
+            try:
+                httpx.get(f"{url}/_sandbox/behaviour", timeout=1).raise_for_status()
+                break
+            except httpx.HTTPError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("sandbox did not start in time") from None
+                time.sleep(0.2)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
