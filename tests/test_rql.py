@@ -276,6 +276,7 @@ def test_any_tolerates_elements_that_are_not_objects() -> None:
         ("ne(optOuts,empty())", ["CTT-0001", "CTT-0003"]),
         ("eq(user,null())", ["CTT-0002", "CTT-0003", "CTT-0004"]),
         ("eq(user.id,null())", ["CTT-0002", "CTT-0003", "CTT-0004"]),  # null parent: null child
+        ("optOuts=empty()", ["CTT-0002", "CTT-0004"]),
         ("eq(category.id,%22NTC-1234-9876%22)", ["CTT-0001"]),
         ("eq(count,NULL())", ["CTT-0003", "CTT-0004"]),
         ('eq(name,"null")', []),  # quoted text is text, not the constant
@@ -432,6 +433,7 @@ def test_audit_selected_allows_filtering_and_ordering() -> None:
         ("ilike(name,empty())", "filter", "ilike() needs a pattern, not empty()", 0, None),
         ("eq(user,x)", "filter", "'user' is an object", 0, "user"),
         ("in(optOuts,(a))", "filter", "'optOuts' is a collection", 0, "optOuts"),
+        ("and(user=x)", "filter", "'user' is an object", 4, "user"),
         ("any(status,eq(id,1))", "filter", "'status' is not one", 4, "status"),
         ("eq(na-me,1)", "filter", "'na-me' is not a field name", 3, "na-me"),
         ("gt(audit.updated.at,1)", "filter", "needs 'audit' in select", None, "audit.updated.at"),

@@ -843,6 +843,8 @@ class _Parser:
             path = self.path(fields, "field=value", top)
             self.pos += 1
             value = self.value("field=value")
+            if isinstance(value, _Literal):
+                self.require_value_field(fields, path, "eq", start)
             return f"eq({path},{value.canonical()})", _compile_comparison("eq", path, value)
         if nxt != "(":
             self.error(f"expected an expression like eq(field,value) but found {name!r}", start)
