@@ -145,7 +145,7 @@ class MarketplaceClient:
 
     async def count(self, resource: str, filter: rql.Rql | None = None) -> int:
         """The server's own count (``limit=0``) of a filtered collection."""
-        body = await self._page(resource, filter, (), offset=0, limit=0)
+        body = await self._page(resource, filter, ("audit",), offset=0, limit=0)
         return int(body["$meta"]["pagination"]["total"])
 
     async def get(self, resource: str, identifier: str) -> Row:

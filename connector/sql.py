@@ -1,0 +1,32 @@
+"""Reads the statements under ``sql/`` and fills in table names.
+
+Only identifiers are substituted, and only ones that look like identifiers: values always
+travel as bound parameters (``:name``).
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from pathlib import Path
+
+SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
+_IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]*")
+
+
+@functools.cache
+def read_sql(name: str) -> str:
+    """The text of ``sql/<name>.sql`` (``name`` may include a subfolder, e.g. ``load/x``)."""
+    return (SQL_DIR / f"{name}.sql").read_text(encoding="utf-8")
+
+
+def statements(name: str, **identifiers: str) -> list[str]:
+    """The statements of one file, identifiers filled in, split on top-level semicolons."""
+    for value in identifiers.values():
+        if not _IDENTIFIER.fullmatch(value):
+            raise ValueError(f"not a plain SQL identifier: {value!r}")
+    text = read_sql(name).format(**identifiers)
+    # Comments go before splitting (they may contain semicolons); the statements here never
+    # hold "--" inside a string literal.
+    body = "\n".join(line.split("--", 1)[0] for line in text.splitlines())
+    return [s.strip() for s in body.split(";") if s.strip()]

@@ -1,0 +1,299 @@
+"""The warehouse writer: one SQLAlchemy URL, DuckDB by default, PostgreSQL tested for real.
+
+Every load happens in one transaction: rows are staged in a temporary table in chunks (Arrow
+batches into DuckDB, ``COPY`` into PostgreSQL, ``executemany`` elsewhere), then merged,
+replaced or appended by the statements in ``sql/load``. A failure anywhere rolls the whole
+load back, so the previous table stays as it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.pool import NullPool
+
+from connector.errors import ConfigurationError
+from connector.records import Row
+from connector.sql import statements
+from connector.tables import TABLE_NAMES, Table, table
+
+log = logging.getLogger(__name__)
+
+WAREHOUSE_URL = "WAREHOUSE_URL"
+DEFAULT_WAREHOUSE_URL = "duckdb:///data/notifsync.duckdb"
+
+_ARROW_TYPES: dict[str, pa.DataType] = {
+    "text": pa.string(),
+    "json": pa.string(),
+    "bigint": pa.int64(),
+    "boolean": pa.bool_(),
+    "double precision": pa.float64(),
+    "timestamptz": pa.timestamp("us", tz="UTC"),
+}
+
+
+@dataclass
+class MergeCounts:
+    """What a load did to its table."""
+
+    staged: int = 0
+    inserted: int = 0
+    updated: int = 0
+    deleted: int = 0
+
+    @property
+    def unchanged(self) -> int:
+        return self.staged - self.inserted - self.updated
+
+
+class Warehouse:
+    """A SQL warehouse reached through SQLAlchemy."""
+
+    def __init__(self, url: str = DEFAULT_WAREHOUSE_URL) -> None:
+        try:
+            parsed = make_url(url)
+        except sa.exc.ArgumentError as exc:
+            raise ConfigurationError(f"{WAREHOUSE_URL} is not a valid SQLAlchemy URL") from exc
+        self.dialect = parsed.get_backend_name()
+        if self.dialect == "duckdb" and parsed.database not in (None, "", ":memory:"):
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        # DuckDB allows one writing process per file: hold it only while a load runs.
+        pool = {"poolclass": NullPool} if self.dialect == "duckdb" else {"pool_pre_ping": True}
+        try:
+            self.engine = sa.create_engine(parsed, **pool)
+        except (sa.exc.NoSuchModuleError, ModuleNotFoundError) as exc:
+            raise ConfigurationError(
+                f"{WAREHOUSE_URL}: no SQLAlchemy dialect installed for {parsed.drivername!r}"
+            ) from exc
+        self.url = parsed.render_as_string(hide_password=True)
+
+    def __repr__(self) -> str:
+        return f"Warehouse({self.url})"
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Transaction]:
+        """One transaction; committed when the block ends, rolled back if it raises."""
+        with self._connect() as connection, connection.begin():
+            yield Transaction(connection, self.dialect)
+
+    @contextlib.contextmanager
+    def _connect(self) -> Iterator[Connection]:
+        # Another process (a second run, the UI's preview) may hold a DuckDB file for a moment.
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                connection = self.engine.connect()
+                break
+            except sa.exc.OperationalError as exc:
+                locked = self.dialect == "duckdb" and "lock" in str(exc).lower()
+                if not locked or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+        with connection:
+            yield connection
+
+    def ensure_tables(self, names: Sequence[str] = TABLE_NAMES) -> None:
+        """Create missing tables, and add columns a newer version of the DDL defines."""
+        with self.transaction() as tx:
+            for name in names:
+                definition = table(name)
+                tx.run(f"schema/create_{name}_table")
+                existing = set(
+                    tx.run("schema/select_table_columns", {"table_name": name}).scalars()
+                )
+                for column in definition.columns:
+                    if column.name not in existing:
+                        log.info("adding column %s.%s", name, column.name)
+                        tx.connection.exec_driver_sql(
+                            f"alter table {name} add column {column.name} {column.type}"
+                        )
+
+    def count(self, table_name: str, where: str = "", **params: Any) -> int:
+        """Row count of a table (``where`` is SQL from this code base; values go in params)."""
+        with self.transaction() as tx:
+            return tx.scalar(f"select count(*) from {table_name} {where}", **params)
+
+    def query(self, sql: str, **params: Any) -> list[sa.Row[Any]]:
+        """Rows of a read-only query."""
+        with self.transaction() as tx:
+            return list(tx.connection.execute(sa.text(sql), params))
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+class Transaction:
+    """A connection inside one transaction, with the load operations on it."""
+
+    def __init__(self, connection: Connection, dialect: str) -> None:
+        self.connection = connection
+        self.dialect = dialect
+
+    def run(self, name: str, params: dict[str, Any] | None = None, **identifiers: str) -> Any:
+        """Run the statements of ``sql/<name>.sql``; returns the last result."""
+        result = None
+        for statement in statements(name, **identifiers):
+            result = self.connection.execute(sa.text(statement), params or {})
+        return result
+
+    def scalar(self, sql: str, **params: Any) -> Any:
+        return self.connection.execute(sa.text(sql), params).scalar()
+
+    @contextlib.contextmanager
+    def stage(self, target: str) -> Iterator[Stage]:
+        """A temporary, empty copy of ``target`` for this load; dropped afterwards."""
+        stage = Stage(self, table(target))
+        self.run("load/drop_stage_table", stage=stage.name)
+        self.run("load/create_stage_table", stage=stage.name, target=target)
+        try:
+            yield stage
+        finally:
+            self.run("load/drop_stage_table", stage=stage.name)
+
+    # -- load strategies --------------------------------------------------------------------
+
+    def merge(self, stage: Stage, *children: tuple[Stage, str]) -> MergeCounts:
+        """Write staged rows that are new or changed; ``children`` (stage, key column) follow."""
+        target, key = stage.table.name, _key(stage.table)
+        names = {"stage": stage.name, "target": target, "key": key}
+        self.run("load/drop_rows_to_write", **names)
+        self.run("load/create_rows_to_write", **names)
+        written, updated = self.run("load/count_rows_to_write", **names).one()
+        self.run("load/delete_rows_to_write", **names)
+        self.run("load/insert_rows_to_write", **names)
+        for child, child_key in children:
+            self.run(
+                "load/replace_children_of_written_rows",
+                **names,
+                child=child.table.name,
+                child_stage=child.name,
+                child_key=child_key,
+            )
+        self.run("load/drop_rows_to_write", **names)
+        return MergeCounts(staged=stage.rows, inserted=written - updated, updated=updated)
+
+    def mark_missing_as_deleted(self, stage: Stage, now: datetime) -> int:
+        """After a full read, flag rows the API no longer returns (``deleted_at``)."""
+        target = stage.table.name
+        before = self.scalar(f"select count(*) from {target} where deleted_at is not null")
+        self.run(
+            "load/mark_missing_as_deleted",
+            {"now": now},
+            stage=stage.name,
+            target=target,
+            key=_key(stage.table),
+        )
+        return self.scalar(f"select count(*) from {target} where deleted_at is not null") - before
+
+    def replace_all(self, stage: Stage) -> MergeCounts:
+        """The table becomes exactly the staged rows."""
+        target = stage.table.name
+        before = self.scalar(f"select count(*) from {target}")
+        self.run("load/delete_all_rows", target=target)
+        self.run("load/insert_all_staged_rows", stage=stage.name, target=target)
+        return MergeCounts(staged=stage.rows, inserted=stage.rows, deleted=before)
+
+    def replace_window(
+        self, stage: Stage, time_column: str, start: datetime, end: datetime
+    ) -> MergeCounts:
+        """Rows with ``start <= time_column < end`` become exactly the staged rows."""
+        target = stage.table.name
+        window = {"start": start, "end": end}
+        before = self.scalar(
+            f"select count(*) from {target} where {time_column} >= :start and {time_column} < :end",
+            **window,
+        )
+        self.run("load/delete_time_window", window, target=target, time_column=time_column)
+        self.run("load/insert_all_staged_rows", stage=stage.name, target=target)
+        return MergeCounts(staged=stage.rows, inserted=stage.rows, deleted=before)
+
+    def append(self, stage: Stage) -> MergeCounts:
+        """Add the staged rows."""
+        self.run("load/insert_all_staged_rows", stage=stage.name, target=stage.table.name)
+        return MergeCounts(staged=stage.rows, inserted=stage.rows)
+
+    # -- sync state -------------------------------------------------------------------------
+
+    def get_state(self, name: str) -> str | None:
+        """A value from ``sync_state``."""
+        return self.run("load/select_sync_state", {"name": name}).scalar()
+
+    def set_state(self, name: str, value: str, now: datetime) -> None:
+        """Write a value to ``sync_state``, committed with the load it belongs to."""
+        self.run("load/upsert_sync_state", {"name": name, "value": value, "now": now})
+
+
+class Stage:
+    """A temporary table that receives one load's rows, chunk by chunk."""
+
+    def __init__(self, tx: Transaction, definition: Table) -> None:
+        self.tx = tx
+        self.table = definition
+        self.name = f"stage_{definition.name}"
+        self.rows = 0
+
+    def write(self, rows: Sequence[Row]) -> None:
+        """Append rows (dicts keyed by column name; missing keys are null)."""
+        if not rows:
+            return
+        if self.tx.dialect == "duckdb":
+            self._write_arrow(rows)
+        elif self.tx.dialect == "postgresql" and self.tx.connection.dialect.driver == "psycopg":
+            self._write_copy(rows)
+        else:
+            self._write_many(rows)
+        self.rows += len(rows)
+
+    def _write_arrow(self, rows: Sequence[Row]) -> None:
+        batch = to_arrow(self.table, rows)
+        duck = self.tx.connection.connection.driver_connection
+        view = f"{self.name}_arrow"
+        duck.register(view, batch)
+        try:
+            self.tx.connection.exec_driver_sql(f"insert into {self.name} select * from {view}")
+        finally:
+            duck.unregister(view)
+
+    def _write_copy(self, rows: Sequence[Row]) -> None:
+        names = self.table.column_names
+        cursor = self.tx.connection.connection.driver_connection.cursor()
+        with cursor.copy(f"copy {self.name} ({', '.join(names)}) from stdin") as copy:
+            for row in rows:
+                copy.write_row(tuple(row.get(n) for n in names))
+
+    def _write_many(self, rows: Sequence[Row]) -> None:
+        names = self.table.column_names
+        statement = sa.text(
+            f"insert into {self.name} ({', '.join(names)}) "
+            f"values ({', '.join(':' + n for n in names)})"
+        )
+        self.tx.connection.execute(statement, [{n: row.get(n) for n in names} for row in rows])
+
+
+def to_arrow(definition: Table, rows: Sequence[Row]) -> pa.Table:
+    """An Arrow table in the column order and types of ``definition``."""
+    arrays = []
+    for column in definition.columns:
+        values = [row.get(column.name) for row in rows]
+        arrow_type = _ARROW_TYPES[column.type]
+        if pa.types.is_timestamp(arrow_type):
+            arrays.append(pa.array(values, pa.string()).cast(arrow_type))
+        else:
+            arrays.append(pa.array(values, arrow_type))
+    return pa.Table.from_arrays(arrays, names=list(definition.column_names))
+
+
+def _key(definition: Table) -> str:
+    if definition.key is None:
+        raise ValueError(f"table {definition.name} has no single-column key to merge on")
+    return definition.key

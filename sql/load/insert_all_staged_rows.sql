@@ -1,0 +1,1 @@
+insert into {target} select * from {stage}

@@ -1,0 +1,1 @@
+select value from sync_state where name = :name
