@@ -86,7 +86,7 @@ class EviNoticeSettings:
             base_url=validate_base_url(require(env, EVINOTICE_BASE_URL), EVINOTICE_BASE_URL),
             username=require(env, EVINOTICE_USERNAME),
             password=Secret(require(env, EVINOTICE_PASSWORD)),
-            site_id=env.get(EVINOTICE_SITE_ID) or SANDBOX_EVINOTICE_SITE_ID,
+            site_id=require(env, EVINOTICE_SITE_ID),
         )
 
 

@@ -11,7 +11,8 @@ import re
 from pathlib import Path
 
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
-_IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]*")
+# A plain identifier, or a comma-separated list of them (column lists).
+_IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]*(?:\s*,\s*[a-z_][a-z0-9_]*)*")
 
 
 @functools.cache

@@ -58,7 +58,7 @@ async def sync_contacts(
 ) -> SyncResult:
     """Merge contacts changed since the cursor (or all of them, on a full refresh)."""
     policy = policy or ContactsPolicy()
-    now = now or datetime.now(UTC)
+    now = _now(now)
     result = await _load_contacts(client, warehouse, full_refresh, policy, now)
     result.api_count = await client.count("contacts")
     result.table_count = warehouse.count("contacts", "where deleted_at is null")
@@ -129,7 +129,7 @@ async def sync_categories(
     client: MarketplaceClient, warehouse: Warehouse, *, now: datetime | None = None
 ) -> SyncResult:
     """Replace ``categories`` and append a statistics snapshot for each of them."""
-    now = now or datetime.now(UTC)
+    now = _now(now)
     synced_at = format_timestamp(now)
     result = SyncResult(mode="replace", read=ReadReport("categories"), synced_at=now)
     with (
@@ -152,7 +152,7 @@ async def sync_batches(
     client: MarketplaceClient, warehouse: Warehouse, *, now: datetime | None = None
 ) -> SyncResult:
     """Merge every batch (new and changed ones are written, the rest left alone)."""
-    now = now or datetime.now(UTC)
+    now = _now(now)
     synced_at = format_timestamp(now)
     result = SyncResult(mode="merge", read=ReadReport("batches"), synced_at=now)
     with warehouse.transaction() as tx, tx.stage("batches") as stage:
@@ -178,7 +178,7 @@ async def sync_messages(
     now: datetime | None = None,
 ) -> SyncResult:
     """Replace the messages created in ``[start, end)`` (one or more daily partitions)."""
-    now = now or datetime.now(UTC)
+    now = _now(now)
     synced_at = format_timestamp(now)
     window = messages_window(start, end)
     result = SyncResult(mode="replace window", read=ReadReport("messages"), synced_at=now)
@@ -203,7 +203,7 @@ async def sync_evinotice_batches(
     now: datetime | None = None,
 ) -> SyncResult:
     """Merge every EviNotice batch of the owner site."""
-    now = now or datetime.now(UTC)
+    now = _now(now)
     synced_at = format_timestamp(now)
     result = SyncResult(mode="merge", synced_at=now)
     seen = 0
@@ -215,6 +215,12 @@ async def sync_evinotice_batches(
     result.api_count = seen
     result.table_count = warehouse.count("evinotice_batches")
     return result
+
+
+def _now(now: datetime | None) -> datetime:
+    """The sync time, to the millisecond: the precision the tables keep it in."""
+    moment = now or datetime.now(UTC)
+    return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
 
 
 def _parse(text: str) -> datetime:

@@ -141,9 +141,20 @@ class Transaction:
 
     def run(self, name: str, params: dict[str, Any] | None = None, **identifiers: str) -> Any:
         """Run the statements of ``sql/<name>.sql``; returns the last result."""
+        params = params or {}
+        # Sequence values (``in :values``) expand into one bound parameter per item.
+        expanding = [
+            sa.bindparam(k, expanding=True)
+            for k, v in params.items()
+            if isinstance(v, list | tuple)
+        ]
         result = None
         for statement in statements(name, **identifiers):
-            result = self.connection.execute(sa.text(statement), params or {})
+            clause = sa.text(statement)
+            used = [b for b in expanding if f":{b.key}" in statement]
+            if used:
+                clause = clause.bindparams(*used)
+            result = self.connection.execute(clause, params)
         return result
 
     def scalar(self, sql: str, **params: Any) -> Any:

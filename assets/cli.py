@@ -1,0 +1,139 @@
+"""``notifsync demo`` and ``notifsync dev``: the Dagster side of the command line.
+
+``demo`` starts the sandbox, materialises every asset into the warehouse (DuckDB under
+``data/`` unless ``WAREHOUSE_URL`` says otherwise), prints what it wrote and stops.
+``dev`` starts the sandbox and the Dagster UI pointed at it.
+"""
+
+import contextlib
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import click
+
+from connector.cli import main
+from connector.sandbox.app import Sandbox, SandboxConfig
+from connector.sandbox.server import serve_in_thread
+from connector.settings import (
+    EVINOTICE_BASE_URL,
+    EVINOTICE_PASSWORD,
+    EVINOTICE_SITE_ID,
+    EVINOTICE_USERNAME,
+    MPT_API_BASE_URL,
+    MPT_API_TOKEN,
+)
+from connector.tables import TABLE_NAMES
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+
+
+@contextlib.contextmanager
+def sandbox_environment(contacts: int, seed: int, port: int = 0) -> Iterator[str]:
+    """Serve a sandbox on loopback and point this process's settings at it."""
+    config = SandboxConfig(contacts=contacts, seed=seed)
+    sandbox = Sandbox(config)
+    with serve_in_thread(sandbox, port=port) as url:
+        settings = {
+            MPT_API_BASE_URL: url,
+            MPT_API_TOKEN: config.token,
+            EVINOTICE_BASE_URL: url,
+            EVINOTICE_USERNAME: config.evinotice_username,
+            EVINOTICE_PASSWORD: config.evinotice_password,
+            EVINOTICE_SITE_ID: config.evinotice_site_id,
+        }
+        previous = {k: os.environ.get(k) for k in settings}
+        os.environ.update(settings)
+        try:
+            yield url
+        finally:
+            for key, value in previous.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+
+
+@main.command()
+@click.option("--contacts", default=2000, show_default=True, type=click.IntRange(min=1))
+@click.option("--seed", default=1, show_default=True, type=int)
+@click.option("--days", default=45, show_default=True, help="Days of messages to backfill.")
+def demo(contacts: int, seed: int, days: int) -> None:
+    """Sync a sandbox into the warehouse with every asset, and show what landed."""
+    from dagster import DagsterInstance
+
+    click.echo(f"Starting the sandbox ({contacts} contacts)...")
+    with sandbox_environment(contacts, seed) as url:
+        click.echo(f"Sandbox at {url}; materialising every asset...")
+        from assets.definitions import defs
+
+        instance = DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else None
+        with contextlib.ExitStack() as stack:
+            if instance is None:
+                instance = stack.enter_context(DagsterInstance.ephemeral())
+            quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+            outcomes = [
+                defs.resolve_job_def("sync_platform").execute_in_process(
+                    instance=instance, raise_on_error=False, run_config=quiet
+                )
+            ]
+            today = datetime.now(UTC).date()
+            first = (today - timedelta(days=days)).isoformat()
+            outcomes.append(
+                defs.resolve_job_def("sync_messages").execute_in_process(
+                    instance=instance,
+                    raise_on_error=False,
+                    run_config=quiet,
+                    tags={
+                        "dagster/asset_partition_range_start": first,
+                        "dagster/asset_partition_range_end": today.isoformat(),
+                    },
+                )
+            )
+        warehouse = defs.resources["warehouse"].warehouse()  # type: ignore[attr-defined]
+        _summary(warehouse, outcomes)
+        if not all(o.success for o in outcomes):
+            raise click.ClickException("some steps failed; see the log above")
+
+
+def _summary(warehouse: object, outcomes: list) -> None:
+    click.echo(f"\nWarehouse: {warehouse.url}")  # type: ignore[attr-defined]
+    click.echo(f"{'table':<32}{'rows':>10}")
+    for name in TABLE_NAMES:
+        click.echo(f"{name:<32}{warehouse.count(name):>10}")  # type: ignore[attr-defined]
+    evaluations = [e for o in outcomes for e in o.get_asset_check_evaluations()]
+    failed = [e for e in evaluations if not e.passed]
+    click.echo(f"\nAsset checks: {len(evaluations) - len(failed)} passed, {len(failed)} failed")
+    for evaluation in failed:
+        click.echo(f"  FAILED {evaluation.asset_key.to_user_string()}: {evaluation.check_name}")
+
+
+@main.command()
+@click.option("--contacts", default=2000, show_default=True, type=click.IntRange(min=1))
+@click.option("--seed", default=1, show_default=True, type=int)
+@click.option("--port", default=3000, show_default=True, help="Dagster UI port.")
+def dev(contacts: int, seed: int, port: int) -> None:
+    """Start the sandbox and the Dagster UI pointed at it (Ctrl-C stops both)."""
+    os.environ.setdefault("DAGSTER_HOME", str(PROJECT_DIR / ".dagster_home"))
+    Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
+    with sandbox_environment(contacts, seed) as url:
+        click.echo(f"Sandbox at {url}; Dagster UI on http://127.0.0.1:{port}")
+        command = [
+            sys.executable,
+            "-m",
+            "dagster",
+            "dev",
+            "-w",
+            str(PROJECT_DIR / "workspace.yaml"),
+            "-p",
+            str(port),
+        ]
+        with contextlib.suppress(KeyboardInterrupt):
+            subprocess.run(command, cwd=PROJECT_DIR, check=False)
+
+
+if __name__ == "__main__":
+    main()

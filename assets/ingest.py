@@ -1,0 +1,218 @@
+"""Ingestion assets: the platform's collections synced into warehouse tables.
+
+Each asset runs one ``connector.sync`` function, then reports counts, a preview and its
+checks in the same step. Groups: ``marketplace`` and ``evinotice``.
+"""
+
+import asyncio
+import os
+import warnings
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+from dagster import (
+    AssetCheckResult,
+    AssetExecutionContext,
+    AssetSpec,
+    BackfillPolicy,
+    BetaWarning,
+    Config,
+    DailyPartitionsDefinition,
+    FreshnessPolicy,
+    MaterializeResult,
+    asset,
+    multi_asset,
+)
+from pydantic import Field
+
+from assets.checks import TABLE_CHECKS, orphan_opt_outs, specs_for, statistics_add_up
+from assets.metadata import definition_metadata, run_metadata
+from assets.resources import EviNoticeResource, MarketplaceResource, WarehouseResource
+from connector import sync
+from connector.tables import table
+
+# backfill_policy is marked beta; it is the documented way to run a range as few runs.
+warnings.filterwarnings("ignore", category=BetaWarning, message=".*backfill_policy.*")
+
+MESSAGES_START_DATE = "NOTIFSYNC_MESSAGES_START_DATE"
+messages_partitions = DailyPartitionsDefinition(
+    start_date=os.environ.get(MESSAGES_START_DATE, "2026-01-01"),
+    # Today is a partition too, so hourly syncs keep today's messages current.
+    end_offset=1,
+)
+
+
+# Synced hourly by default: warn after two missed syncs, fail after a quarter of a day.
+FRESHNESS = FreshnessPolicy.time_window(
+    fail_window=timedelta(hours=6), warn_window=timedelta(hours=2)
+)
+
+
+def _spec(name: str, group: str) -> AssetSpec:
+    definition = table(name)
+    return AssetSpec(
+        name,
+        group_name=group,
+        description=definition.description,
+        metadata=definition_metadata(name),
+        freshness_policy=FRESHNESS,
+        kinds={"sql"},
+    )
+
+
+def _materialized(
+    warehouse: Any, names: tuple[str, ...], result: sync.SyncResult
+) -> Iterator[MaterializeResult | AssetCheckResult]:
+    for name in names:
+        yield MaterializeResult(asset_key=name, metadata=run_metadata(warehouse, name, result))
+    for name in names:
+        yield from TABLE_CHECKS[name].evaluate(warehouse, result)
+
+
+class ContactsConfig(Config):
+    """How the contacts sync runs."""
+
+    full_refresh: bool = Field(
+        default=False, description="Read every contact and mark the missing ones deleted."
+    )
+    lookback_minutes: float = Field(
+        default=10, description="Re-read changes this far before the cursor (clock skew)."
+    )
+    full_refresh_every_hours: float = Field(
+        default=24, description="Run a full refresh when the last one is older than this."
+    )
+
+
+@multi_asset(
+    specs=[_spec("contacts", "marketplace"), _spec("contact_opt_outs", "marketplace")],
+    check_specs=specs_for(["contacts", "contact_opt_outs"]),
+    can_subset=False,
+)
+def contacts(
+    context: AssetExecutionContext,
+    config: ContactsConfig,
+    marketplace: MarketplaceResource,
+    warehouse: WarehouseResource,
+) -> Iterator[MaterializeResult | AssetCheckResult]:
+    """Contacts merged incrementally (with a periodic full refresh), and their opt-outs."""
+    policy = sync.ContactsPolicy(
+        lookback=timedelta(minutes=config.lookback_minutes),
+        full_refresh_every=timedelta(hours=config.full_refresh_every_hours),
+    )
+    store = warehouse.warehouse()
+
+    async def run() -> sync.SyncResult:
+        async with marketplace.client() as client:
+            return await sync.sync_contacts(
+                client, store, full_refresh=config.full_refresh, policy=policy
+            )
+
+    result = asyncio.run(run())
+    context.log.info("contacts: %s", sync.describe(result))
+    yield from _materialized(store, ("contacts", "contact_opt_outs"), result)
+    yield orphan_opt_outs(store)
+
+
+@multi_asset(
+    specs=[
+        _spec("categories", "marketplace"),
+        _spec("category_statistics_snapshots", "marketplace"),
+    ],
+    check_specs=specs_for(["categories", "category_statistics_snapshots"]),
+    can_subset=False,
+)
+def categories(
+    context: AssetExecutionContext, marketplace: MarketplaceResource, warehouse: WarehouseResource
+) -> Iterator[MaterializeResult | AssetCheckResult]:
+    """Categories replaced, and a snapshot of their rolling statistics appended."""
+    store = warehouse.warehouse()
+
+    async def run() -> sync.SyncResult:
+        async with marketplace.client() as client:
+            return await sync.sync_categories(client, store)
+
+    result = asyncio.run(run())
+    context.log.info("categories: %s", sync.describe(result))
+    yield from _materialized(store, ("categories", "category_statistics_snapshots"), result)
+    yield statistics_add_up(store, result)
+
+
+@asset(
+    name="batches",
+    group_name="marketplace",
+    description=table("batches").description,
+    metadata=definition_metadata("batches"),
+    check_specs=specs_for(["batches"]),
+    freshness_policy=FRESHNESS,
+    kinds={"sql"},
+)
+def batches(
+    context: AssetExecutionContext, marketplace: MarketplaceResource, warehouse: WarehouseResource
+) -> Iterator[MaterializeResult | AssetCheckResult]:
+    """Every batch, merged on id."""
+    store = warehouse.warehouse()
+
+    async def run() -> sync.SyncResult:
+        async with marketplace.client() as client:
+            return await sync.sync_batches(client, store)
+
+    result = asyncio.run(run())
+    context.log.info("batches: %s", sync.describe(result))
+    yield from _materialized(store, ("batches",), result)
+
+
+@asset(
+    name="messages",
+    group_name="marketplace",
+    description=table("messages").description,
+    metadata=definition_metadata("messages"),
+    check_specs=specs_for(["messages"]),
+    partitions_def=messages_partitions,
+    # A backfill of a date range runs as few runs, each covering up to a month of days.
+    backfill_policy=BackfillPolicy.multi_run(max_partitions_per_run=31),
+    freshness_policy=FRESHNESS,
+    kinds={"sql"},
+)
+def messages(
+    context: AssetExecutionContext, marketplace: MarketplaceResource, warehouse: WarehouseResource
+) -> Iterator[MaterializeResult | AssetCheckResult]:
+    """Messages of the day(s) being materialised; each day replaced as a whole."""
+    window = context.partition_time_window
+    store = warehouse.warehouse()
+
+    async def run() -> sync.SyncResult:
+        async with marketplace.client() as client:
+            return await sync.sync_messages(client, store, window.start, window.end)
+
+    result = asyncio.run(run())
+    context.log.info("messages %s..%s: %s", window.start, window.end, sync.describe(result))
+    yield from _materialized(store, ("messages",), result)
+
+
+@asset(
+    name="evinotice_batches",
+    group_name="evinotice",
+    description=table("evinotice_batches").description,
+    metadata=definition_metadata("evinotice_batches"),
+    check_specs=specs_for(["evinotice_batches"]),
+    freshness_policy=FRESHNESS,
+    kinds={"sql"},
+)
+def evinotice_batches(
+    context: AssetExecutionContext, evinotice: EviNoticeResource, warehouse: WarehouseResource
+) -> Iterator[MaterializeResult | AssetCheckResult]:
+    """EviNotice batches of the owner site, merged on id."""
+    store = warehouse.warehouse()
+
+    async def run() -> sync.SyncResult:
+        async with evinotice.client() as client:
+            return await sync.sync_evinotice_batches(client, store, evinotice.site_id)
+
+    result = asyncio.run(run())
+    context.log.info("evinotice_batches: %s", sync.describe(result))
+    yield from _materialized(store, ("evinotice_batches",), result)
+
+
+UNPARTITIONED = [contacts, categories, batches, evinotice_batches]
+PARTITIONED = [messages]

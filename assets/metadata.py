@@ -1,0 +1,79 @@
+"""Asset metadata: column schema from the DDL, and per-run counts and a preview."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dagster import MetadataValue, TableColumn, TableSchema
+
+from connector.sync import SyncResult
+from connector.tables import table
+from connector.warehouse import Warehouse
+
+# Internal or bulky columns that make a preview harder to read.
+_NOT_PREVIEWED = {"raw", "row_hash"}
+
+
+def column_schema(name: str) -> TableSchema:
+    """The table's columns with types and descriptions, for the UI."""
+    return TableSchema(
+        columns=[
+            TableColumn(c.name, c.type, description=c.description) for c in table(name).columns
+        ]
+    )
+
+
+def definition_metadata(name: str) -> dict[str, Any]:
+    """Static metadata of a table asset."""
+    return {"dagster/column_schema": column_schema(name), "dagster/table_name": name}
+
+
+def run_metadata(warehouse: Warehouse, name: str, result: SyncResult | None) -> dict[str, Any]:
+    """Counts of this run, the table's row count and a preview of the latest rows."""
+    columns = [c.name for c in table(name).columns if c.name not in _NOT_PREVIEWED]
+    order_column = "synced_at" if "synced_at" in columns else columns[0]
+    with warehouse.transaction() as tx:
+        rows = tx.run(
+            "metadata/select_preview",
+            target=name,
+            columns=", ".join(columns),
+            order_column=order_column,
+        ).all()
+        total = tx.scalar(f"select count(*) from {name}")
+    metadata: dict[str, Any] = {
+        "dagster/row_count": total,
+        "preview": MetadataValue.md(_markdown(columns, rows)),
+        "warehouse": warehouse.url,
+    }
+    if result is not None:
+        metadata["sync_mode"] = result.mode
+        counts = result.counts.get(name)
+        if counts is not None:
+            metadata.update(
+                rows_inserted=counts.inserted,
+                rows_updated=counts.updated,
+                rows_deleted=counts.deleted,
+                rows_unchanged=max(0, counts.unchanged),
+            )
+        if result.read is not None:
+            metadata["read"] = MetadataValue.json(
+                {
+                    "mode": result.read.mode,
+                    "rows": result.read.rows,
+                    "duplicates_dropped": result.read.duplicates_dropped,
+                    "gaps_repaired": result.read.gaps_repaired,
+                }
+            )
+        if result.notes:
+            metadata["notes"] = MetadataValue.md("\n".join(f"- {n}" for n in result.notes))
+    return metadata
+
+
+def _markdown(columns: list[str], rows: list[Any]) -> str:
+    def cell(value: Any) -> str:
+        text = "" if value is None else str(value)
+        return text.replace("|", "\\|").replace("\n", " ")[:60]
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
