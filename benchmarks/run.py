@@ -13,6 +13,7 @@ import asyncio
 import time
 
 from benchmarks.sandbox_process import sandbox_process
+from benchmarks.sync import memory_benchmark, sync_benchmark
 from connector.http import ClientLimits
 from connector.marketplace import MarketplaceClient, ReadReport
 from connector.settings import SANDBOX_TOKEN, MarketplaceSettings, Secret
@@ -58,8 +59,11 @@ def main() -> None:
     parser.add_argument("--contacts", type=int, default=100_000)
     parser.add_argument("--latency-ms", type=float, default=30.0)
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--memory-contacts", type=int, default=1_000_000)
     args = parser.parse_args()
     fetch_benchmark(args.contacts, args.latency_ms, args.concurrency)
+    sync_benchmark(args.contacts, args.latency_ms)
+    memory_benchmark(args.memory_contacts)
 
 
 if __name__ == "__main__":

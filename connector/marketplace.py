@@ -121,8 +121,10 @@ class MarketplaceClient:
         *,
         limits: ClientLimits | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        read_mode: ReadMode = "auto",
     ) -> None:
         self.settings = settings
+        self.read_mode = read_mode
         self.http = ResilientClient(
             settings.base_url + API_PREFIX,
             auth=BearerAuth(settings.token.reveal()),
@@ -159,12 +161,16 @@ class MarketplaceClient:
         *,
         filter: rql.Rql | None = None,
         select: Sequence[str] = ("audit",),
-        mode: ReadMode = "auto",
-        chunk_size: int = 1000,
+        mode: ReadMode | None = None,
+        chunk_size: int = 5000,
         report: ReadReport | None = None,
     ) -> AsyncIterator[list[Row]]:
-        """Every row of a collection, ordered by id, in chunks of at most ``chunk_size``."""
+        """Every row of a collection, ordered by id, in chunks of at most ``chunk_size``.
+
+        ``mode`` defaults to the client's ``read_mode`` ("auto": stream when the server can).
+        """
         _check_resource(resource)
+        mode = mode or self.read_mode
         report = report if report is not None else ReadReport(resource)
         emitter = _Emitter(report)
         if mode in ("auto", "streaming"):

@@ -6,6 +6,9 @@ Nothing here knows Dagster; the assets call these functions and report what they
 
 from __future__ import annotations
 
+import asyncio
+import gc
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -102,10 +105,13 @@ async def _load_contacts(
         if since is not None:
             result.notes.append(f"changes since {format_timestamp(since)}")
         with tx.stage("contacts") as stage, tx.stage("contact_opt_outs") as opt_outs:
-            async for chunk in client.read("contacts", filter=filter, report=result.read):
+
+            def write(chunk: list[dict[str, Any]]) -> None:
                 contacts, categories = contact_rows(chunk, synced_at)
                 stage.write(contacts)
                 opt_outs.write(categories)
+
+            await _pipe(client.read("contacts", filter=filter, report=result.read), write)
             counts = tx.merge(stage, (opt_outs, "contact_id"))
             if full:
                 counts.deleted = tx.mark_missing_as_deleted(stage, now)
@@ -137,10 +143,13 @@ async def sync_categories(
         tx.stage("categories") as stage,
         tx.stage("category_statistics_snapshots") as stats,
     ):
-        async for chunk in client.read("categories", report=result.read):
+
+        def write(chunk: list[dict[str, Any]]) -> None:
             categories, snapshots = category_rows(chunk, synced_at)
             stage.write(categories)
             stats.write(snapshots)
+
+        await _pipe(client.read("categories", report=result.read), write)
         result.counts["categories"] = tx.replace_all(stage)
         result.counts["category_statistics_snapshots"] = tx.append(stats)
     result.api_count = await client.count("categories")
@@ -156,8 +165,10 @@ async def sync_batches(
     synced_at = format_timestamp(now)
     result = SyncResult(mode="merge", read=ReadReport("batches"), synced_at=now)
     with warehouse.transaction() as tx, tx.stage("batches") as stage:
-        async for chunk in client.read("batches", report=result.read):
-            stage.write(batch_rows(chunk, synced_at))
+        await _pipe(
+            client.read("batches", report=result.read),
+            lambda chunk: stage.write(batch_rows(chunk, synced_at)),
+        )
         result.counts["batches"] = tx.merge(stage)
     result.api_count = await client.count("batches")
     result.table_count = warehouse.count("batches")
@@ -183,10 +194,10 @@ async def sync_messages(
     window = messages_window(start, end)
     result = SyncResult(mode="replace window", read=ReadReport("messages"), synced_at=now)
     with warehouse.transaction() as tx, tx.stage("messages") as stage:
-        async for chunk in client.read(
-            "messages", filter=window, select=("audit", "-body"), report=result.read
-        ):
-            stage.write(message_rows(chunk, synced_at))
+        await _pipe(
+            client.read("messages", filter=window, select=("audit", "-body"), report=result.read),
+            lambda chunk: stage.write(message_rows(chunk, synced_at)),
+        )
         result.counts["messages"] = tx.replace_window(stage, "created_at", start, end)
     result.api_count = await client.count("messages", window)
     result.table_count = warehouse.count(
@@ -206,15 +217,41 @@ async def sync_evinotice_batches(
     now = _now(now)
     synced_at = format_timestamp(now)
     result = SyncResult(mode="merge", synced_at=now)
-    seen = 0
     with warehouse.transaction() as tx, tx.stage("evinotice_batches") as stage:
-        async for page in client.iter_batches(site_id):
-            stage.write(evinotice_batch_rows(page, synced_at))
-            seen += len(page)
+        seen = await _pipe(
+            client.iter_batches(site_id),
+            lambda page: stage.write(evinotice_batch_rows(page, synced_at)),
+        )
         result.counts["evinotice_batches"] = tx.merge(stage)
     result.api_count = seen
     result.table_count = warehouse.count("evinotice_batches")
     return result
+
+
+async def _pipe(
+    chunks: AsyncIterator[list[dict[str, Any]]], write: Callable[[list[dict[str, Any]]], None]
+) -> int:
+    """Write each chunk in a worker thread while the next one is read; returns rows written.
+
+    One write in flight at a time keeps the warehouse connection used by one thread at once
+    and memory at two chunks. Freezing the objects alive now (imports, definitions) spares
+    the garbage collector from walking them again for every chunk of new rows.
+    """
+    gc.freeze()
+    pending: asyncio.Future[None] | None = None
+    rows = 0
+    try:
+        async for chunk in chunks:
+            if pending is not None:
+                await pending
+            pending = asyncio.ensure_future(asyncio.to_thread(write, chunk))
+            rows += len(chunk)
+        if pending is not None:
+            await pending
+    finally:
+        if pending is not None and not pending.done():
+            await asyncio.wait([pending])
+    return rows
 
 
 def _now(now: datetime | None) -> datetime:

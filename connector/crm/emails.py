@@ -20,12 +20,14 @@ MAX_LENGTH = 254
 MAX_LOCAL_LENGTH = 64
 MAX_LABEL_LENGTH = 63
 
-_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_ATOM_CHAR = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]"
+_ATOM = _ATOM_CHAR + "+"
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-# The common case, decided by one regex: plain ASCII, already valid, only case to fold.
-_FAST = re.compile(
-    rf"(?=[^@]{{1,{MAX_LOCAL_LENGTH}}}@){_ATOM}(?:\.{_ATOM})*@(?:{_LABEL}\.)+[A-Za-z]{{2,63}}"
-)
+# The common case, decided by one possessive (non-backtracking) regex plus a few substring
+# checks: plain ASCII, already valid, only case to fold. Up to 64 characters every local part
+# and label is within its length limit, so the slow path checks lengths for longer ones.
+_FAST = re.compile(rf"{_ATOM_CHAR}++(?:\.{_ATOM_CHAR}++)*+@(?:[A-Za-z0-9-]++\.)++[A-Za-z]{{2,63}}+")
+_FAST_LENGTH = 64
 _DOT_ATOM = re.compile(rf"{_ATOM}(?:\.{_ATOM})*")
 _ASCII_LABEL = re.compile(_LABEL)
 # Characters that survive str.strip() but are invisible in a spreadsheet cell.
@@ -37,7 +39,13 @@ _SPACE = re.compile(r"\s")
 def normalize_email(value: str) -> tuple[str | None, str | None]:
     """``(normalised email, None)`` for a usable address, else ``(None, why not)``."""
     stripped = value.strip()
-    if len(stripped) <= MAX_LENGTH and _FAST.fullmatch(stripped):
+    if (
+        len(stripped) <= _FAST_LENGTH
+        and _FAST.fullmatch(stripped)
+        and "-." not in stripped
+        and ".-" not in stripped
+        and "@-" not in stripped
+    ):
         email = stripped.lower()
         # Reuse the original object when nothing changed: a million rows hold it twice.
         return (value if email == value else email), None

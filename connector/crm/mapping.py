@@ -69,6 +69,8 @@ DEFAULT_TRUE_VALUES = frozenset(
         "hard bounced",
     }
 )
+# Read as "not set" by a ``when: nonempty`` column, which otherwise counts any value.
+FALSE_VALUES = frozenset({"", "false", "f", "0", "no", "n", "none", "null", "n/a", "-", "off"})
 CATEGORY_ID = re.compile(r"NTC-\d{4}-\d{4}")
 
 _TOP_KEYS = {
@@ -197,6 +199,10 @@ def load_mapping(name_or_path: str | Path | CrmMapping) -> CrmMapping:
     if isinstance(name_or_path, CrmMapping):
         return name_or_path
     text = str(name_or_path)
+    if text == "auto":
+        raise CrmMappingError(
+            "mapping 'auto' is chosen per file from its header: pass it to read_export"
+        )
     if isinstance(name_or_path, str) and text in BUILTIN_NAMES:
         return _builtin(text)
     path = Path(text)
@@ -278,7 +284,7 @@ class _Parser:
                 self.as_list(data.get("category_opt_outs"), "category_opt_outs")
             )
         )
-        required = set(self.names(data.get("required") or [], "required"))
+        required = set(self.names(data.get("required") or None, "required"))
         unknown = required - _REQUIRABLE
         if unknown:
             raise self.fail(

@@ -1,0 +1,101 @@
+"""CRM export reading speed: a synthetic Salesforce-style CSV read and normalised.
+
+Writes N rows (a tenth of them opted out or bounced, a few invalid emails, some quoted
+names with commas) to a temporary directory, then times ``read_export`` over it and reports
+rows per second and peak memory. Peak memory is traced Python allocations during the read
+(tracemalloc, run separately from the timed pass so tracing does not slow the timing).
+
+    python -m benchmarks.crm_read [--rows 1000000] [--chunk-size 50000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import tempfile
+import time
+import tracemalloc
+from pathlib import Path
+
+from connector.crm import read_export
+
+_FIRST = ["Ann", "Bob", "Chloé", "Dmitri", "Eva", "François", "Günther", "Hana", "Iñigo", "Jo"]
+_LAST = ["Lee", "Smith", "Müller", "O'Brien", "García", "Nguyen", "Rossi", "Kowalski"]
+_DOMAINS = ["example.com", "Example.ORG", "mail.example.net", "corp.example.co.uk"]
+
+
+def write_salesforce_csv(path: Path, rows: int, seed: int = 1) -> int:
+    """Write a Salesforce Data Loader style contact export; returns its size in bytes."""
+    rng = random.Random(seed)
+    with path.open("w", encoding="utf-8", newline="") as out:
+        out.write(
+            "Id,AccountId,FirstName,LastName,Email,HasOptedOutOfEmail,IsEmailBounced,"
+            "EmailBouncedReason,Title,MailingCity\r\n"
+        )
+        for i in range(rows):
+            first, last = rng.choice(_FIRST), rng.choice(_LAST)
+            local = f"{first}.{last}{i}".encode("ascii", "ignore").decode()
+            email = f"{local}@{rng.choice(_DOMAINS)}"
+            if i % 997 == 0:
+                email = email.replace("@", " at ")  # a few invalid addresses
+            opted = "true" if i % 10 == 3 else "false"
+            bounced = "true" if i % 50 == 7 else "false"
+            reason = "550 5.1.1 user unknown" if bounced == "true" else ""
+            title = '"Director, Sales"' if i % 3 == 0 else "Engineer"
+            out.write(
+                f"003{i:015d},001{i % 5000:015d},{first},{last},{email},{opted},{bounced},"
+                f"{reason},{title},Zürich\r\n"
+            )
+    return path.stat().st_size
+
+
+def _read(path: Path, chunk_size: int) -> tuple[int, int]:
+    contacts = rejected = 0
+    for chunk in read_export(path, "auto", chunk_size=chunk_size):
+        contacts += len(chunk.contacts)
+        rejected += len(chunk.rejected)
+    return contacts, rejected
+
+
+def bench_read(rows: int, chunk_size: int = 50_000) -> dict[str, float]:
+    """Read+normalise rows/s and peak traced memory for a synthetic export of ``rows`` rows."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "salesforce_contacts.csv"
+        size = write_salesforce_csv(path, rows)
+        started = time.perf_counter()
+        contacts, rejected = _read(path, chunk_size)
+        seconds = time.perf_counter() - started
+        assert contacts + rejected == rows, (contacts, rejected, rows)
+        tracemalloc.start()
+        _read(path, chunk_size)
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+    result = {
+        "rows": float(rows),
+        "contacts": float(contacts),
+        "rejected": float(rejected),
+        "seconds": seconds,
+        "rows_per_second": rows / seconds,
+        "mb_per_second": size / seconds / 1e6,
+        "peak_traced_mb": peak / 1e6,
+        "file_mb": size / 1e6,
+    }
+    print(f"\n== CRM export read: {rows:,} rows, {size / 1e6:,.1f} MB, chunks of {chunk_size:,} ==")
+    print(
+        f"read + normalise: {seconds:6.2f} s = {rows / seconds:>10,.0f} rows/s "
+        f"({size / seconds / 1e6:,.0f} MB/s); {contacts:,} contacts, {rejected:,} rejected"
+    )
+    print(f"peak traced memory during the read: {peak / 1e6:,.1f} MB")
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--chunk-size", type=int, default=50_000)
+    args = parser.parse_args()
+    bench_read(args.rows, args.chunk_size)
+
+
+if __name__ == "__main__":
+    main()

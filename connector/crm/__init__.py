@@ -1,0 +1,85 @@
+"""Reading CRM contact exports (CSV in any common dialect and encoding, or .xlsx).
+
+    read = read_export("contacts.csv", mapping="auto")   # or "salesforce", a YAML path, ...
+    for chunk in read:                                    # CrmChunk(contacts, rejected)
+        ...
+    read.summary                                          # CrmSummary: counts, mapping, warnings
+    merged, conflicts = merge_duplicates(all_contact_rows)
+
+``read_export`` checks the file before returning: a file that cannot be read at all (empty,
+binary, no header, no email column for the mapping) raises ``CrmFileError`` and nothing is
+read from it. Afterwards every data record becomes exactly one contact row or one rejected
+row; only blank lines are skipped (counted in ``summary.blank``).
+
+Row shapes (plain dicts; field order in ``CONTACT_FIELDS`` / ``REJECTED_FIELDS``):
+
+    contact  = {source_file: str, line: int, email: str, email_original: str,
+                name: str | None, do_not_email: bool, unsubscribed: bool, hard_bounced: bool,
+                opted_out_category_ids: list[str], mailable: bool}
+    rejected = {source_file: str, line: int, kind: str, reason: str, raw: str}
+    conflict = {email: str, lines: list[int], sources: list[str], resolution: str}
+
+``line`` is the 1-based physical line where the record starts, counting the header (for
+.xlsx, the sheet row). ``email`` is trimmed, case-folded and IDNA-encoded; ``email_original``
+is the cell as exported. ``mailable`` is ``not (do_not_email or unsubscribed or
+hard_bounced)``; category opt-outs do not change it. ``kind`` is one of ``missing email``,
+``invalid email``, ``missing field``, ``unreadable line`` and ``reason`` starts with it
+(``invalid email: no @ sign ('ann.example.com')``). ``raw`` is the line (or the fields joined
+with the delimiter) cut to 1,000 characters.
+"""
+
+from connector.crm.emails import normalize_email
+from connector.crm.errors import CrmError, CrmFileError, CrmMappingError
+from connector.crm.mapping import (
+    BUILTIN_NAMES,
+    CategoryColumn,
+    CrmMapping,
+    FlagColumn,
+    ResolvedColumns,
+    builtin_mappings,
+    detect_mapping,
+    load_mapping,
+    mapping_from_dict,
+    resolve_columns,
+)
+from connector.crm.merge import merge_duplicates
+from connector.crm.reader import (
+    CONTACT_FIELDS,
+    INVALID_EMAIL,
+    MISSING_EMAIL,
+    MISSING_FIELD,
+    REJECTED_FIELDS,
+    UNREADABLE_LINE,
+    CrmChunk,
+    CrmRead,
+    CrmSummary,
+    read_export,
+)
+
+__all__ = [
+    "BUILTIN_NAMES",
+    "CONTACT_FIELDS",
+    "INVALID_EMAIL",
+    "MISSING_EMAIL",
+    "MISSING_FIELD",
+    "REJECTED_FIELDS",
+    "UNREADABLE_LINE",
+    "CategoryColumn",
+    "CrmChunk",
+    "CrmError",
+    "CrmFileError",
+    "CrmMapping",
+    "CrmMappingError",
+    "CrmRead",
+    "CrmSummary",
+    "FlagColumn",
+    "ResolvedColumns",
+    "builtin_mappings",
+    "detect_mapping",
+    "load_mapping",
+    "mapping_from_dict",
+    "merge_duplicates",
+    "normalize_email",
+    "read_export",
+    "resolve_columns",
+]

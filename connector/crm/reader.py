@@ -1,0 +1,323 @@
+"""``read_export``: one CRM export file to chunks of contact rows and rejected rows.
+
+The file is checked before anything is returned (format, encoding, header, mapping), so an
+unreadable file raises ``CrmFileError`` from ``read_export`` itself and yields nothing. Rows
+are then built one record at a time and handed out in chunks; nothing holds the whole file.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from connector.crm.emails import normalize_email
+from connector.crm.errors import CrmFileError
+from connector.crm.mapping import (
+    FALSE_VALUES,
+    CrmMapping,
+    ResolvedColumns,
+    detect_mapping,
+    load_mapping,
+    resolve_columns,
+    value_key,
+)
+from connector.crm.sniff import DELIMITER_NAMES, FileFormat, detect_format
+from connector.crm.sources import CsvSource, XlsxSource, raw_text
+
+CONTACT_FIELDS = (
+    "source_file",
+    "line",
+    "email",
+    "email_original",
+    "name",
+    "do_not_email",
+    "unsubscribed",
+    "hard_bounced",
+    "opted_out_category_ids",
+    "mailable",
+)
+REJECTED_FIELDS = ("source_file", "line", "kind", "reason", "raw")
+
+# ``kind`` of a rejected row; ``reason`` starts with it and adds the detail.
+MISSING_EMAIL = "missing email"
+INVALID_EMAIL = "invalid email"
+MISSING_FIELD = "missing field"
+UNREADABLE_LINE = "unreadable line"
+
+DEFAULT_CHUNK_SIZE = 50_000
+_CACHE_LIMIT = 4096
+
+
+@dataclass
+class CrmChunk:
+    """A run of consecutive records: the contacts and the rejected rows among them."""
+
+    contacts: list[dict[str, Any]]
+    rejected: list[dict[str, Any]]
+
+
+@dataclass
+class CrmSummary:
+    """What was read from one export; counts are final once iteration has finished."""
+
+    path: str
+    source_file: str
+    format: str
+    encoding: str | None
+    delimiter: str | None
+    mapping: str
+    header: list[str]
+    columns: dict[str, str]  # logical field -> header label used for it
+    warnings: list[str]
+    records: int = 0  # data records read: contacts + rejected
+    contacts: int = 0
+    rejected: int = 0
+    blank: int = 0  # empty lines / rows of empty cells, skipped
+    rejected_by_kind: dict[str, int] = field(default_factory=dict)
+    complete: bool = False
+
+
+def read_export(
+    path: str | Path,
+    mapping: str | Path | CrmMapping = "auto",
+    *,
+    sheet: str | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    source_name: str | None = None,
+) -> CrmRead:
+    """Open and check one export; iterate the result for ``CrmChunk``s."""
+    path = Path(path)
+    chosen = None if mapping == "auto" else load_mapping(mapping)
+    if not path.is_file():
+        raise CrmFileError(str(path), "no such file")
+    fmt = detect_format(path)
+    source: CsvSource | XlsxSource = (
+        XlsxSource(path, sheet) if fmt.kind == "xlsx" else CsvSource(path, fmt)
+    )
+    try:
+        header = source.read_header()
+        try:
+            chosen = chosen or detect_mapping(header, str(path))
+            resolved = resolve_columns(chosen, header, str(path))
+        except CrmFileError:
+            if any("@" in label for label in header):
+                raise CrmFileError(
+                    str(path),
+                    f"the first line looks like data, not a header (it holds an email "
+                    f"address): {header[:20]}; an export needs a header line",
+                ) from None
+            raise
+    except BaseException:
+        source.close()
+        raise
+    return CrmRead(path, fmt, source, resolved, source_name or path.name, chunk_size)
+
+
+class CrmRead:
+    """One export being read: iterate once for chunks; ``summary`` describes the file."""
+
+    def __init__(
+        self,
+        path: Path,
+        fmt: FileFormat,
+        source: CsvSource | XlsxSource,
+        columns: ResolvedColumns,
+        source_file: str,
+        chunk_size: int,
+    ) -> None:
+        self.path = path
+        self.format = fmt
+        self.columns = columns
+        self.source_file = source_file
+        self.chunk_size = max(1, chunk_size)
+        self._source = source
+        self._started = False
+        self.summary = CrmSummary(
+            path=str(path),
+            source_file=source_file,
+            format=fmt.kind,
+            encoding=fmt.encoding,
+            delimiter=DELIMITER_NAMES.get(fmt.delimiter or "", fmt.delimiter),
+            mapping=columns.mapping.name,
+            header=list(source.header),
+            columns=dict(columns.used),
+            warnings=list(columns.warnings),
+        )
+
+    @property
+    def mapping(self) -> CrmMapping:
+        """The mapping used (the detected one when ``auto``)."""
+        return self.columns.mapping
+
+    def __enter__(self) -> CrmRead:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the file; iteration closes it too when it finishes."""
+        self._source.close()
+
+    def __iter__(self) -> Iterator[CrmChunk]:
+        if self._started:
+            raise RuntimeError(f"{self.path}: a CrmRead can be iterated only once")
+        self._started = True
+        try:
+            yield from self._chunks()
+            self.summary.complete = True
+        finally:
+            self.close()
+
+    def read_all(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Every contact and rejected row in lists: for small files and tests."""
+        contacts: list[dict[str, Any]] = []
+        rejected: list[dict[str, Any]] = []
+        for chunk in self:
+            contacts.extend(chunk.contacts)
+            rejected.extend(chunk.rejected)
+        return contacts, rejected
+
+    def _chunks(self) -> Iterator[CrmChunk]:
+        source, columns, summary = self._source, self.columns, self.summary
+        source_file, chunk_size = self.source_file, self.chunk_size
+        required_name = "name" in columns.mapping.required
+        email_at, name_at = columns.email, columns.full_name
+        first_at, last_at = columns.first_name, columns.last_name
+        has_parts = first_at is not None or last_at is not None
+        flags = _FlagReader(columns)
+        flag_key, flag_cache = flags.key, flags.cache
+        normalize = normalize_email
+        by_kind = summary.rejected_by_kind
+        contacts: list[dict[str, Any]] = []
+        rejected: list[dict[str, Any]] = []
+        delimiter = self.format.delimiter or "\t"
+        counted = 0
+
+        def reject(kind: str, detail: str | None, raw: str) -> None:
+            by_kind[kind] = by_kind.get(kind, 0) + 1
+            rejected.append(
+                {
+                    "source_file": source_file,
+                    "line": source.line,
+                    "kind": kind,
+                    "reason": f"{kind}: {detail}" if detail else kind,
+                    "raw": raw,
+                }
+            )
+
+        # The hot loop: a million rows should take a second or two, so per-row work is kept
+        # to one regex, one cached lookup for all flags and one dict.
+        for fields in source.records():
+            if len(contacts) >= chunk_size or len(rejected) >= chunk_size:
+                counted += len(contacts)
+                yield CrmChunk(contacts, rejected)
+                contacts, rejected = [], []
+            if fields is None:
+                reject(UNREADABLE_LINE, source.problem, source.raw)
+                continue
+            original = fields[email_at]
+            email, problem = normalize(original)
+            if email is None:
+                raw = raw_text(delimiter.join(fields))
+                if problem == "empty":
+                    reject(MISSING_EMAIL, None, raw)
+                else:
+                    reject(INVALID_EMAIL, f"{problem} ({original.strip()[:200]!r})", raw)
+                continue
+            name = fields[name_at].strip() if name_at is not None else ""
+            if not name and has_parts:
+                first = fields[first_at].strip() if first_at is not None else ""
+                last = fields[last_at].strip() if last_at is not None else ""
+                name = f"{first} {last}".strip()
+            if "\n" in name or "\r" in name:
+                name = " ".join(name.split())
+            if not name and required_name:
+                reject(MISSING_FIELD, "name", raw_text(delimiter.join(fields)))
+                continue
+            if flag_key is None:
+                do_not_email = unsubscribed = bounced = False
+                categories: tuple[str, ...] = ()
+            else:
+                cells = flag_key(fields)
+                hit = flag_cache.get(cells)
+                if hit is None:
+                    hit = flags.read(cells)
+                do_not_email, unsubscribed, bounced, categories = hit
+            contacts.append(
+                {
+                    "source_file": source_file,
+                    "line": source.line,
+                    "email": email,
+                    "email_original": original,
+                    "name": name or None,
+                    "do_not_email": do_not_email,
+                    "unsubscribed": unsubscribed,
+                    "hard_bounced": bounced,
+                    "opted_out_category_ids": [*categories],
+                    "mailable": not (do_not_email or unsubscribed or bounced),
+                }
+            )
+        summary.contacts = counted + len(contacts)
+        summary.rejected = sum(by_kind.values())
+        summary.records = summary.contacts + summary.rejected
+        summary.blank = source.blank
+        if contacts or rejected:
+            yield CrmChunk(contacts, rejected)
+
+
+_Flags = tuple[bool, bool, bool, tuple[str, ...]]
+
+
+class _FlagReader:
+    """The flags and category opt-outs of a record, cached by the cells that decide them.
+
+    Flag columns hold a handful of distinct values, so the tuple of a record's flag cells is
+    looked up in a dict; only a new combination is read cell by cell.
+    """
+
+    def __init__(self, columns: ResolvedColumns) -> None:
+        self.specs: list[tuple[frozenset[str] | None, int | str]] = []
+        indexes: list[int] = []
+        for slot, flag in enumerate(("do_not_email", "unsubscribed", "hard_bounced")):
+            for index, values in columns.flags[flag]:
+                indexes.append(index)
+                self.specs.append((values, slot))
+        for index, values, category_id in columns.categories:
+            indexes.append(index)
+            self.specs.append((values, category_id))
+        self.key = operator.itemgetter(*indexes) if indexes else None
+        self.cache: dict[Any, _Flags] = {}
+
+    def read(self, cells: Any) -> _Flags:
+        """Read one combination of flag cells (a tuple, or a string for a single column)."""
+        values = (cells,) if len(self.specs) == 1 else cells
+        flags = [False, False, False]
+        categories: list[str] = []
+        for cell, (true_values, target) in zip(values, self.specs, strict=True):
+            if not (cell and _is_true(cell, true_values)):
+                continue
+            if isinstance(target, int):
+                flags[target] = True
+            elif target not in categories:
+                categories.append(target)
+        result = (flags[0], flags[1], flags[2], tuple(categories))
+        # Bounce reasons or dates can make many combinations; stop caching past a limit.
+        if len(self.cache) < _CACHE_LIMIT:
+            self.cache[cells] = result
+        return result
+
+
+def _is_true(value: str, true_values: frozenset[str] | None) -> bool:
+    """Whether a flag cell reads true; ``true_values`` None means any non-false value does."""
+    key = value_key(value)
+    return (key not in FALSE_VALUES) if true_values is None else (key in true_values)

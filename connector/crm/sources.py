@@ -1,0 +1,289 @@
+"""Record sources: the header and then the data records of one CSV or .xlsx export.
+
+A source yields each data record as a list of strings at least as wide as the header's named
+columns, or ``None`` for a record it could not read; after each yield ``line`` holds the
+1-based physical line (or sheet row) where the record starts, and after a ``None``
+``problem`` and ``raw`` say why and what the line held. Blank records are skipped and
+counted in ``blank``. Memory stays flat: lines are read one at a time and only the lines of
+the current record are kept.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections import deque
+from collections.abc import Iterator
+from datetime import date, datetime, time
+from pathlib import Path
+from typing import IO, Any
+
+from connector.crm.errors import CrmFileError
+from connector.crm.sniff import FileFormat
+
+RAW_LIMIT = 1000
+_CSV_PROBLEMS = {
+    "unexpected end of data": "unterminated quote at the end of the file",
+    "expected after": "misplaced quote",
+    "field larger than field limit": "field longer than the CSV field limit (unterminated quote?)",
+    "new-line character seen in unquoted field": "stray carriage return inside a field",
+}
+
+
+def raw_text(text: str) -> str:
+    """A raw line for a rejected row: line ending removed, cut to a sane length."""
+    text = text.rstrip("\r\n")
+    return text if len(text) <= RAW_LIMIT else text[:RAW_LIMIT] + "…"
+
+
+class CsvSource:
+    """Records of a delimited text file, with line numbers and recovery from broken quoting."""
+
+    def __init__(self, path: Path, fmt: FileFormat) -> None:
+        self.path = path
+        self.format = fmt
+        self.line = 0
+        self.problem = ""
+        self.raw = ""
+        self.blank = 0
+        self.header: list[str] = []
+        self.width = 0  # fields a record may have (the header's)
+        self.min_width = 0  # fields it must have (up to the last named column)
+        self._undecodable = [0]
+        self._buffer: list[str] = []
+        self._pending: deque[str] = deque()
+        self._next_line = 1
+        self._file: IO[Any] = self._open()
+        self._lines = iter(self._file)
+        self._reader = self._new_reader()
+
+    def _open(self) -> IO[Any]:
+        fmt = self.format
+        assert fmt.encoding is not None
+        raw = self.path.open("rb")
+        raw.seek(fmt.bom_length)
+        if fmt.text_stream:
+            # Errors here are rare (UTF-16 is hard to get wrong); replacement keeps the line.
+            return io.TextIOWrapper(raw, encoding=fmt.encoding, errors="replace", newline="")
+        return raw
+
+    def close(self) -> None:
+        """Close the file."""
+        self._file.close()
+
+    def _source(self) -> Iterator[str]:
+        """Physical lines, decoded, each remembered until its record is done."""
+        buffer, pending, undecodable = self._buffer, self._pending, self._undecodable
+        encoding = None if self.format.text_stream else self.format.encoding
+        while True:
+            while pending:
+                line = pending.popleft()
+                buffer.append(line)
+                yield line
+            for item in self._lines:
+                if encoding is None:
+                    line = item
+                else:
+                    try:
+                        line = item.decode(encoding)
+                    except UnicodeDecodeError:
+                        undecodable[0] += 1
+                        line = item.decode(encoding, "replace")
+                buffer.append(line)
+                yield line
+                if pending:
+                    break
+            else:
+                return
+
+    def _new_reader(self) -> Iterator[list[str]]:
+        assert self.format.delimiter is not None
+        # strict: an unterminated quote at the end of the file is an error, not a record.
+        return csv.reader(self._source(), delimiter=self.format.delimiter, strict=True)
+
+    def read_header(self) -> list[str]:
+        """Read up to the header record; ``CrmFileError`` if there is none."""
+        name = str(self.path)
+        if self.format.sep_hint:
+            next(self._lines, None)
+            self._next_line += 1
+        while True:
+            self._buffer.clear()
+            try:
+                record = next(self._reader, None)
+            except csv.Error as exc:
+                raise CrmFileError(name, f"the header line cannot be parsed ({exc})") from exc
+            self._next_line += len(self._buffer)
+            if record is None:
+                raise CrmFileError(name, "the file is empty (no header line)")
+            if any(field.strip() for field in record):
+                break
+        if self._undecodable[0]:
+            raise CrmFileError(name, f"the header line is not valid {self.format.encoding}")
+        header = [field.strip() for field in record]
+        named = [i for i, label in enumerate(header) if label]
+        self.header, self.width, self.min_width = header, len(header), named[-1] + 1
+        self._buffer.clear()
+        return header
+
+    def records(self) -> Iterator[list[str] | None]:
+        """Data records after the header (``None`` for an unreadable one, see ``problem``)."""
+        buffer, undecodable = self._buffer, self._undecodable
+        width, min_width = self.width, self.min_width
+        line = self._next_line
+        seen_undecodable = undecodable[0]
+        while True:
+            try:
+                for fields in self._reader:
+                    lines = len(buffer)
+                    self.line = line
+                    line += lines
+                    if undecodable[0] != seen_undecodable:
+                        seen_undecodable = undecodable[0]
+                        self.problem = f"undecodable bytes (not valid {self.format.encoding})"
+                        self.raw = raw_text("".join(buffer))
+                        buffer.clear()
+                        yield None
+                        continue
+                    count = len(fields)
+                    if count < min_width or count > width:
+                        if count > width and not any(fields[width:]):
+                            del fields[width:]  # trailing delimiters: empty extra fields
+                        elif not any(fields):
+                            self.blank += 1
+                            buffer.clear()
+                            continue
+                        elif lines > 1:
+                            # A record running over several lines with the wrong width is a
+                            # quote left open: reject its first line, read the others again.
+                            line = self._reread(line - lines + 1, new_reader=False)
+                            self.problem = (
+                                f"unterminated quote (the record runs over {lines} lines and "
+                                f"has {count} fields, the header has {width})"
+                            )
+                            yield None
+                            continue
+                        else:
+                            which = "many" if count > width else "few"
+                            self.problem = f"too {which} fields ({count}, the header has {width})"
+                            self.raw = raw_text(buffer[0])
+                            buffer.clear()
+                            yield None
+                            continue
+                    elif not any(fields):
+                        self.blank += 1
+                        buffer.clear()
+                        continue
+                    buffer.clear()
+                    yield fields
+                return
+            except csv.Error as exc:
+                self.line = line
+                self.problem = _csv_problem(str(exc))
+                if undecodable[0] != seen_undecodable:
+                    seen_undecodable = undecodable[0]
+                line = self._reread(line + 1, new_reader=True)
+                yield None
+
+    def _reread(self, next_line: int, new_reader: bool) -> int:
+        """Reject the buffer's first line and queue the rest to be read again."""
+        buffer = self._buffer
+        self.raw = raw_text(buffer[0]) if buffer else ""
+        self._pending.extend(buffer[1:])
+        buffer.clear()
+        if new_reader:
+            # After a csv.Error the old line source may have run to the end of the file.
+            self._reader = self._new_reader()
+        return next_line
+
+
+def _csv_problem(message: str) -> str:
+    for key, problem in _CSV_PROBLEMS.items():
+        if key in message:
+            return problem
+    return f"unreadable CSV ({message})"
+
+
+class XlsxSource:
+    """Rows of one sheet of an .xlsx workbook, read in openpyxl's streaming mode."""
+
+    def __init__(self, path: Path, sheet: str | None) -> None:
+        import openpyxl  # imported here: only .xlsx exports need it
+
+        self.path = path
+        self.line = 0
+        self.problem = ""
+        self.raw = ""
+        self.blank = 0
+        self.header: list[str] = []
+        self.width = 0
+        self.min_width = 0
+        try:
+            self._book = openpyxl.load_workbook(path, read_only=True, data_only=True)
+        except Exception as exc:  # openpyxl raises many kinds for a damaged workbook
+            raise CrmFileError(str(path), f"not a readable .xlsx workbook ({exc})") from exc
+        if sheet is None:
+            if not self._book.worksheets:
+                raise CrmFileError(str(path), "the workbook has no sheets")
+            self._sheet = self._book.worksheets[0]
+        elif sheet in self._book.sheetnames:
+            self._sheet = self._book[sheet]
+        else:
+            raise CrmFileError(
+                str(path), f"no sheet {sheet!r} (the sheets are {self._book.sheetnames})"
+            )
+        # Dimensions written by other tools are often wrong; read every row there is.
+        self._sheet.reset_dimensions()
+        self._rows = enumerate(self._sheet.iter_rows(values_only=True), start=1)
+
+    def close(self) -> None:
+        """Close the workbook."""
+        self._book.close()
+
+    def read_header(self) -> list[str]:
+        """The first non-empty row; ``CrmFileError`` if the sheet has none."""
+        for number, row in self._rows:
+            cells = [cell_text(value).strip() for value in row]
+            if any(cells):
+                named = [i for i, label in enumerate(cells) if label]
+                self.min_width = self.width = named[-1] + 1
+                self.header = cells[: self.width]
+                self.line = number
+                return self.header
+        raise CrmFileError(str(self.path), "the sheet is empty (no header row)")
+
+    def records(self) -> Iterator[list[str] | None]:
+        """Data rows after the header (``None`` for one with cells past the last column)."""
+        width = self.width
+        for number, row in self._rows:
+            self.line = number
+            fields = [cell_text(value) for value in row]
+            if len(fields) > width and any(fields[width:]):
+                extra = next(i for i in range(width, len(fields)) if fields[i])
+                self.problem = (
+                    f"a value in column {extra + 1}, past the last header column ({width})"
+                )
+                self.raw = raw_text("\t".join(fields))
+                yield None
+                continue
+            if not any(fields):
+                self.blank += 1
+                continue
+            if len(fields) < width:
+                fields.extend([""] * (width - len(fields)))
+            yield fields
+
+
+def cell_text(value: Any) -> str:
+    """A spreadsheet cell as the text a CSV export would hold."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, (datetime, date, time)):
+        return value.isoformat()
+    return str(value)
