@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 WAREHOUSE_URL = "WAREHOUSE_URL"
 DEFAULT_WAREHOUSE_URL = "duckdb:///data/notifsync.duckdb"
+DEFAULT_DUCKDB_MEMORY_LIMIT = "256MB"
 
 _ARROW_TYPES: dict[str, pa.DataType] = {
     "text": pa.string(),
@@ -67,10 +68,16 @@ class Warehouse:
         self.dialect = parsed.get_backend_name()
         if self.dialect == "duckdb" and parsed.database not in (None, "", ":memory:"):
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        # DuckDB allows one writing process per file: hold it only while a load runs.
-        pool = {"poolclass": NullPool} if self.dialect == "duckdb" else {"pool_pre_ping": True}
+        options: dict[str, Any] = {"pool_pre_ping": True}
+        if self.dialect == "duckdb":
+            # DuckDB allows one writing process per file: hold it only while a load runs.
+            # Its settings come from the URL's query (?memory_limit=2GB&threads=4); memory
+            # is capped by default so a big load spills to disk instead of growing the process.
+            config = {"memory_limit": DEFAULT_DUCKDB_MEMORY_LIMIT, **dict(parsed.query)}
+            parsed = parsed.set(query={})
+            options = {"poolclass": NullPool, "connect_args": {"config": config}}
         try:
-            self.engine = sa.create_engine(parsed, **pool)
+            self.engine = sa.create_engine(parsed, **options)
         except (sa.exc.NoSuchModuleError, ModuleNotFoundError) as exc:
             raise ConfigurationError(
                 f"{WAREHOUSE_URL}: no SQLAlchemy dialect installed for {parsed.drivername!r}"
@@ -266,14 +273,10 @@ class Stage:
         self.rows += len(rows)
 
     def _write_arrow(self, rows: Sequence[Row]) -> None:
-        batch = to_arrow(self.table, rows)
         duck = self.tx.connection.connection.driver_connection
-        view = f"{self.name}_arrow"
-        duck.register(view, batch)
-        try:
-            self.tx.connection.exec_driver_sql(f"insert into {self.name} select * from {view}")
-        finally:
-            duck.unregister(view)
+        # A relation over the Arrow table, not register()/unregister(): registered views
+        # keep their memory until the connection closes.
+        duck.from_arrow(to_arrow(self.table, rows)).insert_into(self.name)
 
     def _write_copy(self, rows: Sequence[Row]) -> None:
         names = self.table.column_names
