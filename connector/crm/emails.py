@@ -23,11 +23,14 @@ MAX_LABEL_LENGTH = 63
 _ATOM_CHAR = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]"
 _ATOM = _ATOM_CHAR + "+"
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-# The common case, decided by one possessive (non-backtracking) regex plus a few substring
-# checks: plain ASCII, already valid, only case to fold. Up to 64 characters every local part
-# and label is within its length limit, so the slow path checks lengths for longer ones.
-_FAST = re.compile(rf"{_ATOM_CHAR}++(?:\.{_ATOM_CHAR}++)*+@(?:[A-Za-z0-9-]++\.)++[A-Za-z]{{2,63}}+")
-_FAST_LENGTH = 64
+# The common case, decided by one possessive (non-backtracking) regex: plain ASCII, already
+# valid, only case to fold. Up to 64 characters every local part and label is within its
+# length limit, so longer addresses take the slow path, which checks lengths.
+PLAIN_LENGTH = 64
+PLAIN_EMAIL = re.compile(
+    rf"{_ATOM_CHAR}++(?:\.{_ATOM_CHAR}++)*+@"
+    r"(?:[A-Za-z0-9][A-Za-z0-9-]*+(?<!-)\.)++[A-Za-z]{2,63}+"
+)
 _DOT_ATOM = re.compile(rf"{_ATOM}(?:\.{_ATOM})*")
 _ASCII_LABEL = re.compile(_LABEL)
 # Characters that survive str.strip() but are invisible in a spreadsheet cell.
@@ -39,21 +42,18 @@ _SPACE = re.compile(r"\s")
 def normalize_email(value: str) -> tuple[str | None, str | None]:
     """``(normalised email, None)`` for a usable address, else ``(None, why not)``."""
     stripped = value.strip()
-    if (
-        len(stripped) <= _FAST_LENGTH
-        and _FAST.fullmatch(stripped)
-        and "-." not in stripped
-        and ".-" not in stripped
-        and "@-" not in stripped
-    ):
+    if len(stripped) <= PLAIN_LENGTH and PLAIN_EMAIL.fullmatch(stripped):
         email = stripped.lower()
         # Reuse the original object when nothing changed: a million rows hold it twice.
         return (value if email == value else email), None
-    return _normalize_slow(stripped)
+    return normalize_unusual(stripped)
 
 
-def _normalize_slow(value: str) -> tuple[str | None, str | None]:
-    text = value.translate(_INVISIBLE).strip().strip("'\"").strip()
+def normalize_unusual(value: str) -> tuple[str | None, str | None]:
+    """``normalize_email`` for anything but a plain address (IDN, ``mailto:``, junk)."""
+    text = value.translate(_INVISIBLE).strip()
+    if len(text) > 1 and text[0] == text[-1] and text[0] in "'\"":
+        text = text[1:-1].strip()
     if not text:
         return None, "empty"
     match = _NAME_ADDR.fullmatch(text)

@@ -4,7 +4,7 @@ A mapping is a ``CrmMapping`` validated on load, from a built-in YAML file
 (``connector/crm/mappings/*.yaml``: salesforce, hubspot, dynamics365, generic), a YAML file of
 the user's, or a dict (run configuration). ``resolve_columns`` matches it against a file's
 header (case- and whitespace-insensitive) and ``detect_mapping`` picks the built-in that fits a
-header best. The YAML format::
+header best (both in ``columns.py``). The YAML format::
 
     name: acme-crm                       # optional; defaults to the file name
     description: ACME CRM contact export # optional
@@ -35,40 +35,26 @@ written as they appear in the export. Values are compared case- and whitespace-i
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from connector.crm.errors import CrmFileError, CrmMappingError
+from connector.crm.errors import CrmMappingError
 
 BUILTIN_DIR = Path(__file__).with_name("mappings")
 # Order matters: on an equal score the earlier one wins, and ``generic`` is the fallback.
 BUILTIN_NAMES = ("salesforce", "hubspot", "dynamics365", "generic")
 FLAG_NAMES = ("do_not_email", "unsubscribed", "hard_bounced")
-DEFAULT_TRUE_VALUES = frozenset(
-    {
-        "true",
-        "t",
-        "1",
-        "yes",
-        "y",
-        "x",
-        "on",
-        "checked",
-        "opted out",
-        "opt out",
-        "opted-out",
-        "unsubscribed",
-        "do not allow",
-        "do not email",
-        "bounced",
-        "hard bounce",
-        "hard bounced",
-    }
-)
+# Written as exports spell them; compared after ``value_key`` (case and spacing folded).
+# fmt: off
+DEFAULT_TRUE_VALUES = frozenset({
+    "true", "t", "1", "yes", "y", "x", "on", "checked", "opted out", "opt out", "opted-out",
+    "unsubscribed", "do not allow", "do not email", "bounced", "hard bounce", "hard bounced",
+})
+# fmt: on
 # Read as "not set" by a ``when: nonempty`` column, which otherwise counts any value.
 FALSE_VALUES = frozenset({"", "false", "f", "0", "no", "n", "none", "null", "n/a", "-", "off"})
 CATEGORY_ID = re.compile(r"NTC-\d{4}-\d{4}")
@@ -154,23 +140,6 @@ class CrmMapping:
         return {header_key(n) for n in names}
 
 
-@dataclass(frozen=True)
-class ResolvedColumns:
-    """A mapping matched against one header: column indexes, and what was used or missing."""
-
-    mapping: CrmMapping
-    width: int
-    email: int
-    full_name: int | None
-    first_name: int | None
-    last_name: int | None
-    # Per flag: (column index, true values as value_key, or None when any non-empty value counts)
-    flags: dict[str, tuple[tuple[int, frozenset[str] | None], ...]]
-    categories: tuple[tuple[int, frozenset[str] | None, str], ...]
-    used: dict[str, str] = field(default_factory=dict)
-    warnings: tuple[str, ...] = ()
-
-
 # -- loading -------------------------------------------------------------------------------
 
 
@@ -194,10 +163,12 @@ _StringLoader.yaml_implicit_resolvers = {
 }
 
 
-def load_mapping(name_or_path: str | Path | CrmMapping) -> CrmMapping:
-    """A built-in mapping by name, or a YAML mapping file by path."""
+def load_mapping(name_or_path: str | Path | CrmMapping | Mapping[str, Any]) -> CrmMapping:
+    """A built-in mapping by name, a YAML mapping file by path, or a mapping given as a dict."""
     if isinstance(name_or_path, CrmMapping):
         return name_or_path
+    if isinstance(name_or_path, Mapping):
+        return mapping_from_dict(name_or_path)
     text = str(name_or_path)
     if text == "auto":
         raise CrmMappingError(
@@ -394,122 +365,3 @@ class _Parser:
         if not isinstance(category, str) or not CATEGORY_ID.fullmatch(category.strip()):
             raise self.fail(f"{key}.category", f"{category!r} is not a category id (NTC-####-####)")
         return CategoryColumn(names, category.strip(), values, nonempty)
-
-
-# -- matching a header ---------------------------------------------------------------------
-
-
-def _index(header: Sequence[str]) -> tuple[dict[str, int], dict[str, list[int]]]:
-    first: dict[str, int] = {}
-    all_positions: dict[str, list[int]] = {}
-    for i, label in enumerate(header):
-        key = header_key(label)
-        if not key:
-            continue
-        first.setdefault(key, i)
-        all_positions.setdefault(key, []).append(i)
-    return first, all_positions
-
-
-def resolve_columns(mapping: CrmMapping, header: Sequence[str], path: str) -> ResolvedColumns:
-    """Match a mapping against a header; ``CrmFileError`` when a required column is missing."""
-    first, positions = _index(header)
-    used: dict[str, str] = {}
-    warnings: list[str] = []
-
-    def find(names: Iterable[str], field_name: str) -> int | None:
-        for name in names:
-            index = first.get(header_key(name))
-            if index is not None:
-                used[field_name] = header[index]
-                if len(positions[header_key(name)]) > 1:
-                    columns = ", ".join(str(p + 1) for p in positions[header_key(name)])
-                    warnings.append(
-                        f"column {header[index]!r} appears {len(positions[header_key(name)])} "
-                        f"times (columns {columns}); column {index + 1} is used for {field_name}"
-                    )
-                return index
-        return None
-
-    email = find(mapping.email, "email")
-    if email is None:
-        raise CrmFileError(
-            path,
-            f"no email column for mapping {mapping.name!r} (looked for "
-            f"{_quoted(mapping.email)}); the header is {_quoted(header)}",
-        )
-    full_name = find(mapping.full_name, "name")
-    first_name = find(mapping.first_name, "first_name")
-    last_name = find(mapping.last_name, "last_name")
-    if (
-        "name" in mapping.required
-        and full_name is None
-        and first_name is None
-        and (last_name is None)
-    ):
-        names = (*mapping.full_name, *mapping.first_name, *mapping.last_name)
-        raise CrmFileError(
-            path,
-            f"mapping {mapping.name!r} requires a name but no name column is in the header "
-            f"(looked for {_quoted(names)}); the header is {_quoted(header)}",
-        )
-    flags: dict[str, tuple[tuple[int, frozenset[str] | None], ...]] = {}
-    for flag in FLAG_NAMES:
-        found: list[tuple[int, frozenset[str] | None]] = []
-        for n, column in enumerate(mapping.flags(flag)):
-            index = find(column.names, f"{flag}[{n}]" if len(mapping.flags(flag)) > 1 else flag)
-            if index is not None:
-                found.append((index, None if column.nonempty else column.true_values))
-        if mapping.flags(flag) and not found:
-            names = [name for column in mapping.flags(flag) for name in column.names]
-            warnings.append(f"no {flag} column in the header (looked for {_quoted(names)})")
-        flags[flag] = tuple(found)
-    categories: list[tuple[int, frozenset[str] | None, str]] = []
-    for category in mapping.category_opt_outs:
-        index = find(category.names, f"opt-out {category.category_id}")
-        if index is None:
-            warnings.append(
-                f"no opt-out column for category {category.category_id} "
-                f"(looked for {_quoted(category.names)})"
-            )
-        else:
-            values = None if category.nonempty else category.true_values
-            categories.append((index, values, category.category_id))
-    return ResolvedColumns(
-        mapping=mapping,
-        width=len(header),
-        email=email,
-        full_name=full_name,
-        first_name=first_name,
-        last_name=last_name,
-        flags=flags,
-        categories=tuple(categories),
-        used=used,
-        warnings=tuple(warnings),
-    )
-
-
-def detect_mapping(header: Sequence[str], path: str) -> CrmMapping:
-    """The built-in mapping whose columns match the header best (it must find the email)."""
-    keys = {header_key(label) for label in header if header_key(label)}
-    best: tuple[int, CrmMapping] | None = None
-    for mapping in builtin_mappings():
-        if not keys & {header_key(name) for name in mapping.email}:
-            continue
-        score = len(keys & mapping.known_columns())
-        if best is None or score > best[0]:
-            best = (score, mapping)
-    if best is None:
-        raise CrmFileError(
-            path,
-            "no built-in mapping fits: no email column found (tried "
-            f"{', '.join(BUILTIN_NAMES)}); the header is {_quoted(header)}. "
-            "Pass a custom mapping naming the email column.",
-        )
-    return best[1]
-
-
-def _quoted(names: Iterable[str], limit: int = 40) -> str:
-    items = list(names)
-    text = ", ".join(repr(n) for n in items[:limit])
-    return f"[{text}{', ...' if len(items) > limit else ''}]"

@@ -35,18 +35,15 @@ def merge_duplicates(
         if occurrences is None:
             occurrences = repeats[email] = [_occurrence(kept)]
             # Copy before changing it: the first row belongs to the caller.
-            kept = merged[email] = {
-                **kept,
-                "opted_out_category_ids": list(kept["opted_out_category_ids"]),
-            }
+            kept = merged[email] = dict(kept)
         occurrences.append(_occurrence(row))
         for flag in FLAGS:
             if row[flag]:
                 kept[flag] = True
         categories = kept["opted_out_category_ids"]
-        for category in row["opted_out_category_ids"]:
-            if category not in categories:
-                categories.append(category)
+        extra = tuple(c for c in row["opted_out_category_ids"] if c not in categories)
+        if extra:
+            kept["opted_out_category_ids"] = (*categories, *extra)
         if not kept["name"] and row["name"]:
             kept["name"] = row["name"]
         kept["mailable"] = not any(kept[flag] for flag in FLAGS)

@@ -178,7 +178,7 @@ def sniff_delimiter(text: str) -> tuple[str, bool]:
 
 def _parse_some(text: str, delimiter: str, limit: int = 200) -> list[list[str]]:
     records: list[list[str]] = []
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, skipinitialspace=True)
     try:
         for record in reader:
             if record and any(f.strip() for f in record):

@@ -25,7 +25,7 @@ RAW_LIMIT = 1000
 _CSV_PROBLEMS = {
     "unexpected end of data": "unterminated quote at the end of the file",
     "expected after": "misplaced quote",
-    "field larger than field limit": "field longer than the CSV field limit (unterminated quote?)",
+    "field larger than field limit": "field longer than the CSV field limit",
     "new-line character seen in unquoted field": "stray carriage return inside a field",
 }
 
@@ -99,7 +99,10 @@ class CsvSource:
     def _new_reader(self) -> Iterator[list[str]]:
         assert self.format.delimiter is not None
         # strict: an unterminated quote at the end of the file is an error, not a record.
-        return csv.reader(self._source(), delimiter=self.format.delimiter, strict=True)
+        # skipinitialspace: some tools write `"a", "b"`; without it the quotes stay in the value.
+        return csv.reader(
+            self._source(), delimiter=self.format.delimiter, strict=True, skipinitialspace=True
+        )
 
     def read_header(self) -> list[str]:
         """Read up to the header record; ``CrmFileError`` if there is none."""
@@ -180,6 +183,10 @@ class CsvSource:
             except csv.Error as exc:
                 self.line = line
                 self.problem = _csv_problem(str(exc))
+                spread = len(buffer) - 1
+                if spread and "end of the file" not in self.problem:
+                    # The quote opened on this line; the parser only noticed lines later.
+                    self.problem = f"unterminated quote ({self.problem} {spread} lines later)"
                 if undecodable[0] != seen_undecodable:
                     seen_undecodable = undecodable[0]
                 line = self._reread(line + 1, new_reader=True)
@@ -218,9 +225,13 @@ class XlsxSource:
         self.header: list[str] = []
         self.width = 0
         self.min_width = 0
+        # A file object, not the path: openpyxl refuses names not ending in .xlsx, and an
+        # export renamed to .csv is still a workbook.
+        self._file = path.open("rb")
         try:
-            self._book = openpyxl.load_workbook(path, read_only=True, data_only=True)
+            self._book = openpyxl.load_workbook(self._file, read_only=True, data_only=True)
         except Exception as exc:  # openpyxl raises many kinds for a damaged workbook
+            self._file.close()
             raise CrmFileError(str(path), f"not a readable .xlsx workbook ({exc})") from exc
         if sheet is None:
             if not self._book.worksheets:
@@ -239,6 +250,7 @@ class XlsxSource:
     def close(self) -> None:
         """Close the workbook."""
         self._book.close()
+        self._file.close()
 
     def read_header(self) -> list[str]:
         """The first non-empty row; ``CrmFileError`` if the sheet has none."""
