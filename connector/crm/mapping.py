@@ -21,7 +21,7 @@ header best (both in ``columns.py``). The YAML format::
           true_values: [Unsubscribed, Opted Out]   # this column's own true values
       hard_bounced:
         - column: [Bounce Reason, Hard Bounce Reason]
-          when: nonempty                 # any non-empty value means bounced
+          when: nonempty                 # any value but a blank or false-like one (0, no, n/a)
     category_opt_outs:                   # optional per-category opt-outs
       - column: "Opted out: Invoices"
         category: NTC-1234-5678
@@ -29,7 +29,9 @@ header best (both in ``columns.py``). The YAML format::
     recognise: [Contact ID]              # optional; more columns that identify this export
 
 Every scalar in a YAML mapping reads as a string (``yes`` stays ``"yes"``), so true values are
-written as they appear in the export. Values are compared case- and whitespace-insensitively.
+written as they appear in the export. Values are compared case- and whitespace-insensitively;
+any other value, or an empty cell, reads false. The default true values are in
+``DEFAULT_TRUE_VALUES`` (true, 1, yes, y, x, opted out, unsubscribed, do not allow, ...).
 """
 
 from __future__ import annotations
