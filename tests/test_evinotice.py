@@ -16,6 +16,7 @@ from starlette.applications import Starlette
 from connector.errors import (
     AmbiguousOutcomeError,
     AuthenticationError,
+    ConfigurationError,
     ConflictError,
     IncompleteReadError,
     NotFoundError,
@@ -507,7 +508,11 @@ def test_from_env_reads_settings() -> None:
         "EVINOTICE_BASE_URL": "https://evinotice.example/",
         "EVINOTICE_USERNAME": USER,
         "EVINOTICE_PASSWORD": PASSWORD,
+        "EVINOTICE_SITE_ID": "SITE-1",
     }
     evi = EviNoticeClient.from_env(env)
     assert evi.settings.base_url == "https://evinotice.example"
+    assert evi.settings.site_id == "SITE-1"
+    with pytest.raises(ConfigurationError, match="EVINOTICE_SITE_ID"):
+        EviNoticeClient.from_env({k: v for k, v in env.items() if k != "EVINOTICE_SITE_ID"})
     assert PASSWORD not in repr(evi)

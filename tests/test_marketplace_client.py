@@ -42,7 +42,7 @@ async def read_all(
     report = ReadReport(resource)
     rows: list[dict] = []
     async for chunk in client.read(resource, report=report, **options):  # type: ignore[arg-type]
-        assert 0 < len(chunk) <= 1000
+        assert 0 < len(chunk) <= 5000  # the default chunk size
         rows.extend(chunk)
     return rows, report
 
