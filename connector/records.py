@@ -7,6 +7,7 @@ Timestamps stay ISO 8601 text here; the warehouse writer casts them to timestamp
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -165,11 +166,7 @@ def evinotice_batch_rows(records: Iterable[dict[str, Any]], synced_at: str) -> l
         total = record.get("TotalCount")
         sent = record.get("TotalSent")
         failed = record.get("TotalFailed")
-        progress = None
-        if isinstance(total, int) and total > 0:
-            progress = round(100.0 * ((sent or 0) + (failed or 0)) / total, 2)
-        elif total == 0:
-            progress = 0.0
+        progress = _progress(record.get("State"), total, (sent or 0) + (failed or 0))
         rows.append(
             {
                 "id": record["Id"],
@@ -192,6 +189,15 @@ def evinotice_batch_rows(records: Iterable[dict[str, Any]], synced_at: str) -> l
             }
         )
     return rows
+
+
+def _progress(state: str | None, total: Any, done: int) -> float | None:
+    """Percent done as EviNotice reports it: floored to 0.01, 100 only once Processed."""
+    if state == "Processed":
+        return 100.0
+    if not isinstance(total, int) or total <= 0:
+        return 0.0 if total == 0 else None
+    return math.floor(min(done, total) * 10_000 / total) / 100
 
 
 def chunked(rows: Iterable[Row], size: int) -> Iterator[list[Row]]:

@@ -77,6 +77,7 @@ async def sync_contacts(
         for name, counts in result.counts.items():
             full.counts[name].inserted += counts.inserted
             full.counts[name].updated += counts.updated
+            full.counts[name].deleted += counts.deleted
         full.api_count = await client.count("contacts")
         full.table_count = warehouse.count("contacts", "where deleted_at is null")
         return full
@@ -112,11 +113,9 @@ async def _load_contacts(
                 opt_outs.write(categories)
 
             await _pipe(client.read("contacts", filter=filter, report=result.read), write)
-            counts = tx.merge(stage, (opt_outs, "contact_id"))
+            result.counts = tx.merge(stage, (opt_outs, "contact_id"))
             if full:
-                counts.deleted = tx.mark_missing_as_deleted(stage, now)
-            result.counts["contacts"] = counts
-            result.counts["contact_opt_outs"] = MergeCounts(staged=opt_outs.rows)
+                result.counts["contacts"].deleted = tx.mark_missing_as_deleted(stage, now)
         if high_water is not None:
             tx.set_state(CONTACTS_CURSOR, high_water, now)
         if full:
@@ -169,7 +168,7 @@ async def sync_batches(
             client.read("batches", report=result.read),
             lambda chunk: stage.write(batch_rows(chunk, synced_at)),
         )
-        result.counts["batches"] = tx.merge(stage)
+        result.counts = tx.merge(stage)
     result.api_count = await client.count("batches")
     result.table_count = warehouse.count("batches")
     return result
@@ -222,7 +221,7 @@ async def sync_evinotice_batches(
             client.iter_batches(site_id),
             lambda page: stage.write(evinotice_batch_rows(page, synced_at)),
         )
-        result.counts["evinotice_batches"] = tx.merge(stage)
+        result.counts = tx.merge(stage)
     result.api_count = seen
     result.table_count = warehouse.count("evinotice_batches")
     return result

@@ -172,23 +172,40 @@ class Transaction:
         """A temporary, empty copy of ``target`` for this load; dropped afterwards."""
         stage = Stage(self, table(target))
         self.run("load/drop_stage_table", stage=stage.name)
-        self.run("load/create_stage_table", stage=stage.name, target=target)
-        try:
-            yield stage
-        finally:
-            self.run("load/drop_stage_table", stage=stage.name)
+        self.run("load/create_stage_table", stage=stage.name, target=target, columns=stage.columns)
+        yield stage
+        # Only on success: after an error the transaction is aborted (the rollback drops the
+        # temporary table), and a statement here would hide the error that matters.
+        self.run("load/drop_stage_table", stage=stage.name)
 
     # -- load strategies --------------------------------------------------------------------
 
-    def merge(self, stage: Stage, *children: tuple[Stage, str]) -> MergeCounts:
-        """Write staged rows that are new or changed; ``children`` (stage, key column) follow."""
+    def merge(self, stage: Stage, *children: tuple[Stage, str]) -> dict[str, MergeCounts]:
+        """Write staged rows that are new or changed; ``children`` (stage, key column) follow.
+
+        Returns the counts per table, the target's and each child's.
+        """
         target, key = stage.table.name, _key(stage.table)
         names = {"stage": stage.name, "target": target, "key": key}
         self.run("load/drop_rows_to_write", **names)
         self.run("load/create_rows_to_write", **names)
         written, updated = self.run("load/count_rows_to_write", **names).one()
+        counts = {
+            target: MergeCounts(staged=stage.rows, inserted=written - updated, updated=updated)
+        }
+        for child, child_key in children:
+            child_names = {
+                **names,
+                "child": child.table.name,
+                "child_stage": child.name,
+                "child_key": child_key,
+            }
+            removed, added = self.run("load/count_children_of_written_rows", **child_names).one()
+            counts[child.table.name] = MergeCounts(
+                staged=child.rows, inserted=added, deleted=removed
+            )
         self.run("load/delete_rows_to_write", **names)
-        self.run("load/insert_rows_to_write", **names)
+        self.run("load/insert_rows_to_write", **names, columns=stage.columns)
         for child, child_key in children:
             self.run(
                 "load/replace_children_of_written_rows",
@@ -196,9 +213,10 @@ class Transaction:
                 child=child.table.name,
                 child_stage=child.name,
                 child_key=child_key,
+                child_columns=child.columns,
             )
         self.run("load/drop_rows_to_write", **names)
-        return MergeCounts(staged=stage.rows, inserted=written - updated, updated=updated)
+        return counts
 
     def mark_missing_as_deleted(self, stage: Stage, now: datetime) -> int:
         """After a full read, flag rows the API no longer returns (``deleted_at``)."""
@@ -218,7 +236,9 @@ class Transaction:
         target = stage.table.name
         before = self.scalar(f"select count(*) from {target}")
         self.run("load/delete_all_rows", target=target)
-        self.run("load/insert_all_staged_rows", stage=stage.name, target=target)
+        self.run(
+            "load/insert_all_staged_rows", stage=stage.name, target=target, columns=stage.columns
+        )
         return MergeCounts(staged=stage.rows, inserted=stage.rows, deleted=before)
 
     def replace_window(
@@ -232,12 +252,19 @@ class Transaction:
             **window,
         )
         self.run("load/delete_time_window", window, target=target, time_column=time_column)
-        self.run("load/insert_all_staged_rows", stage=stage.name, target=target)
+        self.run(
+            "load/insert_all_staged_rows", stage=stage.name, target=target, columns=stage.columns
+        )
         return MergeCounts(staged=stage.rows, inserted=stage.rows, deleted=before)
 
     def append(self, stage: Stage) -> MergeCounts:
         """Add the staged rows."""
-        self.run("load/insert_all_staged_rows", stage=stage.name, target=stage.table.name)
+        self.run(
+            "load/insert_all_staged_rows",
+            stage=stage.name,
+            target=stage.table.name,
+            columns=stage.columns,
+        )
         return MergeCounts(staged=stage.rows, inserted=stage.rows)
 
     # -- sync state -------------------------------------------------------------------------
@@ -258,6 +285,7 @@ class Stage:
         self.tx = tx
         self.table = definition
         self.name = f"stage_{definition.name}"
+        self.columns = ", ".join(definition.column_names)
         self.rows = 0
 
     def write(self, rows: Sequence[Row]) -> None:

@@ -1,1 +1,1 @@
-insert into {target} select * from {stage}
+insert into {target} ({columns}) select {columns} from {stage}

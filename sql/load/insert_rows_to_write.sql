@@ -1,3 +1,3 @@
-insert into {target}
-select s.* from {stage} as s
-where s.{key} in (select {key} from {stage}_write)
+insert into {target} ({columns})
+select {columns} from {stage}
+where {key} in (select {key} from {stage}_write)

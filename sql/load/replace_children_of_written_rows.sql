@@ -1,5 +1,5 @@
 -- Child rows (e.g. opt-outs) follow their parent: rewritten exactly when the parent is.
 delete from {child} where {child_key} in (select {key} from {stage}_write);
-insert into {child}
-select c.* from {child_stage} as c
-where c.{child_key} in (select {key} from {stage}_write)
+insert into {child} ({child_columns})
+select {child_columns} from {child_stage}
+where {child_key} in (select {key} from {stage}_write)
