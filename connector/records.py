@@ -13,6 +13,8 @@ from typing import Any
 
 import orjson
 
+from connector.crm.emails import normalize_email
+
 Row = dict[str, Any]
 STATISTICS_PARTS = ("sent", "bounced", "complained", "discarded", "failed")
 STATISTICS_WINDOWS = ("today", "week", "month")
@@ -44,6 +46,7 @@ def contact_rows(records: Iterable[dict[str, Any]], synced_at: str) -> tuple[lis
             {
                 "id": record["id"],
                 "email": record.get("email"),
+                "email_key": email_key(record.get("email")),
                 "name": record.get("name"),
                 "status": record.get("status"),
                 "blocked_reason": record.get("blockedReason"),
@@ -71,6 +74,14 @@ def contact_rows(records: Iterable[dict[str, Any]], synced_at: str) -> tuple[lis
                     }
                 )
     return contacts, opt_outs
+
+
+def email_key(email: Any) -> str | None:
+    """The email as CRM exports are normalised, so the two sides match."""
+    if not isinstance(email, str) or not email.strip():
+        return None
+    normalised, _ = normalize_email(email)
+    return normalised or email.strip().casefold()
 
 
 def category_rows(records: Iterable[dict[str, Any]], synced_at: str) -> tuple[list[Row], list[Row]]:

@@ -28,6 +28,7 @@ from connector.warehouse import MergeCounts, Warehouse
 
 CONTACTS_CURSOR = "contacts.cursor"
 CONTACTS_LAST_FULL_REFRESH = "contacts.last_full_refresh"
+CONTACTS_SYNCED_AT = "contacts.synced_at"  # the last contacts sync of any kind
 
 
 @dataclass
@@ -118,6 +119,7 @@ async def _load_contacts(
                 result.counts["contacts"].deleted = tx.mark_missing_as_deleted(stage, now)
         if high_water is not None:
             tx.set_state(CONTACTS_CURSOR, high_water, now)
+        tx.set_state(CONTACTS_SYNCED_AT, now.isoformat(), now)
         if full:
             tx.set_state(CONTACTS_LAST_FULL_REFRESH, synced_at, now)
     return result

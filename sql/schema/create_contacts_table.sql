@@ -3,6 +3,7 @@
 create table if not exists contacts (
     id text not null primary key, -- Contact id (CTT-####-####-####)
     email text, -- Email address as the platform holds it
+    email_key text, -- The email normalised as CRM exports are (trimmed, case-folded, IDNA), for matching
     name text, -- Display name
     status text, -- Active or Blocked
     blocked_reason text, -- Why the contact is blocked (bounce, complaint, administrator ...)

@@ -1,0 +1,240 @@
+"""Reconciliation: CRM exports into ``crm_contacts``, then a plan of what must change on the
+platform, and the guards that decide whether that plan may be applied.
+
+The plan itself is SQL (``sql/reconcile``): it runs where the data is, so a million CRM
+lines against a million contacts is a join, not a Python loop.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from connector.crm import CrmMapping, read_export
+from connector.sync import CONTACTS_SYNCED_AT
+from connector.warehouse import Warehouse
+
+ACTIONS = ("create", "block", "unblock", "update")
+
+
+@dataclass
+class ExportLoad:
+    """What reading the export files gave."""
+
+    run_id: str
+    export_key: str
+    files: list[str]
+    rows: int = 0
+    rejected: int = 0
+    rejected_by_kind: dict[str, int] = field(default_factory=dict)
+    summaries: list[dict[str, Any]] = field(default_factory=list)
+
+
+def export_key(paths: Sequence[Path]) -> str:
+    """A hash of the files' names and contents: the same exports give the same key."""
+    digest = hashlib.sha256()
+    for path in sorted(paths, key=lambda p: p.name):
+        content = hashlib.sha256()
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                content.update(block)
+        digest.update(path.name.encode() + b"\0" + content.digest())
+    return digest.hexdigest()[:32]
+
+
+def load_exports(
+    warehouse: Warehouse,
+    paths: Sequence[Path],
+    mapping: str | CrmMapping = "auto",
+    *,
+    run_id: str,
+    now: datetime | None = None,
+) -> ExportLoad:
+    """Read every export into ``crm_contacts`` / ``crm_rejected_rows``, replacing the last.
+
+    All or nothing: an unreadable file raises ``CrmFileError`` (naming the file) and the
+    tables keep what they had.
+    """
+    if not paths:
+        raise ValueError("no CRM export files to read")
+    now = now or datetime.now(UTC)
+    read_at = now.isoformat()
+    load = ExportLoad(run_id=run_id, export_key=export_key(paths), files=[p.name for p in paths])
+    with (
+        warehouse.transaction() as tx,
+        tx.stage("crm_contacts") as contacts,
+        tx.stage("crm_rejected_rows") as rejected,
+    ):
+        for path in paths:
+            with read_export(path, mapping) as export:
+                for chunk in export:
+                    contacts.write([_contact_row(row, run_id, read_at) for row in chunk.contacts])
+                    rejected.write(
+                        [{**row, "run_id": run_id, "read_at": read_at} for row in chunk.rejected]
+                    )
+                summary = export.summary
+            load.rows += summary.contacts
+            load.rejected += summary.rejected
+            for kind, count in summary.rejected_by_kind.items():
+                load.rejected_by_kind[kind] = load.rejected_by_kind.get(kind, 0) + count
+            load.summaries.append(
+                {
+                    "file": path.name,
+                    "format": summary.format,
+                    "encoding": summary.encoding,
+                    "delimiter": summary.delimiter,
+                    "mapping": summary.mapping,
+                    "contacts": summary.contacts,
+                    "rejected": summary.rejected,
+                    "warnings": summary.warnings,
+                }
+            )
+        tx.replace_all(contacts)
+        tx.replace_all(rejected)
+    return load
+
+
+def _contact_row(row: dict[str, Any], run_id: str, read_at: str) -> dict[str, Any]:
+    return {
+        **row,
+        "run_id": run_id,
+        "read_at": read_at,
+        "opted_out_category_ids": orjson.dumps(list(row["opted_out_category_ids"])).decode(),
+    }
+
+
+@dataclass
+class PlanSummary:
+    """The plan's size and the figures the guards judge."""
+
+    run_id: str
+    export_key: str
+    actions: dict[str, int]
+    active_contacts: int
+    missing_from_crm: int
+    conflicts: int
+    contacts_synced_at: datetime | None
+    planned_at: datetime
+
+    @property
+    def block_share(self) -> float:
+        """Blocks as a share of the platform's active contacts."""
+        return self.actions.get("block", 0) / max(1, self.active_contacts)
+
+    @property
+    def snapshot_age(self) -> timedelta | None:
+        if self.contacts_synced_at is None:
+            return None
+        return self.planned_at - self.contacts_synced_at
+
+
+def make_plan(
+    warehouse: Warehouse,
+    *,
+    run_id: str,
+    export_key: str,
+    include_updates: bool = False,
+    now: datetime | None = None,
+) -> PlanSummary:
+    """Replace ``reconciliation_plan`` (and the missing / conflicts reports) in one go."""
+    now = now or datetime.now(UTC)
+    params = {
+        "run_id": run_id,
+        "export_key": export_key,
+        "include_updates": include_updates,
+        "planned_at": now,
+    }
+    with warehouse.transaction() as tx:
+        tx.run("reconcile/delete_previous_plan")
+        tx.run("reconcile/insert_reconciliation_plan", params)
+        tx.run("reconcile/insert_platform_contacts_missing_from_crm", params)
+        tx.run("reconcile/insert_crm_conflicts", params)
+        actions = {a: n for a, n in tx.run("reconcile/count_plan_actions").all()}
+        active = tx.run("reconcile/count_active_contacts").scalar()
+        missing = tx.scalar("select count(*) from platform_contacts_missing_from_crm")
+        conflicts = tx.scalar("select count(*) from crm_conflicts")
+        synced = tx.get_state(CONTACTS_SYNCED_AT)
+    return PlanSummary(
+        run_id=run_id,
+        export_key=export_key,
+        actions={a: int(actions.get(a, 0)) for a in ACTIONS},
+        active_contacts=int(active),
+        missing_from_crm=int(missing),
+        conflicts=int(conflicts),
+        contacts_synced_at=datetime.fromisoformat(synced) if synced else None,
+        planned_at=now,
+    )
+
+
+@dataclass(frozen=True)
+class Guards:
+    """Limits on what a plan may do before a person must say so (run config overrides)."""
+
+    max_creates: int = 1000
+    max_block_share: float = 0.05
+    max_snapshot_age: timedelta = timedelta(hours=2)
+
+
+@dataclass(frozen=True)
+class GuardResult:
+    name: str
+    passed: bool
+    overridden: bool
+    figure: str
+    limit: str
+    message: str
+
+    @property
+    def allows_apply(self) -> bool:
+        return self.passed or self.overridden
+
+
+GUARD_NAMES = ("max_creates", "max_block_share", "max_snapshot_age")
+
+
+def evaluate_guards(
+    plan: PlanSummary, guards: Guards, overrides: Sequence[str] = ()
+) -> list[GuardResult]:
+    """Judge the plan against each guard; an overridden guard still reports its figure."""
+    unknown = set(overrides) - set(GUARD_NAMES)
+    if unknown:
+        raise ValueError(f"unknown guard(s) to override: {', '.join(sorted(unknown))}")
+    creates = plan.actions.get("create", 0)
+    age = plan.snapshot_age
+    results = [
+        (
+            "max_creates",
+            creates <= guards.max_creates,
+            str(creates),
+            str(guards.max_creates),
+            f"{creates} creates planned (limit {guards.max_creates})",
+        ),
+        (
+            "max_block_share",
+            plan.block_share <= guards.max_block_share,
+            f"{plan.block_share:.2%}",
+            f"{guards.max_block_share:.2%}",
+            f"{plan.actions.get('block', 0)} blocks = {plan.block_share:.2%} of "
+            f"{plan.active_contacts} active contacts (limit {guards.max_block_share:.2%})",
+        ),
+        (
+            "max_snapshot_age",
+            age is not None and age <= guards.max_snapshot_age,
+            "never synced" if age is None else str(age).split(".")[0],
+            str(guards.max_snapshot_age),
+            "contacts were never synced"
+            if age is None
+            else f"contacts snapshot is {str(age).split('.')[0]} old "
+            f"(limit {guards.max_snapshot_age})",
+        ),
+    ]
+    return [
+        GuardResult(name, passed, name in overrides and not passed, figure, limit, message)
+        for name, passed, figure, limit, message in results
+    ]

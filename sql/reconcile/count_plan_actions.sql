@@ -1,0 +1,1 @@
+select action, count(*) as actions from reconciliation_plan group by action

@@ -1,0 +1,135 @@
+-- The plan: what must change on the platform for it to agree with the CRM export(s).
+-- A CRM email listed more than once counts as its most restrictive line (a flagged line
+-- beats a mailable one); platform contacts are matched on the normalised email.
+insert into reconciliation_plan (
+    action_key, run_id, action, email, contact_id, name, reason, source_file, line, planned_at
+)
+with crm_lines as (
+    select
+        email,
+        name,
+        do_not_email,
+        unsubscribed,
+        hard_bounced,
+        mailable,
+        source_file,
+        line,
+        max(name) over (partition by email) as any_name,
+        row_number() over (
+            partition by email
+            order by case when mailable then 1 else 0 end, source_file, line
+        ) as restrictive_rank
+    from crm_contacts
+    where email is not null
+),
+
+crm as (
+    select
+        email,
+        coalesce(name, any_name) as name,
+        mailable,
+        source_file,
+        line,
+        trim(
+            case when do_not_email then 'do-not-email ' else '' end
+            || case when unsubscribed then 'unsubscribed ' else '' end
+            || case when hard_bounced then 'hard-bounced' else '' end
+        ) as flags
+    from crm_lines
+    where restrictive_rank = 1
+),
+
+platform_ranked as (
+    select
+        id,
+        email_key,
+        name,
+        status,
+        row_number() over (
+            partition by email_key
+            order by case when status = 'Active' then 0 else 1 end, id
+        ) as email_rank
+    from contacts
+    where deleted_at is null and email_key is not null
+),
+
+platform as (
+    select id, email_key, name, status from platform_ranked where email_rank = 1
+),
+
+last_own_state_change as (
+    select
+        contact_id,
+        action,
+        row_number() over (partition by contact_id order by done_at desc) as recency
+    from pushback_results
+    where state = 'done' and action in ('block', 'unblock') and contact_id is not null
+),
+
+blocked_by_connector as (
+    select contact_id from last_own_state_change where recency = 1 and action = 'block'
+),
+
+matched as (
+    select
+        crm.*,
+        platform.id as contact_id,
+        platform.name as platform_name,
+        platform.status as platform_status,
+        case when blocked_by_connector.contact_id is null then 0 else 1 end as blocked_by_us
+    from crm
+    left join platform on platform.email_key = crm.email
+    left join blocked_by_connector on blocked_by_connector.contact_id = platform.id
+),
+
+actions as (
+    select
+        'create' as action, email, contact_id, name, source_file, line,
+        'mailable in the CRM, no platform contact has this email' as reason
+    from matched
+    where mailable and contact_id is null
+
+    union all
+
+    select
+        'block', email, contact_id, name, source_file, line,
+        'CRM flags ' || flags || '; platform contact is Active'
+    from matched
+    where not mailable and platform_status = 'Active'
+
+    union all
+
+    select
+        'unblock', email, contact_id, name, source_file, line,
+        'mailable in the CRM again; this connector blocked the contact earlier'
+    from matched
+    where mailable and platform_status = 'Blocked' and blocked_by_us = 1
+
+    union all
+
+    select
+        'update', email, contact_id, name, source_file, line,
+        'name differs: platform has ' || coalesce(platform_name, '(none)')
+    from matched
+    where cast(:include_updates as boolean)
+      and contact_id is not null
+      and name is not null
+      and name <> coalesce(platform_name, '')
+),
+
+final as (
+    select
+        md5(cast(:export_key as text) || '|' || action || '|' || coalesce(contact_id, email)) as action_key,
+        cast(:run_id as text) as run_id,
+        action,
+        email,
+        contact_id,
+        name,
+        reason,
+        source_file,
+        line,
+        cast(:planned_at as timestamptz) as planned_at
+    from actions
+)
+
+select * from final
