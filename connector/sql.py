@@ -27,7 +27,7 @@ def statements(name: str, **identifiers: str) -> list[str]:
         if not _IDENTIFIER.fullmatch(value):
             raise ValueError(f"not a plain SQL identifier: {value!r}")
     text = read_sql(name).format(**identifiers)
-    # Comments go before splitting (they may contain semicolons); the statements here never
-    # hold "--" inside a string literal.
+    # Comments go before splitting (they may contain semicolons). The files under sql/ keep
+    # "--" and ";" out of string literals, so this simple split is exact for them.
     body = "\n".join(line.split("--", 1)[0] for line in text.splitlines())
     return [s.strip() for s in body.split(";") if s.strip()]

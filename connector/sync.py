@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -122,6 +122,42 @@ async def _load_contacts(
         tx.set_state(CONTACTS_SYNCED_AT, now.isoformat(), now)
         if full:
             tx.set_state(CONTACTS_LAST_FULL_REFRESH, synced_at, now)
+    return result
+
+
+async def refresh_contacts(
+    client: MarketplaceClient,
+    warehouse: Warehouse,
+    ids: Sequence[str],
+    *,
+    now: datetime | None = None,
+    ids_per_request: int = 50,
+) -> SyncResult:
+    """Re-read the given contacts (e.g. those a push-back touched) and merge them."""
+    now = _now(now)
+    synced_at = format_timestamp(now)
+    result = SyncResult(mode="refresh", read=ReadReport("contacts"), synced_at=now)
+    unique = sorted(set(ids))
+
+    async def chunks() -> AsyncIterator[list[dict[str, Any]]]:
+        groups = [unique[i : i + ids_per_request] for i in range(0, len(unique), ids_per_request)]
+        for group in groups:
+            async for chunk in client.read("contacts", filter=rql.in_("id", group)):
+                yield chunk
+
+    with (
+        warehouse.transaction() as tx,
+        tx.stage("contacts") as stage,
+        tx.stage("contact_opt_outs") as opt_outs,
+    ):
+
+        def write(chunk: list[dict[str, Any]]) -> None:
+            contacts, categories = contact_rows(chunk, synced_at)
+            stage.write(contacts)
+            opt_outs.write(categories)
+
+        await _pipe(chunks(), write)
+        result.counts = tx.merge(stage, (opt_outs, "contact_id"))
     return result
 
 

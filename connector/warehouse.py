@@ -164,6 +164,13 @@ class Transaction:
             result = self.connection.execute(clause, params)
         return result
 
+    def run_many(self, name: str, rows: Sequence[dict[str, Any]]) -> None:
+        """Run the single statement of ``sql/<name>.sql`` once per parameter set, in bulk."""
+        if not rows:
+            return
+        (statement,) = statements(name)
+        self.connection.execute(sa.text(statement), list(rows))
+
     def scalar(self, sql: str, **params: Any) -> Any:
         return self.connection.execute(sa.text(sql), params).scalar()
 

@@ -93,7 +93,7 @@ actions as (
 
     select
         'block', email, contact_id, name, source_file, line,
-        'CRM flags ' || flags || '; platform contact is Active'
+        'CRM flags ' || flags || ', platform contact is Active'
     from matched
     where not mailable and platform_status = 'Active'
 
@@ -101,7 +101,7 @@ actions as (
 
     select
         'unblock', email, contact_id, name, source_file, line,
-        'mailable in the CRM again; this connector blocked the contact earlier'
+        'mailable in the CRM again, and this connector blocked the contact earlier'
     from matched
     where mailable and platform_status = 'Blocked' and blocked_by_us = 1
 

@@ -1,0 +1,229 @@
+"""Applying a reconciliation plan to the platform, exactly once.
+
+The ledger is ``pushback_results``: every action has a stable key from the plan. Before a
+batch of actions is sent, their ledger rows are written as ``sending`` and committed; after
+the answers, each row gets its outcome. So after a crash, a kill or a retried run:
+
+- ``done`` and ``rejected`` (a permanent 4xx) are never sent again;
+- ``sending`` and ``ambiguous`` mean an earlier attempt may have landed: a create first looks
+  the email up and only sends if no contact has it; a block or unblock is sent again, which
+  is harmless (the client treats "already in that state" as done);
+- ``retry`` (the API was unavailable or throttled us past the client's own retries) is sent
+  again on the next run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from connector.errors import AmbiguousOutcomeError, ApiError, ConflictError, ConnectorError
+from connector.marketplace import MarketplaceClient
+from connector.warehouse import Transaction, Warehouse
+
+log = logging.getLogger(__name__)
+
+PENDING_STATES = ("sending", "ambiguous", "retry")
+FINAL_STATES = ("done", "rejected")
+
+
+@dataclass
+class Action:
+    action_key: str
+    action: str
+    email: str | None
+    contact_id: str | None
+    name: str | None
+    previous_state: str | None
+    attempts: int
+
+
+@dataclass
+class Outcome:
+    state: str
+    contact_id: str | None = None
+    http_status: int | None = None
+    problem_title: str | None = None
+    problem_detail: str | None = None
+    field_errors: dict[str, list[str]] | None = None
+
+
+@dataclass
+class ApplySummary:
+    """Counts of one apply."""
+
+    outcomes: Counter[str] = field(default_factory=Counter)
+    skipped: int = 0
+    touched_contacts: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def sent(self) -> int:
+        return sum(self.outcomes.values())
+
+
+async def apply_plan(
+    client: MarketplaceClient,
+    warehouse: Warehouse,
+    *,
+    run_id: str,
+    batch_size: int = 200,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> ApplySummary:
+    """Send every planned action that is not done or permanently rejected yet."""
+    summary = ApplySummary()
+    started = asyncio.get_running_loop().time()
+    actions, summary.skipped = _pending_actions(warehouse)
+    for start in range(0, len(actions), batch_size):
+        batch = actions[start : start + batch_size]
+        with warehouse.transaction() as tx:
+            _mark_sending(tx, batch, run_id, clock())
+        outcomes = await asyncio.gather(*(_perform(client, a) for a in batch))
+        now = clock()
+        with warehouse.transaction() as tx:
+            tx.run_many(
+                "pushback/update_outcome",
+                [_outcome_row(a, o, now) for a, o in zip(batch, outcomes, strict=True)],
+            )
+        for outcome in outcomes:
+            summary.outcomes[outcome.state] += 1
+            if outcome.state == "done" and outcome.contact_id:
+                summary.touched_contacts.append(outcome.contact_id)
+    summary.seconds = asyncio.get_running_loop().time() - started
+    return summary
+
+
+def _pending_actions(warehouse: Warehouse) -> tuple[list[Action], int]:
+    with warehouse.transaction() as tx:
+        rows = tx.run("pushback/select_plan_with_ledger").mappings().all()
+    actions, skipped = [], 0
+    for row in rows:
+        if row["state"] in FINAL_STATES:
+            skipped += 1
+            continue
+        actions.append(
+            Action(
+                action_key=row["action_key"],
+                action=row["action"],
+                email=row["email"],
+                contact_id=row["contact_id"],
+                name=row["name"],
+                previous_state=row["state"],
+                attempts=int(row["attempts"] or 0),
+            )
+        )
+    return actions, skipped
+
+
+def _mark_sending(tx: Transaction, batch: Sequence[Action], run_id: str, now: datetime) -> None:
+    rows = [
+        {
+            "action_key": action.action_key,
+            "run_id": run_id,
+            "action": action.action,
+            "email": action.email,
+            "contact_id": action.contact_id,
+            "attempts": action.attempts + 1,
+            "now": now,
+        }
+        for action in batch
+    ]
+    tx.run_many(
+        "pushback/update_sending", [r for r, a in zip(rows, batch, strict=True) if a.previous_state]
+    )
+    tx.run_many(
+        "pushback/insert_sending",
+        [r for r, a in zip(rows, batch, strict=True) if not a.previous_state],
+    )
+
+
+def _outcome_row(action: Action, outcome: Outcome, now: datetime) -> dict[str, Any]:
+    return {
+        "action_key": action.action_key,
+        "state": outcome.state,
+        "contact_id": outcome.contact_id or action.contact_id,
+        "http_status": outcome.http_status,
+        "problem_title": outcome.problem_title,
+        "problem_detail": outcome.problem_detail,
+        "field_errors": orjson.dumps(outcome.field_errors).decode()
+        if outcome.field_errors
+        else None,
+        "now": now,
+        "done_at": now if outcome.state == "done" else None,
+    }
+
+
+async def _perform(client: MarketplaceClient, action: Action) -> Outcome:
+    """Send one action and say how it ended; never raises for an API answer."""
+    try:
+        if action.action == "create":
+            return await _create(client, action)
+        if action.contact_id is None:
+            return Outcome("rejected", problem_title="No contact to act on")
+        if action.action == "block":
+            contact = await client.block_contact(action.contact_id)
+        elif action.action == "unblock":
+            contact = await client.unblock_contact(action.contact_id)
+        elif action.action == "update":
+            current = await client.get("contacts", action.contact_id)
+            opt_outs = [c["id"] for c in current.get("optOuts") or []]
+            contact = await client.update_contact(
+                action.contact_id, current["email"], action.name, opt_outs
+            )
+        else:
+            return Outcome("rejected", problem_title=f"Unknown action {action.action!r}")
+        return Outcome("done", contact_id=contact.get("id", action.contact_id))
+    except ApiError as exc:
+        return _failed(exc)
+    except AmbiguousOutcomeError:
+        return Outcome("ambiguous", problem_title="Outcome unknown; checked on the next run")
+    except ConnectorError as exc:  # transport failures after every retry
+        return Outcome("retry", problem_title=type(exc).__name__, problem_detail=str(exc))
+
+
+async def _create(client: MarketplaceClient, action: Action) -> Outcome:
+    assert action.email is not None
+    if action.previous_state in PENDING_STATES:
+        # An earlier attempt may have created it: look before sending again.
+        existing = await client.find_contact_by_email(action.email)
+        if existing is not None:
+            return Outcome("done", contact_id=existing["id"])
+    try:
+        created = await client.create_contact(action.email, action.name)
+        return Outcome("done", contact_id=created["id"])
+    except ConflictError as exc:
+        # The email exists now (our own earlier attempt, or someone else): the goal is met.
+        existing = await client.find_contact_by_email(action.email)
+        if existing is not None:
+            return Outcome("done", contact_id=existing["id"])
+        return _failed(exc)
+    except AmbiguousOutcomeError:
+        existing = await _find_quietly(client, action.email)
+        if existing is not None:
+            return Outcome("done", contact_id=existing["id"])
+        return Outcome("ambiguous", problem_title="Outcome unknown; checked on the next run")
+
+
+async def _find_quietly(client: MarketplaceClient, email: str) -> dict[str, Any] | None:
+    try:
+        return await client.find_contact_by_email(email)
+    except ConnectorError:
+        return None
+
+
+def _failed(exc: ApiError) -> Outcome:
+    problem = exc.problem
+    return Outcome(
+        "retry" if exc.retryable else "rejected",
+        http_status=problem.status,
+        problem_title=problem.title,
+        problem_detail=problem.detail,
+        field_errors=problem.field_errors or None,
+    )
