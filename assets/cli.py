@@ -15,8 +15,11 @@ from pathlib import Path
 
 import click
 
+from assets.reconcile import export_dir
+from assets.reporting import REPORT_NAMES
 from connector.cli import main
 from connector.sandbox.app import Sandbox, SandboxConfig
+from connector.sandbox.crm_export import write_sample_export
 from connector.sandbox.server import serve_in_thread
 from connector.settings import (
     EVINOTICE_BASE_URL,
@@ -26,13 +29,16 @@ from connector.settings import (
     MPT_API_BASE_URL,
     MPT_API_TOKEN,
 )
-from connector.tables import TABLE_NAMES
+from connector.tables import ALL_TABLE_NAMES
+from connector.warehouse import Warehouse
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
+_PLANNED = ("planned_create", "planned_block", "planned_unblock", "planned_update")
+_LAST_RECONCILE = "select * from reconciliation_runs order by started_at desc limit 1"
 
 
 @contextlib.contextmanager
-def sandbox_environment(contacts: int, seed: int, port: int = 0) -> Iterator[str]:
+def sandbox_environment(contacts: int, seed: int, port: int = 0) -> Iterator[tuple[str, Sandbox]]:
     """Serve a sandbox on loopback and point this process's settings at it."""
     config = SandboxConfig(contacts=contacts, seed=seed)
     sandbox = Sandbox(config)
@@ -48,7 +54,7 @@ def sandbox_environment(contacts: int, seed: int, port: int = 0) -> Iterator[str
         previous = {k: os.environ.get(k) for k in settings}
         os.environ.update(settings)
         try:
-            yield url
+            yield url, sandbox
         finally:
             for key, value in previous.items():
                 if value is None:
@@ -66,7 +72,7 @@ def demo(contacts: int, seed: int, days: int) -> None:
     from dagster import DagsterInstance
 
     click.echo(f"Starting the sandbox ({contacts} contacts)...")
-    with sandbox_environment(contacts, seed) as url:
+    with sandbox_environment(contacts, seed) as (url, sandbox):
         click.echo(f"Sandbox at {url}; materialising every asset...")
         from assets.definitions import defs
 
@@ -93,17 +99,44 @@ def demo(contacts: int, seed: int, days: int) -> None:
                     },
                 )
             )
+            export = write_sample_export(
+                sandbox.truth("contacts"), export_dir() / "sandbox_sample_export.csv", seed=seed
+            )
+            click.echo(f"Reconciling the sample CRM export {export} ...")
+            reconcile_config = {
+                **quiet,
+                "ops": {"crm_exports": {"config": {"files": [str(export)]}}},
+            }
+            outcomes.append(
+                defs.resolve_job_def("reconcile").execute_in_process(
+                    instance=instance, raise_on_error=False, run_config=reconcile_config
+                )
+            )
+            outcomes.append(
+                defs.resolve_job_def("publish_reports").execute_in_process(
+                    instance=instance, raise_on_error=False, run_config=quiet
+                )
+            )
         warehouse = defs.resources["warehouse"].warehouse()  # type: ignore[attr-defined]
         _summary(warehouse, outcomes)
         if not all(o.success for o in outcomes):
             raise click.ClickException("some steps failed; see the log above")
 
 
-def _summary(warehouse: object, outcomes: list) -> None:
-    click.echo(f"\nWarehouse: {warehouse.url}")  # type: ignore[attr-defined]
-    click.echo(f"{'table':<32}{'rows':>10}")
-    for name in TABLE_NAMES:
-        click.echo(f"{name:<32}{warehouse.count(name):>10}")  # type: ignore[attr-defined]
+def _summary(warehouse: Warehouse, outcomes: list) -> None:
+    click.echo(f"\nWarehouse: {warehouse.url}")
+    click.echo(f"{'table':<36}{'rows':>10}")
+    for name in (*ALL_TABLE_NAMES, *REPORT_NAMES):
+        click.echo(f"{name:<36}{warehouse.count(name):>10}")
+    runs = warehouse.query(_LAST_RECONCILE)
+    if runs:
+        run = runs[0]._mapping
+        click.echo(
+            "\nReconcile: "
+            + ", ".join(f"{k.removeprefix('planned_')} {run[k]}" for k in _PLANNED)
+            + f" planned; {run['applied_done']} done, {run['applied_rejected']} rejected; "
+            f"{run['rejected_rows']} CRM lines rejected, {run['conflicts']} conflicts"
+        )
     evaluations = [e for o in outcomes for e in o.get_asset_check_evaluations()]
     failed = [e for e in evaluations if not e.passed]
     click.echo(f"\nAsset checks: {len(evaluations) - len(failed)} passed, {len(failed)} failed")

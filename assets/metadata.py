@@ -42,7 +42,9 @@ def run_metadata(warehouse: Warehouse, name: str, result: SyncResult | None) -> 
         total = tx.scalar(f"select count(*) from {name}")
     metadata: dict[str, Any] = {
         "dagster/row_count": total,
-        "preview": MetadataValue.md(_markdown(columns, rows)),
+        "preview": MetadataValue.md(
+            markdown_table([dict(zip(columns, row, strict=True)) for row in rows], columns)
+        ),
         "warehouse": warehouse.url,
     }
     if result is not None:
@@ -69,11 +71,16 @@ def run_metadata(warehouse: Warehouse, name: str, result: SyncResult | None) -> 
     return metadata
 
 
-def _markdown(columns: list[str], rows: list[Any]) -> str:
+def markdown_table(rows: list[dict[str, Any]], columns: list[str] | None = None) -> str:
+    """A small markdown table (cells cut to 60 characters) for the Dagster UI."""
+    columns = columns or (list(rows[0]) if rows else [])
+    if not columns:
+        return "_(empty)_"
+
     def cell(value: Any) -> str:
         text = "" if value is None else str(value)
         return text.replace("|", "\\|").replace("\n", " ")[:60]
 
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    lines += ["| " + " | ".join(cell(row.get(c)) for c in columns) + " |" for row in rows]
     return "\n".join(lines)

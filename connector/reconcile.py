@@ -238,3 +238,85 @@ def evaluate_guards(
         GuardResult(name, passed, name in overrides and not passed, figure, limit, message)
         for name, passed, figure, limit, message in results
     ]
+
+
+# -- the run record (reconciliation_runs) -----------------------------------------------------
+
+
+def record_run_start(warehouse: Warehouse, load: ExportLoad, now: datetime | None = None) -> None:
+    """The run's row: which exports it read and how many lines were good or rejected."""
+    with warehouse.transaction() as tx:
+        tx.run(
+            "reconcile/insert_reconciliation_run",
+            {
+                "run_id": load.run_id,
+                "export_key": load.export_key,
+                "export_files": orjson.dumps(load.files).decode(),
+                "started_at": now or datetime.now(UTC),
+                "crm_rows": load.rows,
+                "rejected_rows": load.rejected,
+            },
+        )
+
+
+def latest_run(warehouse: Warehouse, run_id: str) -> tuple[str, str] | None:
+    """``(run_id, export_key)`` of this run, or else of the latest run that read exports."""
+    with warehouse.transaction() as tx:
+        row = tx.run("reconcile/select_latest_reconciliation_run", {"run_id": run_id}).first()
+    return (row[0], row[1]) if row else None
+
+
+def record_plan(
+    warehouse: Warehouse,
+    plan: PlanSummary,
+    guards: Sequence[GuardResult],
+    override_reason: str | None,
+) -> None:
+    """Planned counts, guards that tripped and the overrides with their reason."""
+    tripped = {g.name: g.message for g in guards if not g.passed}
+    overridden = [g.name for g in guards if g.overridden]
+    with warehouse.transaction() as tx:
+        tx.run(
+            "reconcile/update_reconciliation_run_plan",
+            {
+                "run_id": plan.run_id,
+                "conflicts": plan.conflicts,
+                **{f"planned_{a}": plan.actions.get(a, 0) for a in ACTIONS},
+                "missing_from_crm": plan.missing_from_crm,
+                "guards_tripped": orjson.dumps(tripped).decode(),
+                "overrides": orjson.dumps(overridden).decode(),
+                "override_reason": override_reason if overridden else None,
+            },
+        )
+
+
+def record_apply(
+    warehouse: Warehouse,
+    run_id: str,
+    *,
+    dry_run: bool,
+    outcomes: dict[str, int],
+    skipped: int,
+    now: datetime | None = None,
+) -> None:
+    """What the apply did (nothing, for a dry run)."""
+    with warehouse.transaction() as tx:
+        tx.run(
+            "reconcile/update_reconciliation_run_apply",
+            {
+                "run_id": run_id,
+                "dry_run": dry_run,
+                "applied_done": outcomes.get("done", 0),
+                "applied_rejected": outcomes.get("rejected", 0),
+                "applied_retry": outcomes.get("retry", 0) + outcomes.get("ambiguous", 0),
+                "skipped": skipped,
+                "finished_at": None if dry_run else (now or datetime.now(UTC)),
+            },
+        )
+
+
+def plan_preview(warehouse: Warehouse, per_action: int = 10) -> list[dict[str, Any]]:
+    """The first few actions of each kind, for people to read before anything is applied."""
+    with warehouse.transaction() as tx:
+        rows = tx.run("reconcile/select_plan_preview", {"per_action": per_action}).mappings()
+        return [dict(r) for r in rows]

@@ -74,3 +74,13 @@ TABLE_NAMES = (
     "evinotice_batches",
     "sync_state",
 )
+RECONCILE_TABLE_NAMES = (
+    "crm_contacts",
+    "crm_rejected_rows",
+    "crm_conflicts",
+    "reconciliation_plan",
+    "platform_contacts_missing_from_crm",
+    "pushback_results",
+    "reconciliation_runs",
+)
+ALL_TABLE_NAMES = TABLE_NAMES + RECONCILE_TABLE_NAMES

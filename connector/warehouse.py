@@ -25,7 +25,7 @@ from sqlalchemy.pool import NullPool
 from connector.errors import ConfigurationError
 from connector.records import Row
 from connector.sql import statements
-from connector.tables import TABLE_NAMES, Table, table
+from connector.tables import ALL_TABLE_NAMES, Table, table
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ class Warehouse:
         with connection:
             yield connection
 
-    def ensure_tables(self, names: Sequence[str] = TABLE_NAMES) -> None:
+    def ensure_tables(self, names: Sequence[str] = ALL_TABLE_NAMES) -> None:
         """Create missing tables, and add columns a newer version of the DDL defines."""
         with self.transaction() as tx:
             for name in names:

@@ -1,0 +1,304 @@
+"""Reconcile assets: CRM exports → plan (with blocking guard checks) → apply → refresh.
+
+Group ``reconcile``. A sensor on ``CRM_EXPORT_DIR`` starts one run per new or changed export
+file, keyed by its content, so the same file twice never runs twice.
+"""
+
+import asyncio
+import hashlib
+import os
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    AssetSpec,
+    Config,
+    DefaultSensorStatus,
+    Failure,
+    MaterializeResult,
+    MetadataValue,
+    RunRequest,
+    SensorEvaluationContext,
+    asset,
+    multi_asset,
+    sensor,
+)
+from pydantic import Field
+
+from assets.metadata import definition_metadata, markdown_table, run_metadata
+from assets.resources import MarketplaceResource, WarehouseResource
+from connector import pushback, reconcile
+from connector.crm import CrmError
+from connector.sync import refresh_contacts
+from connector.tables import table
+
+CRM_EXPORT_DIR = "CRM_EXPORT_DIR"
+DEFAULT_CRM_EXPORT_DIR = "data/crm_exports"
+EXPORT_SUFFIXES = (".csv", ".txt", ".tsv", ".xlsx")
+
+
+def export_dir() -> Path:
+    """Where CRM exports are dropped (``CRM_EXPORT_DIR``)."""
+    return Path(os.environ.get(CRM_EXPORT_DIR) or DEFAULT_CRM_EXPORT_DIR)
+
+
+def export_files(directory: Path) -> list[Path]:
+    """Export files in the folder, in name order (hidden and partial files skipped)."""
+    if not directory.is_dir():
+        return []
+    return sorted(
+        p
+        for p in directory.iterdir()
+        if p.is_file() and p.suffix.lower() in EXPORT_SUFFIXES and not p.name.startswith(".")
+    )
+
+
+def _spec(name: str) -> AssetSpec:
+    return AssetSpec(
+        name,
+        group_name="reconcile",
+        description=table(name).description,
+        metadata=definition_metadata(name),
+        kinds={"sql"},
+    )
+
+
+class CrmExportsConfig(Config):
+    """Which exports to read and how to read them."""
+
+    files: list[str] = Field(
+        default=[], description="Export files; empty = every export in CRM_EXPORT_DIR."
+    )
+    mapping: str = Field(
+        default="auto",
+        description="salesforce, hubspot, dynamics365, generic, auto, or a YAML mapping file.",
+    )
+
+
+@multi_asset(
+    specs=[_spec("crm_contacts"), _spec("crm_rejected_rows")],
+    can_subset=False,
+)
+def crm_exports(
+    context: AssetExecutionContext, config: CrmExportsConfig, warehouse: WarehouseResource
+) -> Iterator[MaterializeResult]:
+    """Every line of the export(s): a CRM contact, or a rejected row with its reason."""
+    paths = [Path(f) for f in config.files] or export_files(export_dir())
+    if not paths:
+        raise Failure(f"no CRM export files in {export_dir()} (set {CRM_EXPORT_DIR})")
+    store = warehouse.warehouse()
+    try:
+        load = reconcile.load_exports(store, paths, config.mapping, run_id=context.run_id)
+    except (CrmError, OSError) as exc:
+        # Nothing is planned from an unreadable export: the run stops here.
+        raise Failure(description=str(exc)) from exc
+    reconcile.record_run_start(store, load)
+    context.log.info("read %d CRM lines, rejected %d", load.rows, load.rejected)
+    yield MaterializeResult(
+        asset_key="crm_contacts",
+        metadata={
+            **run_metadata(store, "crm_contacts", None),
+            "files": MetadataValue.json(load.summaries),
+            "export_key": load.export_key,
+        },
+    )
+    yield MaterializeResult(
+        asset_key="crm_rejected_rows",
+        metadata={
+            **run_metadata(store, "crm_rejected_rows", None),
+            "rejected_by_kind": MetadataValue.json(load.rejected_by_kind),
+        },
+    )
+
+
+class PlanConfig(Config):
+    """Planning options and the guards that stop an unusual plan."""
+
+    include_updates: bool = Field(default=False, description="Also plan name updates.")
+    max_creates: int = Field(default=1000, description="Guard: most creates one plan may make.")
+    max_block_share: float = Field(
+        default=0.05, description="Guard: most blocks, as a share of active contacts."
+    )
+    max_snapshot_age_hours: float = Field(
+        default=2.0, description="Guard: oldest contacts sync a plan may be made from."
+    )
+    override_guards: list[str] = Field(
+        default=[], description="Guards to let pass anyway (recorded with the reason)."
+    )
+    override_reason: str = Field(default="", description="Why the guards are overridden.")
+
+
+GUARD_CHECKS = [
+    AssetCheckSpec(
+        name,
+        asset="reconciliation_plan",
+        blocking=True,
+        description=description,
+    )
+    for name, description in (
+        ("max_creates", "No more creates than the limit"),
+        ("max_block_share", "Blocks stay under a share of active contacts"),
+        ("max_snapshot_age", "The plan is made from a recent contacts sync"),
+    )
+]
+
+
+@asset(
+    name="reconciliation_plan",
+    group_name="reconcile",
+    description=table("reconciliation_plan").description,
+    metadata=definition_metadata("reconciliation_plan"),
+    deps=["crm_contacts", "contacts"],
+    check_specs=GUARD_CHECKS,
+    kinds={"sql"},
+)
+def reconciliation_plan(
+    context: AssetExecutionContext, config: PlanConfig, warehouse: WarehouseResource
+) -> Iterator[MaterializeResult | AssetCheckResult]:
+    """What must change on the platform, with a readable preview; guards block the apply."""
+    if config.override_guards and not config.override_reason.strip():
+        raise Failure("override_guards needs an override_reason, which is recorded")
+    store = warehouse.warehouse()
+    run = reconcile.latest_run(store, context.run_id)
+    if run is None:
+        raise Failure("no CRM exports have been read yet: materialise crm_contacts first")
+    run_id, export_key = run
+    plan = reconcile.make_plan(
+        store, run_id=run_id, export_key=export_key, include_updates=config.include_updates
+    )
+    guards = reconcile.Guards(
+        max_creates=config.max_creates,
+        max_block_share=config.max_block_share,
+        max_snapshot_age=timedelta(hours=config.max_snapshot_age_hours),
+    )
+    try:
+        results = reconcile.evaluate_guards(plan, guards, config.override_guards)
+    except ValueError as exc:
+        raise Failure(str(exc)) from exc
+    reconcile.record_plan(store, plan, results, config.override_reason)
+    preview = reconcile.plan_preview(store)
+    yield MaterializeResult(
+        asset_key="reconciliation_plan",
+        metadata={
+            **run_metadata(store, "reconciliation_plan", None),
+            **{f"planned_{a}": n for a, n in plan.actions.items()},
+            "missing_from_crm": plan.missing_from_crm,
+            "conflicts": plan.conflicts,
+            "active_contacts": plan.active_contacts,
+            "preview": MetadataValue.md(markdown_table(preview)),
+            "guards": MetadataValue.md(
+                markdown_table(
+                    [
+                        {
+                            "guard": g.name,
+                            "figure": g.figure,
+                            "limit": g.limit,
+                            "result": "overridden"
+                            if g.overridden
+                            else ("ok" if g.passed else "STOP"),
+                        }
+                        for g in results
+                    ]
+                )
+            ),
+        },
+    )
+    for guard in results:
+        yield AssetCheckResult(
+            check_name=guard.name,
+            passed=guard.allows_apply,
+            severity=AssetCheckSeverity.ERROR,
+            description=guard.message,
+            metadata={
+                "figure": guard.figure,
+                "limit": guard.limit,
+                "overridden": guard.overridden,
+                **({"override_reason": config.override_reason} if guard.overridden else {}),
+            },
+        )
+
+
+class ApplyConfig(Config):
+    """How the plan is applied."""
+
+    dry_run: bool = Field(default=False, description="Plan only: send nothing.")
+    batch_size: int = Field(default=200, description="Actions written to the ledger at once.")
+
+
+@asset(
+    name="pushback_results",
+    group_name="reconcile",
+    description=table("pushback_results").description,
+    metadata=definition_metadata("pushback_results"),
+    deps=["reconciliation_plan"],
+    kinds={"sql"},
+)
+def pushback_results(
+    context: AssetExecutionContext,
+    config: ApplyConfig,
+    marketplace: MarketplaceResource,
+    warehouse: WarehouseResource,
+) -> MaterializeResult:
+    """Apply the plan exactly once, record every outcome, re-read the contacts it touched."""
+    store = warehouse.warehouse()
+    run = reconcile.latest_run(store, context.run_id)
+    run_id = run[0] if run else context.run_id
+    if config.dry_run:
+        reconcile.record_apply(store, run_id, dry_run=True, outcomes={}, skipped=0)
+        return MaterializeResult(metadata={"dry_run": True, "applied": 0})
+
+    async def apply() -> pushback.ApplySummary:
+        async with marketplace.client() as client:
+            summary = await pushback.apply_plan(
+                client, store, run_id=run_id, batch_size=config.batch_size
+            )
+            if summary.touched_contacts:
+                await refresh_contacts(client, store, summary.touched_contacts)
+            return summary
+
+    summary = asyncio.run(apply())
+    reconcile.record_apply(
+        store, run_id, dry_run=False, outcomes=dict(summary.outcomes), skipped=summary.skipped
+    )
+    context.log.info("push-back: %s, skipped %d", dict(summary.outcomes), summary.skipped)
+    return MaterializeResult(
+        metadata={
+            **run_metadata(store, "pushback_results", None),
+            "dry_run": False,
+            **{f"outcome_{state}": n for state, n in summary.outcomes.items()},
+            "skipped_already_settled": summary.skipped,
+            "contacts_refreshed": len(set(summary.touched_contacts)),
+            "seconds": round(summary.seconds, 2),
+        }
+    )
+
+
+RECONCILE_ASSETS = [crm_exports, reconciliation_plan, pushback_results]
+
+
+def file_run_key(path: Path) -> str:
+    """The run key of an export: its name and a hash of its content."""
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:20]
+    return f"{path.name}:{digest}"
+
+
+@sensor(
+    name="crm_export_sensor",
+    job_name="reconcile",
+    minimum_interval_seconds=30,
+    default_status=DefaultSensorStatus.RUNNING,
+    description="One reconcile run per new or changed file in CRM_EXPORT_DIR.",
+)
+def crm_export_sensor(context: SensorEvaluationContext) -> Iterator[RunRequest]:
+    """Dagster skips a run key it has seen, so the same content never reconciles twice."""
+    for path in export_files(export_dir()):
+        yield RunRequest(
+            run_key=file_run_key(path),
+            run_config={"ops": {"crm_exports": {"config": {"files": [str(path.resolve())]}}}},
+            tags={"crm_export": path.name},
+        )
