@@ -1,0 +1,1002 @@
+"""The reporting models on DuckDB and PostgreSQL against figures worked out by hand from small
+fixed data, including the resets of the statistics windows; atomic rebuilds; the Dagster
+assets' wiring and metadata; and the reports after a sync of the sandbox, with their charts.
+
+PostgreSQL is not optional: when the server is unreachable these tests fail. Its sessions run
+in Asia/Tokyo, so a model that took dates in the session time zone instead of UTC would put
+late-evening rows on the wrong day and fail here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import threading
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import matplotlib.image
+import pytest
+import sqlalchemy as sa
+from conftest import asgi_marketplace, make_sandbox
+from dagster import DagsterInstance, DefaultSensorStatus, materialize
+from sqlalchemy.pool import NullPool
+
+from assets.reporting import (
+    CHART_DIR,
+    REPORT_NAMES,
+    REPORTING,
+    REPORTS,
+    build_report,
+    rebuild,
+)
+from assets.resources import WarehouseResource
+from connector import sync
+from connector.evinotice import EviNoticeClient
+from connector.settings import EviNoticeSettings, Secret
+from connector.sql import read_sql
+from connector.tables import TABLE_NAMES, table
+from connector.warehouse import Warehouse
+
+PG_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432"
+PG_SESSION = "options=-c%20timezone%3DAsia/Tokyo"
+SOURCES = (
+    "contacts",
+    "contact_opt_outs",
+    "categories",
+    "category_statistics_snapshots",
+    "batches",
+    "messages",
+    "evinotice_batches",
+)
+PARTS = ("sent", "bounced", "complained", "discarded", "failed")
+
+
+def at(text: str) -> datetime:
+    """A UTC timestamp from a short ISO form, e.g. ``2026-11-18T22:00``."""
+    return datetime.fromisoformat(text).replace(tzinfo=UTC)
+
+
+# --- warehouses ------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def fresh_postgres_database() -> Iterator[str]:
+    """A new, empty PostgreSQL database (its sessions in Tokyo time); dropped afterwards."""
+    name = f"notifsync_test_{uuid.uuid4().hex}"
+    admin = sa.create_engine(
+        f"{PG_SERVER}/postgres", isolation_level="AUTOCOMMIT", poolclass=NullPool
+    )
+    with admin.connect() as connection:
+        connection.exec_driver_sql(f"create database {name}")
+    try:
+        yield f"{PG_SERVER}/{name}?{PG_SESSION}"
+    finally:
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f"drop database if exists {name} with (force)")
+        admin.dispose()
+
+
+@pytest.fixture(scope="module")
+def postgres_url() -> Iterator[str]:
+    """One database for the hand-made tests of this module."""
+    with fresh_postgres_database() as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def warehouses(
+    postgres_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Warehouse]]:
+    duck = tmp_path_factory.mktemp("reporting") / "warehouse.duckdb"
+    opened = {"duckdb": Warehouse(f"duckdb:///{duck}"), "postgresql": Warehouse(postgres_url)}
+    for warehouse in opened.values():
+        warehouse.ensure_tables()
+    yield opened
+    for warehouse in opened.values():
+        warehouse.dispose()
+
+
+@pytest.fixture(params=["duckdb", "postgresql"])
+def warehouse(request: pytest.FixtureRequest, warehouses: dict[str, Warehouse]) -> Warehouse:
+    return warehouses[request.param]
+
+
+def load(warehouse: Warehouse, **tables: list[dict[str, Any]]) -> None:
+    """Empty every source table, then insert the given rows (missing columns are null)."""
+    with warehouse.transaction() as tx:
+        for name in SOURCES:
+            tx.run("load/delete_all_rows", target=name)
+        for name, rows in tables.items():
+            columns = sorted({key for row in rows for key in row})
+            statement = sa.text(
+                f"insert into {name} ({', '.join(columns)}) "
+                f"values ({', '.join(':' + c for c in columns)})"
+            )
+            tx.connection.execute(statement, [{c: row.get(c) for c in columns} for row in rows])
+
+
+def read(warehouse: Warehouse, name: str, *key: str) -> dict[tuple, dict[str, Any]]:
+    """A table's rows keyed by the given columns."""
+    result = {}
+    for row in warehouse.query(f"select * from {name}"):
+        values = dict(row._mapping)
+        result[tuple(values[k] for k in key)] = values
+    return result
+
+
+def approx(value: float | None) -> Any:
+    return None if value is None else pytest.approx(value)
+
+
+# --- category_deliverability_daily -----------------------------------------------------------
+
+
+def snapshot(category: str, when: str, **windows: tuple[int, ...]) -> list[dict[str, Any]]:
+    """Snapshot rows: ``today=(sent, bounced, complained, discarded, failed)`` etc."""
+    rows = []
+    for window, parts in windows.items():
+        figures = dict(zip(PARTS, parts, strict=True))
+        rows.append(
+            {
+                "snapshot_at": at(when),
+                "category_id": category,
+                "statistics_window": window,
+                **figures,
+                "total": sum(parts),
+            }
+        )
+    return rows
+
+
+def messages_of(category: str, when: str, status: str, count: int = 1) -> list[dict[str, Any]]:
+    return [
+        {
+            "id": f"MSG-{uuid.uuid4().hex[:12]}",
+            "category_id": category,
+            "batch_id": "MST-X",
+            "contact_id": "CTT-X",
+            "status": status,
+            "created_at": at(when),
+        }
+        for _ in range(count)
+    ]
+
+
+DELIVERABILITY_SNAPSHOTS = [
+    # NTC-1, a Wednesday: two snapshots on the 18th, two on the 19th.
+    *snapshot(
+        "NTC-1",
+        "2026-11-18T09:00",
+        today=(4, 0, 0, 0, 0),
+        week=(16, 1, 1, 0, 1),
+        month=(46, 4, 2, 1, 1),
+    ),
+    *snapshot(
+        "NTC-1",
+        "2026-11-18T22:00",
+        today=(8, 1, 0, 1, 0),
+        week=(20, 2, 1, 1, 1),
+        month=(50, 5, 2, 2, 1),
+    ),
+    *snapshot(
+        "NTC-1",
+        "2026-11-19T01:00",
+        today=(3, 0, 0, 0, 0),
+        week=(27, 3, 1, 1, 1),
+        month=(57, 6, 2, 2, 1),
+    ),
+    *snapshot(
+        "NTC-1",
+        "2026-11-19T12:00",
+        today=(6, 1, 0, 0, 0),
+        week=(30, 4, 1, 1, 1),
+        month=(60, 7, 2, 2, 1),
+    ),
+    # Sunday 22nd to Monday 23rd: the week restarts, the month does not.
+    *snapshot(
+        "NTC-1",
+        "2026-11-22T20:00",
+        today=(5, 0, 0, 0, 0),
+        week=(40, 4, 1, 1, 1),
+        month=(80, 8, 3, 2, 1),
+    ),
+    *snapshot(
+        "NTC-1",
+        "2026-11-23T02:00",
+        today=(2, 1, 0, 0, 0),
+        week=(2, 1, 0, 0, 0),
+        month=(86, 9, 3, 2, 2),
+    ),
+    # NTC-2: Sunday 31 January to Monday 1 February, both windows restart; then no snapshot on
+    # Monday 8 February, but one on Tuesday the 9th.
+    *snapshot(
+        "NTC-2",
+        "2027-01-31T18:00",
+        today=(6, 1, 0, 0, 0),
+        week=(30, 2, 0, 0, 0),
+        month=(100, 5, 1, 0, 0),
+    ),
+    *snapshot(
+        "NTC-2",
+        "2027-02-01T00:30",
+        today=(1, 0, 0, 0, 0),
+        week=(1, 0, 0, 0, 0),
+        month=(1, 0, 0, 0, 0),
+    ),
+    *snapshot(
+        "NTC-2",
+        "2027-02-09T05:00",
+        today=(2, 0, 0, 0, 0),
+        week=(9, 1, 0, 0, 1),
+        month=(40, 3, 0, 0, 1),
+    ),
+    # NTC-3 (no longer in categories): between the two snapshots, 15 earlier messages of the
+    # week went from Sent to Bounced, more than the 18th's own 10 messages.
+    *snapshot(
+        "NTC-3",
+        "2026-11-18T23:00",
+        today=(10, 0, 0, 0, 0),
+        week=(30, 0, 0, 0, 0),
+        month=(60, 0, 0, 0, 0),
+    ),
+    *snapshot(
+        "NTC-3",
+        "2026-11-19T00:10",
+        today=(1, 0, 0, 0, 0),
+        week=(15, 15, 0, 0, 0),
+        month=(45, 15, 0, 0, 0),
+    ),
+]
+
+DELIVERABILITY_MESSAGES = [
+    # The 18th: 12 sent, 2 bounced, 1 discarded (some after the last snapshot), 1 queued.
+    *messages_of("NTC-1", "2026-11-18T10:00", "Sent", 9),
+    *messages_of("NTC-1", "2026-11-18T12:00", "Bounced", 2),
+    *messages_of("NTC-1", "2026-11-18T23:30", "Sent", 3),
+    *messages_of("NTC-1", "2026-11-18T23:45", "Discarded"),
+    *messages_of("NTC-1", "2026-11-18T23:50", "Queued"),
+    # The 19th up to the last snapshot (12:00 included), and two after it.
+    *messages_of("NTC-1", "2026-11-19T11:00", "Sent", 6),
+    *messages_of("NTC-1", "2026-11-19T12:00", "Bounced"),
+    *messages_of("NTC-1", "2026-11-19T15:00", "Sent", 2),
+    # The 20th has no snapshot at all.
+    *messages_of("NTC-1", "2026-11-20T09:00", "Sent"),
+    *messages_of("NTC-1", "2026-11-20T10:00", "Bounced"),
+    # The 22nd: one message fewer than the statistics say.
+    *messages_of("NTC-1", "2026-11-22T08:00", "Sent", 8),
+    *messages_of("NTC-1", "2026-11-22T21:00", "Failed"),
+]
+
+# (day, category) -> name, sent, bounced, complained, discarded, failed, total, method,
+# covered_until, is_complete, messages sent, bounced, complained, discarded, failed, queued,
+# total, total_difference, matches_messages; rates are checked apart.
+EXPECTED_DAYS = {
+    (date(2026, 11, 18), "NTC-1"): (
+        "Billing",
+        12,
+        2,
+        0,
+        1,
+        0,
+        15,
+        "week_difference",
+        at("2026-11-19T00:00"),
+        True,
+        12,
+        2,
+        0,
+        1,
+        0,
+        1,
+        15,
+        0,
+        True,
+    ),
+    (date(2026, 11, 19), "NTC-1"): (
+        "Billing",
+        6,
+        1,
+        0,
+        0,
+        0,
+        7,
+        "today_window",
+        at("2026-11-19T12:00"),
+        False,
+        6,
+        1,
+        0,
+        0,
+        0,
+        0,
+        7,
+        0,
+        True,
+    ),
+    (date(2026, 11, 20), "NTC-1"): (
+        "Billing",
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        1,
+        1,
+        0,
+        0,
+        0,
+        0,
+        2,
+        None,
+        None,
+    ),
+    (date(2026, 11, 22), "NTC-1"): (
+        "Billing",
+        9,
+        0,
+        0,
+        0,
+        1,
+        10,
+        "month_difference",
+        at("2026-11-23T00:00"),
+        True,
+        8,
+        0,
+        0,
+        0,
+        1,
+        0,
+        9,
+        1,
+        False,
+    ),
+    (date(2026, 11, 23), "NTC-1"): (
+        "Billing",
+        2,
+        1,
+        0,
+        0,
+        0,
+        3,
+        "today_window",
+        at("2026-11-23T02:00"),
+        False,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+    ),
+    (date(2027, 1, 31), "NTC-2"): (
+        "Security",
+        6,
+        1,
+        0,
+        0,
+        0,
+        7,
+        "today_window",
+        at("2027-01-31T18:00"),
+        False,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+    ),
+    (date(2027, 2, 1), "NTC-2"): (
+        "Security",
+        1,
+        0,
+        0,
+        0,
+        0,
+        1,
+        "today_window",
+        at("2027-02-01T00:30"),
+        False,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+    ),
+    (date(2027, 2, 8), "NTC-2"): (
+        "Security",
+        7,
+        1,
+        0,
+        0,
+        1,
+        9,
+        "week_difference",
+        at("2027-02-09T00:00"),
+        True,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+    ),
+    (date(2027, 2, 9), "NTC-2"): (
+        "Security",
+        2,
+        0,
+        0,
+        0,
+        0,
+        2,
+        "today_window",
+        at("2027-02-09T05:00"),
+        False,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+    ),
+    (date(2026, 11, 18), "NTC-3"): (
+        None,
+        10,
+        0,
+        0,
+        0,
+        0,
+        10,
+        "today_window",
+        at("2026-11-18T23:00"),
+        False,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        10,
+        False,
+    ),
+    (date(2026, 11, 19), "NTC-3"): (
+        None,
+        1,
+        0,
+        0,
+        0,
+        0,
+        1,
+        "today_window",
+        at("2026-11-19T00:10"),
+        False,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        1,
+        False,
+    ),
+}
+EXPECTED_RATES = {  # (bounce_rate, complaint_rate)
+    (date(2026, 11, 18), "NTC-1"): (2 / 15, 0.0),
+    (date(2026, 11, 19), "NTC-1"): (1 / 7, 0.0),
+    (date(2026, 11, 20), "NTC-1"): (None, None),
+    (date(2026, 11, 22), "NTC-1"): (0.0, 0.0),
+    (date(2026, 11, 23), "NTC-1"): (1 / 3, 0.0),
+    (date(2027, 1, 31), "NTC-2"): (1 / 7, 0.0),
+    (date(2027, 2, 1), "NTC-2"): (0.0, 0.0),
+    (date(2027, 2, 8), "NTC-2"): (1 / 9, 0.0),
+    (date(2027, 2, 9), "NTC-2"): (0.0, 0.0),
+    (date(2026, 11, 18), "NTC-3"): (0.0, 0.0),
+    (date(2026, 11, 19), "NTC-3"): (0.0, 0.0),
+}
+DAY_COLUMNS = (
+    "category_name", *PARTS, "total", "method", "covered_until", "is_complete",
+    *(f"messages_{p}" for p in (*PARTS, "queued", "total")), "total_difference",
+    "matches_messages",
+)  # fmt: skip
+
+CATEGORIES = [
+    {"id": "NTC-1", "name": "Billing", "status": "Published", "opt_out_allowed": True},
+    {"id": "NTC-2", "name": "Security", "status": "Published", "opt_out_allowed": True},
+    {"id": "NTC-4", "name": "News", "status": "Unpublished", "opt_out_allowed": False},
+]
+
+
+def test_deliverability_turns_rolling_windows_into_days(warehouse: Warehouse) -> None:
+    load(
+        warehouse,
+        categories=CATEGORIES,
+        category_statistics_snapshots=DELIVERABILITY_SNAPSHOTS,
+        messages=DELIVERABILITY_MESSAGES,
+    )
+    assert build_report(warehouse, "category_deliverability_daily") == len(EXPECTED_DAYS)
+    rows = read(warehouse, "category_deliverability_daily", "day", "category_id")
+    assert sorted(rows) == sorted(EXPECTED_DAYS)
+    for key, expected in EXPECTED_DAYS.items():
+        assert tuple(rows[key][c] for c in DAY_COLUMNS) == expected, key
+        bounce, complaint = EXPECTED_RATES[key]
+        assert (rows[key]["bounce_rate"], rows[key]["complaint_rate"]) == (
+            approx(bounce),
+            approx(complaint),
+        ), key
+
+
+def test_deliverability_without_messages_leaves_the_cross_check_empty(
+    warehouse: Warehouse,
+) -> None:
+    load(
+        warehouse,
+        categories=CATEGORIES,
+        category_statistics_snapshots=snapshot(
+            "NTC-1", "2026-11-18T22:00", today=(3, 1, 1, 0, 0), week=(3, 1, 1, 0, 0),
+            month=(3, 1, 1, 0, 0),
+        ),
+    )  # fmt: skip
+    build_report(warehouse, "category_deliverability_daily")
+    ((key, row),) = read(warehouse, "category_deliverability_daily", "day", "category_id").items()
+    assert key == (date(2026, 11, 18), "NTC-1")
+    assert (row["total"], row["method"], row["messages_total"], row["matches_messages"]) == (
+        5,
+        "today_window",
+        None,
+        None,
+    )
+    assert row["complaint_rate"] == pytest.approx(0.2)
+
+
+# --- batch_statistics ------------------------------------------------------------------------
+
+
+def test_batch_statistics_puts_both_providers_in_one_shape(warehouse: Warehouse) -> None:
+    batch = {"category_id": "NTC-1", "category_name": "Billing", "account_id": "ACC-1",
+             "account_name": "Acme"}  # fmt: skip
+    batches = [
+        {"id": "MST-1", "subject": "Invoice run", "created_at": at("2026-11-18T10:00"), **batch},
+        {"id": "MST-2", "subject": "Security notice", "created_at": at("2026-11-19T09:00"),
+         **batch, "category_id": "NTC-2", "category_name": "Security"},
+        {"id": "MST-3", "subject": "Nothing synced", "created_at": at("2026-11-20T09:00"),
+         **batch},
+    ]  # fmt: skip
+    messages = [
+        {"id": f"MSG-{n}", "batch_id": batch_id, "contact_id": "CTT-1", "status": status,
+         "created_at": at(when)}
+        for n, (batch_id, status, when) in enumerate(
+            [
+                ("MST-1", "Sent", "2026-11-18T10:00:01"),
+                ("MST-1", "Sent", "2026-11-18T10:00:02"),
+                ("MST-1", "Bounced", "2026-11-18T10:00:03"),
+                ("MST-1", "Complained", "2026-11-18T10:00:05"),
+                ("MST-1", "Queued", "2026-11-18T10:00:09"),
+                ("MST-2", "Sent", "2026-11-19T09:00:01"),
+                ("MST-2", "Discarded", "2026-11-19T09:00:02"),
+                ("MST-2", "Failed", "2026-11-19T09:00:03"),
+            ]
+        )
+    ]  # fmt: skip
+    site = {"site_id": "SITE-1", "site_name": "Main site"}
+    evinotice = [
+        {"id": "E1", "state": "Processed", "description": "Reminders", "total_count": 10,
+         "sent_count": 8, "failed_count": 2, "progress_percentage": 100.0,
+         "created_at": at("2026-11-10T08:00"), "started_on": at("2026-11-10T08:05"),
+         "processed_on": at("2026-11-10T09:00"), **site},
+        {"id": "E2", "state": "Processing", "description": "Notices", "total_count": 4,
+         "sent_count": 1, "failed_count": 0, "progress_percentage": 25.0,
+         "created_at": at("2026-11-11T08:00"), "started_on": at("2026-11-11T08:01"), **site},
+        {"id": "E3", "state": "Draft", "description": "Later", "total_count": 0,
+         "sent_count": 0, "failed_count": 0, "progress_percentage": 0.0,
+         "created_at": at("2026-11-12T08:00"), "scheduled_for": at("2026-11-30T09:00"),
+         **site},
+    ]  # fmt: skip
+    load(warehouse, batches=batches, messages=messages, evinotice_batches=evinotice)
+    assert build_report(warehouse, "batch_statistics") == 6
+    rows = read(warehouse, "batch_statistics", "provider", "batch_id")
+
+    columns = ("name", "category_id", "owner_id", "owner_name", "state", "total_count",
+               "sent_count", "failed_count", "bounced_count", "complained_count",
+               "discarded_count", "pending_count", "created_at", "scheduled_for",
+               "started_at", "finished_at")  # fmt: skip
+    expected = {
+        ("marketplace", "MST-1"): ("Invoice run", "NTC-1", "ACC-1", "Acme", "Processing",
+                                   5, 2, 0, 1, 1, 0, 1, at("2026-11-18T10:00"), None,
+                                   at("2026-11-18T10:00:01"), at("2026-11-18T10:00:09")),
+        ("marketplace", "MST-2"): ("Security notice", "NTC-2", "ACC-1", "Acme", "Processed",
+                                   3, 1, 1, 0, 0, 1, 0, at("2026-11-19T09:00"), None,
+                                   at("2026-11-19T09:00:01"), at("2026-11-19T09:00:03")),
+        ("marketplace", "MST-3"): ("Nothing synced", "NTC-1", "ACC-1", "Acme", None,
+                                   0, 0, 0, 0, 0, 0, 0, at("2026-11-20T09:00"), None,
+                                   None, None),
+        ("evinotice", "E1"): ("Reminders", None, "SITE-1", "Main site", "Processed",
+                              10, 8, 2, None, None, None, 0, at("2026-11-10T08:00"), None,
+                              at("2026-11-10T08:05"), at("2026-11-10T09:00")),
+        ("evinotice", "E2"): ("Notices", None, "SITE-1", "Main site", "Processing",
+                              4, 1, 0, None, None, None, 3, at("2026-11-11T08:00"), None,
+                              at("2026-11-11T08:01"), None),
+        ("evinotice", "E3"): ("Later", None, "SITE-1", "Main site", "Draft",
+                              0, 0, 0, None, None, None, 0, at("2026-11-12T08:00"),
+                              at("2026-11-30T09:00"), None, None),
+    }  # fmt: skip
+    assert sorted(rows) == sorted(expected)
+    for key, values in expected.items():
+        assert tuple(rows[key][c] for c in columns) == values, key
+    rates = ("progress_percentage", "sent_rate", "failure_rate", "bounce_rate", "complaint_rate")
+    expected_rates = {
+        ("marketplace", "MST-1"): (80.0, 0.4, 0.0, 0.2, 0.2),
+        ("marketplace", "MST-2"): (100.0, 1 / 3, 1 / 3, 0.0, 0.0),
+        ("marketplace", "MST-3"): (None, None, None, None, None),
+        ("evinotice", "E1"): (100.0, 0.8, 0.2, None, None),
+        ("evinotice", "E2"): (25.0, 0.25, 0.0, None, None),
+        ("evinotice", "E3"): (0.0, None, None, None, None),
+    }
+    for key, values in expected_rates.items():
+        assert tuple(rows[key][c] for c in rates) == tuple(approx(v) for v in values), key
+
+
+# --- contact_health and opt_outs_by_category -------------------------------------------------
+
+CONTACTS = [
+    {"id": "K1", "email": "k1@example.com", "status": "Active", "opt_out_count": 2,
+     "created_at": at("2026-01-01T00:00")},
+    {"id": "K2", "email": "k2@example.com", "status": "Blocked", "blocked_reason": "Bounce",
+     "opt_out_count": 1, "created_at": at("2026-01-02T00:00")},
+    {"id": "K3", "email": "k3@example.com", "status": "Active", "opt_out_count": 0},
+    {"id": "K4", "email": "k4@example.com", "status": "Active", "opt_out_count": 2,
+     "deleted_at": at("2026-11-01T00:00")},
+    {"id": "K5", "email": "k5@example.com", "status": "Active", "opt_out_count": 1},
+]  # fmt: skip
+
+
+def test_contact_health(warehouse: Warehouse) -> None:
+    as_of = at("2026-11-23T12:00")  # the 30 days start at 2026-10-24T12:00
+    rows = [
+        ("K1", "Sent", "2026-11-20T10:00", None),
+        ("K1", "Bounced", "2026-11-10T10:00", "2026-11-10T10:05"),
+        ("K1", "Sent", "2026-10-01T10:00", None),
+        ("K1", "Complained", "2026-09-15T11:00", "2026-09-15T12:00"),
+        ("K1", "Queued", "2026-11-23T11:00", None),
+        ("K2", "Bounced", "2026-10-20T08:00", None),
+        ("K4", "Complained", "2026-11-20T08:00", "2026-11-20T08:30"),
+        ("K5", "Discarded", "2026-10-24T12:00", None),
+        ("K5", "Failed", "2026-10-24T11:59:59", None),
+    ]
+    messages = [
+        {"id": f"MSG-{n}", "batch_id": "MST-1", "contact_id": contact, "status": status,
+         "created_at": at(created), "updated_at": at(updated) if updated else None}
+        for n, (contact, status, created, updated) in enumerate(rows)
+    ]  # fmt: skip
+    load(warehouse, contacts=CONTACTS, messages=messages)
+    assert build_report(warehouse, "contact_health", as_of=as_of) == 5
+    health = read(warehouse, "contact_health", "contact_id")
+
+    columns = ("status", "blocked_reason", "opt_out_count", "deleted_at", "health",
+               "messages_30d_total", "messages_30d_sent", "messages_30d_bounced",
+               "messages_30d_complained", "messages_30d_discarded", "messages_30d_failed",
+               "messages_30d_queued", "last_message_at", "last_bounce_at",
+               "last_complaint_at", "last_bounce_or_complaint_at", "as_of")  # fmt: skip
+    expected = {
+        "K1": ("Active", None, 2, None, "at_risk", 3, 1, 1, 0, 0, 0, 1,
+               at("2026-11-23T11:00"), at("2026-11-10T10:05"), at("2026-09-15T12:00"),
+               at("2026-11-10T10:05"), as_of),
+        "K2": ("Blocked", "Bounce", 1, None, "blocked", 0, 0, 0, 0, 0, 0, 0,
+               at("2026-10-20T08:00"), at("2026-10-20T08:00"), None,
+               at("2026-10-20T08:00"), as_of),
+        "K3": ("Active", None, 0, None, "healthy", 0, 0, 0, 0, 0, 0, 0,
+               None, None, None, None, as_of),
+        "K4": ("Active", None, 2, at("2026-11-01T00:00"), "deleted", 1, 0, 0, 1, 0, 0, 0,
+               at("2026-11-20T08:00"), None, at("2026-11-20T08:30"),
+               at("2026-11-20T08:30"), as_of),
+        "K5": ("Active", None, 1, None, "healthy", 1, 0, 0, 0, 1, 0, 0,
+               at("2026-10-24T12:00"), None, None, None, as_of),
+    }  # fmt: skip
+    assert sorted(health) == [(k,) for k in sorted(expected)]
+    for contact, values in expected.items():
+        assert tuple(health[(contact,)][c] for c in columns) == values, contact
+    assert health[("K1",)]["email"] == "k1@example.com"
+
+
+def test_opt_outs_by_category(warehouse: Warehouse) -> None:
+    opt_outs = [
+        ("K1", "NTC-1", "Billing"),
+        ("K1", "NTC-2", "Security"),
+        ("K2", "NTC-1", "Billing"),
+        ("K4", "NTC-1", "Billing"),  # K4 is deleted: not counted
+        ("K5", "NTC-9", "Old promo"),  # a category the API no longer returns
+        ("K4", "NTC-8", "Only deleted"),  # only a deleted contact: no row
+    ]
+    load(
+        warehouse,
+        categories=CATEGORIES,
+        contacts=CONTACTS,
+        contact_opt_outs=[
+            {"contact_id": c, "category_id": k, "category_name": n} for c, k, n in opt_outs
+        ],
+    )
+    assert build_report(warehouse, "opt_outs_by_category") == 4
+    rows = read(warehouse, "opt_outs_by_category", "category_id")
+    columns = ("category_name", "category_status", "opt_out_allowed", "opted_out_contacts",
+               "contacts")  # fmt: skip
+    expected = {
+        "NTC-1": (("Billing", "Published", True, 2, 4), 0.5),
+        "NTC-2": (("Security", "Published", True, 1, 4), 0.25),
+        "NTC-4": (("News", "Unpublished", False, 0, 4), 0.0),
+        "NTC-9": (("Old promo", None, None, 1, 4), 0.25),
+    }
+    assert sorted(rows) == [(k,) for k in sorted(expected)]
+    for category, (values, share) in expected.items():
+        row = rows[(category,)]
+        assert tuple(row[c] for c in columns) == values, category
+        assert row["opt_out_share"] == pytest.approx(share)
+
+
+# --- building --------------------------------------------------------------------------------
+
+
+def test_a_failed_build_leaves_the_previous_table(warehouse: Warehouse) -> None:
+    load(
+        warehouse,
+        evinotice_batches=[{"id": "E1", "state": "Processed", "total_count": 2,
+                            "sent_count": 2, "failed_count": 0}],
+    )  # fmt: skip
+    assert build_report(warehouse, "batch_statistics") == 1
+    before = read(warehouse, "batch_statistics", "provider", "batch_id")
+    assert build_report(warehouse, "batch_statistics") == 1  # a rebuild changes nothing
+    assert read(warehouse, "batch_statistics", "provider", "batch_id") == before
+
+    # The model fails after the old rows were deleted (its source is gone): all rolled back.
+    with warehouse.transaction() as tx:
+        tx.connection.exec_driver_sql("alter table evinotice_batches rename to evinotice_away")
+    try:
+        with pytest.raises(sa.exc.DBAPIError):
+            build_report(warehouse, "batch_statistics")
+    finally:
+        with warehouse.transaction() as tx:
+            tx.connection.exec_driver_sql("alter table evinotice_away rename to evinotice_batches")
+    assert read(warehouse, "batch_statistics", "provider", "batch_id") == before
+
+
+def test_concurrent_builds_on_postgres_end_with_the_later_one(
+    warehouses: dict[str, Warehouse], caplog: pytest.LogCaptureFixture
+) -> None:
+    # DuckDB lets one process write a file at a time; PostgreSQL runs two builds side by side.
+    warehouse = warehouses["postgresql"]
+    load(warehouse, evinotice_batches=[{"id": "E1", "state": "Processed", "total_count": 1}])
+    build_report(warehouse, "batch_statistics")
+    outcome: list[Any] = []
+    caplog.set_level(logging.INFO, logger="assets.reporting")
+
+    def second_build() -> None:
+        try:
+            outcome.append(build_report(warehouse, "batch_statistics"))
+        except Exception as exc:  # reported below
+            outcome.append(exc)
+
+    with warehouse.transaction() as tx:
+        rebuild(tx, "batch_statistics", datetime.now(UTC))
+        thread = threading.Thread(target=second_build)
+        thread.start()
+        thread.join(0.5)
+        assert thread.is_alive()  # waiting for the first build to commit
+    thread.join(10)
+    assert outcome == [1]
+    assert warehouse.count("batch_statistics") == 1
+    assert "another build committed first" in caplog.text  # the collision did happen
+
+
+def test_models_follow_the_house_style_and_read_what_their_assets_depend_on() -> None:
+    for report in REPORTS:
+        text = read_sql(f"reporting/{report.name}")
+        body = "\n".join(line.split("--", 1)[0] for line in text.splitlines())
+        assert body.strip().endswith("select * from final"), report.name
+        code = re.sub(r"'[^']*'", "''", body)  # string literals are data: 'Sent', 'UTC'
+        assert code == code.lower(), f"{report.name}: keywords and names are lowercase"
+        read_tables = set(re.findall(r"\b(?:from|join)\s+([a-z_]+)", body)) & set(TABLE_NAMES)
+        assert read_tables == set(report.deps), report.name
+        # Import CTEs first: each source table is selected in a CTE named after it.
+        for source in report.deps:
+            assert re.search(rf"\b{source} as \(\s*select\b", body), (report.name, source)
+
+
+def test_assets_show_columns_with_descriptions_and_depend_on_their_sources() -> None:
+    assert [a.key.to_user_string() for a in REPORTING] == list(REPORT_NAMES)
+    for report, asset in zip(REPORTS, REPORTING, strict=True):
+        key = asset.key
+        assert asset.group_names_by_key[key] == "reporting"
+        assert {d.to_user_string() for d in asset.asset_deps[key]} == set(report.deps)
+        schema = asset.specs_by_key[key].metadata["dagster/column_schema"]
+        columns = table(report.name).columns
+        assert [c.name for c in schema.columns] == [c.name for c in columns]
+        assert all(c.description for c in schema.columns), report.name
+        checks = {spec.name for spec in asset.check_specs}
+        assert {"unique_key", "required_columns"} <= checks
+
+
+def test_reports_are_published_after_each_sync() -> None:
+    from assets.definitions import defs
+
+    job = defs.resolve_job_def("publish_reports")
+    assert {k.to_user_string() for k in job.asset_layer.selected_asset_keys} == set(REPORT_NAMES)
+    for name in ("sync_platform", "sync_messages"):
+        selected = defs.resolve_job_def(name).asset_layer.selected_asset_keys
+        assert not {k.to_user_string() for k in selected} & set(REPORT_NAMES)
+    sensor = defs.resolve_sensor_def("publish_reports_after_sync")
+    assert sensor.job_name == "publish_reports"
+    assert sensor.default_status == DefaultSensorStatus.RUNNING
+
+
+# --- after a sync of the sandbox -------------------------------------------------------------
+
+
+def _sync_sandbox(sandbox: Any, warehouse: Warehouse) -> None:
+    """What the sync jobs do, with two statistics snapshots: the anchor day and after midnight."""
+    config = sandbox.config
+    evinotice = EviNoticeSettings(
+        base_url="http://sandbox.local",
+        username=config.evinotice_username,
+        password=Secret(config.evinotice_password),
+        site_id=config.evinotice_site_id,
+    )
+
+    async def go() -> None:
+        async with asgi_marketplace(sandbox) as client:
+            now = sandbox.clock.now()
+            await sync.sync_contacts(client, warehouse, now=now)
+            await sync.sync_categories(client, warehouse, now=now)
+            await sync.sync_batches(client, warehouse, now=now)
+            await sync.sync_messages(
+                client, warehouse, now - timedelta(days=60), now + timedelta(days=1), now=now
+            )
+            next_day = (now + timedelta(days=1)).replace(hour=0, minute=30)
+            await sync.sync_categories(
+                client, warehouse, now=sandbox.clock.advance((next_day - now).total_seconds())
+            )
+        async with EviNoticeClient(
+            evinotice, transport=httpx.ASGITransport(app=sandbox.app)
+        ) as client:
+            await sync.sync_evinotice_batches(client, warehouse, config.evinotice_site_id)
+
+    asyncio.run(go())
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", path
+    image = matplotlib.image.imread(path)  # decodes the whole image: not truncated
+    return image.shape[1], image.shape[0]
+
+
+@pytest.mark.parametrize("engine", ["duckdb", "postgresql"])
+def test_reports_after_a_sandbox_sync_agree_with_the_sandbox(
+    engine: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with contextlib.ExitStack() as stack:
+        if engine == "duckdb":
+            url = f"duckdb:///{tmp_path / 'demo.duckdb'}"
+        else:
+            # A database of its own, so the hand-made rows of the other tests do not mix in.
+            url = stack.enter_context(fresh_postgres_database())
+        _check_sandbox_reports(url, tmp_path, monkeypatch)
+
+
+def _check_sandbox_reports(url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sandbox = make_sandbox(contacts=2000, seed=11, clock_speed=0.0)
+    anchor_day = sandbox.clock.now().date()
+    warehouse = Warehouse(url)
+    try:
+        warehouse.ensure_tables()
+        _sync_sandbox(sandbox, warehouse)
+        charts = tmp_path / "charts"
+        monkeypatch.setenv(CHART_DIR, str(charts))
+        with DagsterInstance.ephemeral() as instance:
+            result = materialize(
+                REPORTING, instance=instance, resources={"warehouse": WarehouseResource(url=url)}
+            )
+        assert result.success
+
+        counts = {name: warehouse.count(name) for name in REPORT_NAMES}
+        assert all(counts.values()), counts
+        for name in REPORT_NAMES:
+            (materialization,) = result.asset_materializations_for_node(name)
+            assert materialization.metadata["dagster/row_count"].value == counts[name]
+            assert "| " in materialization.metadata["preview"].value
+        failed = [e for e in result.get_asset_check_evaluations() if not e.passed]
+        assert not failed, [(e.asset_key, e.check_name) for e in failed]
+
+        # Each Marketplace batch: its messages by status, exactly as the sandbox holds them.
+        truth = list(sandbox.truth("messages"))
+        by_batch: dict[str, Counter[str]] = {}
+        for message in truth:
+            by_batch.setdefault(message["batch"]["id"], Counter())[message["status"]] += 1
+        stats = read(warehouse, "batch_statistics", "provider", "batch_id")
+        batches = {b["id"] for b in sandbox.truth("batches")}
+        assert {k[1] for k in stats if k[0] == "marketplace"} == batches
+        for batch_id, statuses in by_batch.items():
+            row = stats[("marketplace", batch_id)]
+            assert row["total_count"] == sum(statuses.values())
+            assert (
+                row["sent_count"],
+                row["bounced_count"],
+                row["complained_count"],
+                row["discarded_count"],
+                row["failed_count"],
+                row["pending_count"],
+            ) == tuple(
+                statuses[s]
+                for s in ("Sent", "Bounced", "Complained", "Discarded", "Failed", "Queued")
+            )
+        site = sandbox.config.evinotice_site_id
+        for batch in sandbox.truth("evinotice-batches"):
+            if batch["SiteId"] == site:
+                row = stats[("evinotice", batch["Id"])]
+                assert (row["total_count"], row["sent_count"], row["failed_count"]) == (
+                    batch["TotalCount"],
+                    batch["SentCount"],
+                    batch["FailedCount"],
+                )
+
+        # The anchor day, completed from the snapshot after midnight: the sandbox's messages.
+        days = read(warehouse, "category_deliverability_daily", "day", "category_id")
+        per_category: dict[str, Counter[str]] = {}
+        for message in truth:
+            created = datetime.fromisoformat(message["audit"]["created"]["at"])
+            if created.astimezone(UTC).date() == anchor_day:
+                per_category.setdefault(message["category"]["id"], Counter())[
+                    message["status"].lower()
+                ] += 1
+        assert per_category
+        for category in sandbox.truth("categories"):
+            row = days[(anchor_day, category["id"])]
+            statuses = per_category.get(category["id"], Counter())
+            assert row["method"] == "week_difference" and row["is_complete"]
+            assert tuple(row[p] for p in PARTS) == tuple(statuses[p] for p in PARTS)
+            assert row["matches_messages"] is True
+
+        assert counts["contact_health"] == warehouse.count("contacts")
+        opted_out = sum(
+            r["opted_out_contacts"]
+            for r in read(warehouse, "opt_outs_by_category", "category_id").values()
+        )
+        assert opted_out == sum(len(c["optOuts"]) for c in sandbox.truth("contacts"))
+
+        for name in ("category_deliverability_daily", "batch_statistics"):
+            path = charts / f"{name}.png"
+            width, height = _png_size(path)
+            assert width >= 800 and height >= 300, (name, width, height)
+            (materialization,) = result.asset_materializations_for_node(name)
+            assert Path(materialization.metadata["chart_path"].value) == path.resolve()
+            assert "data:image/png;base64," in materialization.metadata["chart"].value
+    finally:
+        warehouse.dispose()
