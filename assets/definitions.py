@@ -11,18 +11,23 @@ from collections.abc import Iterator
 
 from dagster import (
     AssetSelection,
+    DagsterRunStatus,
+    DefaultSensorStatus,
     Definitions,
     EnvVar,
     RunRequest,
+    RunStatusSensorContext,
     ScheduleDefinition,
     ScheduleEvaluationContext,
     define_asset_job,
     in_process_executor,
     multiprocess_executor,
+    run_status_sensor,
     schedule,
 )
 
 from assets.ingest import PARTITIONED, UNPARTITIONED, messages, messages_partitions
+from assets.reporting import REPORTING
 from assets.resources import EviNoticeResource, MarketplaceResource, WarehouseResource
 from connector.settings import (
     EVINOTICE_BASE_URL,
@@ -64,6 +69,30 @@ sync_messages_job = define_asset_job(
     executor_def=_executor(),
 )
 
+# The reports read tables of both sync jobs, so they are rebuilt after either succeeds rather
+# than inside one of them (a report built inside sync_platform would miss the messages synced
+# after it).
+publish_reports_job = define_asset_job(
+    "publish_reports",
+    selection=AssetSelection.assets(*REPORTING),
+    description="Reporting tables rebuilt from the synced tables; runs after each successful sync.",
+    executor_def=_executor(),
+)
+
+
+@run_status_sensor(
+    name="publish_reports_after_sync",
+    run_status=DagsterRunStatus.SUCCESS,
+    monitored_jobs=[sync_platform_job, sync_messages_job],
+    request_job=publish_reports_job,
+    # It only follows runs someone started (a schedule, the UI), so it can be on from the start.
+    default_status=DefaultSensorStatus.RUNNING,
+)
+def publish_reports_after_sync(context: RunStatusSensorContext) -> RunRequest:
+    """Rebuild the reporting tables once a sync run has succeeded."""
+    return RunRequest(run_key=context.dagster_run.run_id)
+
+
 sync_platform_schedule = ScheduleDefinition(
     name="sync_platform_schedule", job=sync_platform_job, cron_schedule=SYNC_CRON
 )
@@ -82,9 +111,10 @@ def sync_messages_schedule(context: ScheduleEvaluationContext) -> Iterator[RunRe
 
 
 defs = Definitions(
-    assets=[*UNPARTITIONED, *PARTITIONED],
-    jobs=[sync_platform_job, sync_messages_job],
+    assets=[*UNPARTITIONED, *PARTITIONED, *REPORTING],
+    jobs=[sync_platform_job, sync_messages_job, publish_reports_job],
     schedules=[sync_platform_schedule, sync_messages_schedule],
+    sensors=[publish_reports_after_sync],
     resources={
         "marketplace": MarketplaceResource(
             base_url=EnvVar(MPT_API_BASE_URL), token=EnvVar(MPT_API_TOKEN)
