@@ -53,3 +53,39 @@ def loopback() -> Iterator[object]:
     yield start
     for context in reversed(with_stack):
         context.__exit__(None, None, None)  # type: ignore[attr-defined]
+
+
+# --- PostgreSQL (added for the sync tests) ----------------------------------------------------
+
+import contextlib  # noqa: E402
+import uuid  # noqa: E402
+
+import sqlalchemy as sa  # noqa: E402
+from sqlalchemy.pool import NullPool  # noqa: E402
+
+POSTGRES_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432"
+
+
+@contextlib.contextmanager
+def fresh_postgres_database(server: str = POSTGRES_SERVER) -> Iterator[str]:
+    """A new, empty PostgreSQL database for one test, dropped (forcefully) afterwards.
+
+    The server on 127.0.0.1:5432 is part of every machine, CI included: when it cannot be
+    reached this raises, so the test fails rather than skips."""
+    name = f"notifsync_test_{uuid.uuid4().hex}"
+    admin = sa.create_engine(f"{server}/postgres", isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    with admin.connect() as connection:
+        connection.exec_driver_sql(f"create database {name}")
+    try:
+        yield f"{server}/{name}"
+    finally:
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f"drop database if exists {name} with (force)")
+        admin.dispose()
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """SQLAlchemy URL of a fresh PostgreSQL database, dropped after the test."""
+    with fresh_postgres_database() as url:
+        yield url
