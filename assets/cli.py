@@ -30,7 +30,7 @@ from connector.settings import (
     MPT_API_TOKEN,
 )
 from connector.tables import ALL_TABLE_NAMES
-from connector.warehouse import Warehouse
+from connector.warehouse import DEFAULT_WAREHOUSE_URL, WAREHOUSE_URL, Warehouse
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 _PLANNED = ("planned_create", "planned_block", "planned_unblock", "planned_update")
@@ -117,7 +117,8 @@ def demo(contacts: int, seed: int, days: int) -> None:
                     instance=instance, raise_on_error=False, run_config=quiet
                 )
             )
-        warehouse = defs.resources["warehouse"].warehouse()  # type: ignore[attr-defined]
+        # The resource's URL may be an EnvVar, only resolved inside a run: read it directly.
+        warehouse = Warehouse(os.environ.get(WAREHOUSE_URL) or DEFAULT_WAREHOUSE_URL)
         _summary(warehouse, outcomes)
         if not all(o.success for o in outcomes):
             raise click.ClickException("some steps failed; see the log above")

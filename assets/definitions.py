@@ -3,7 +3,8 @@
 Environment: ``MPT_API_BASE_URL``, ``MPT_API_TOKEN``, ``EVINOTICE_BASE_URL``,
 ``EVINOTICE_USERNAME``, ``EVINOTICE_PASSWORD``, ``EVINOTICE_SITE_ID`` (read when a run starts;
 a missing one fails the run naming it), ``WAREHOUSE_URL`` (default: DuckDB under ``data/``),
-``NOTIFSYNC_SYNC_CRON`` (default hourly) and ``NOTIFSYNC_MESSAGES_START_DATE``.
+``NOTIFSYNC_SYNC_CRON`` (default hourly), ``NOTIFSYNC_MESSAGES_START_DATE`` and
+``CRM_EXPORT_DIR`` (default ``data/crm_exports``).
 """
 
 import os
@@ -27,6 +28,7 @@ from dagster import (
 )
 
 from assets.ingest import PARTITIONED, UNPARTITIONED, messages, messages_partitions
+from assets.reconcile import RECONCILE_ASSETS, crm_export_sensor
 from assets.reporting import REPORTING
 from assets.resources import EviNoticeResource, MarketplaceResource, WarehouseResource
 from connector.settings import (
@@ -69,6 +71,13 @@ sync_messages_job = define_asset_job(
     executor_def=_executor(),
 )
 
+reconcile_job = define_asset_job(
+    "reconcile",
+    selection=AssetSelection.assets(*RECONCILE_ASSETS),
+    description="CRM exports → plan (guards block unusual plans) → apply exactly once → refresh.",
+    executor_def=_executor(),
+)
+
 # The reports read tables of both sync jobs, so they are rebuilt after either succeeds rather
 # than inside one of them (a report built inside sync_platform would miss the messages synced
 # after it).
@@ -83,7 +92,7 @@ publish_reports_job = define_asset_job(
 @run_status_sensor(
     name="publish_reports_after_sync",
     run_status=DagsterRunStatus.SUCCESS,
-    monitored_jobs=[sync_platform_job, sync_messages_job],
+    monitored_jobs=[sync_platform_job, sync_messages_job, reconcile_job],
     request_job=publish_reports_job,
     # It only follows runs someone started (a schedule, the UI), so it can be on from the start.
     default_status=DefaultSensorStatus.RUNNING,
@@ -111,10 +120,10 @@ def sync_messages_schedule(context: ScheduleEvaluationContext) -> Iterator[RunRe
 
 
 defs = Definitions(
-    assets=[*UNPARTITIONED, *PARTITIONED, *REPORTING],
-    jobs=[sync_platform_job, sync_messages_job, publish_reports_job],
+    assets=[*UNPARTITIONED, *PARTITIONED, *RECONCILE_ASSETS, *REPORTING],
+    jobs=[sync_platform_job, sync_messages_job, reconcile_job, publish_reports_job],
     schedules=[sync_platform_schedule, sync_messages_schedule],
-    sensors=[publish_reports_after_sync],
+    sensors=[publish_reports_after_sync, crm_export_sensor],
     resources={
         "marketplace": MarketplaceResource(
             base_url=EnvVar(MPT_API_BASE_URL), token=EnvVar(MPT_API_TOKEN)
