@@ -120,6 +120,8 @@ def sync_messages_schedule(context: ScheduleEvaluationContext) -> Iterator[RunRe
 
 
 defs = Definitions(
+    # Also for runs the UI launches outside these jobs (materialise, backfills).
+    executor=_executor(),
     assets=[*UNPARTITIONED, *PARTITIONED, *RECONCILE_ASSETS, *REPORTING],
     jobs=[sync_platform_job, sync_messages_job, reconcile_job, publish_reports_job],
     schedules=[sync_platform_schedule, sync_messages_schedule],

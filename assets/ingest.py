@@ -4,7 +4,6 @@ Each asset runs one ``connector.sync`` function, then reports counts, a preview 
 checks in the same step. Groups: ``marketplace`` and ``evinotice``.
 """
 
-import asyncio
 import os
 import warnings
 from collections.abc import Iterator
@@ -29,6 +28,7 @@ from pydantic import Field
 from assets.checks import TABLE_CHECKS, orphan_opt_outs, specs_for, statistics_add_up
 from assets.metadata import definition_metadata, run_metadata
 from assets.resources import EviNoticeResource, MarketplaceResource, WarehouseResource
+from assets.runner import run_async
 from connector import sync
 from connector.tables import table
 
@@ -108,7 +108,7 @@ def contacts(
                 client, store, full_refresh=config.full_refresh, policy=policy
             )
 
-    result = asyncio.run(run())
+    result = run_async(run())
     context.log.info("contacts: %s", sync.describe(result))
     yield from _materialized(store, ("contacts", "contact_opt_outs"), result)
     yield orphan_opt_outs(store)
@@ -132,7 +132,7 @@ def categories(
         async with marketplace.client() as client:
             return await sync.sync_categories(client, store)
 
-    result = asyncio.run(run())
+    result = run_async(run())
     context.log.info("categories: %s", sync.describe(result))
     yield from _materialized(store, ("categories", "category_statistics_snapshots"), result)
     yield statistics_add_up(store, result)
@@ -157,7 +157,7 @@ def batches(
         async with marketplace.client() as client:
             return await sync.sync_batches(client, store)
 
-    result = asyncio.run(run())
+    result = run_async(run())
     context.log.info("batches: %s", sync.describe(result))
     yield from _materialized(store, ("batches",), result)
 
@@ -185,7 +185,7 @@ def messages(
         async with marketplace.client() as client:
             return await sync.sync_messages(client, store, window.start, window.end)
 
-    result = asyncio.run(run())
+    result = run_async(run())
     context.log.info("messages %s..%s: %s", window.start, window.end, sync.describe(result))
     yield from _materialized(store, ("messages",), result)
 
@@ -209,7 +209,7 @@ def evinotice_batches(
         async with evinotice.client() as client:
             return await sync.sync_evinotice_batches(client, store, evinotice.site_id)
 
-    result = asyncio.run(run())
+    result = run_async(run())
     context.log.info("evinotice_batches: %s", sync.describe(result))
     yield from _materialized(store, ("evinotice_batches",), result)
 

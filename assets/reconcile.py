@@ -4,7 +4,6 @@ Group ``reconcile``. A sensor on ``CRM_EXPORT_DIR`` starts one run per new or ch
 file, keyed by its content, so the same file twice never runs twice.
 """
 
-import asyncio
 import hashlib
 import os
 from collections.abc import Iterator
@@ -32,6 +31,7 @@ from pydantic import Field
 
 from assets.metadata import definition_metadata, markdown_table, run_metadata
 from assets.resources import MarketplaceResource, WarehouseResource
+from assets.runner import run_async
 from connector import pushback, reconcile
 from connector.crm import CrmError
 from connector.sync import refresh_contacts
@@ -261,7 +261,7 @@ def pushback_results(
                 await refresh_contacts(client, store, summary.touched_contacts)
             return summary
 
-    summary = asyncio.run(apply())
+    summary = run_async(apply())
     reconcile.record_apply(
         store, run_id, dry_run=False, outcomes=dict(summary.outcomes), skipped=summary.skipped
     )

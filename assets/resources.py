@@ -15,11 +15,13 @@ from connector.http import ClientLimits
 from connector.marketplace import MarketplaceClient
 from connector.settings import (
     EVINOTICE_BASE_URL,
+    EVINOTICE_PASSWORD,
+    EVINOTICE_SITE_ID,
+    EVINOTICE_USERNAME,
     MPT_API_BASE_URL,
+    MPT_API_TOKEN,
     EviNoticeSettings,
     MarketplaceSettings,
-    Secret,
-    validate_base_url,
 )
 from connector.warehouse import DEFAULT_WAREHOUSE_URL, Warehouse
 
@@ -49,8 +51,8 @@ class MarketplaceResource(ClientLimitsConfig):
 
     def client(self) -> MarketplaceClient:
         """A new client; use it as an async context manager."""
-        settings = MarketplaceSettings(
-            base_url=validate_base_url(self.base_url, MPT_API_BASE_URL), token=Secret(self.token)
+        settings = MarketplaceSettings.from_env(
+            {MPT_API_BASE_URL: self.base_url, MPT_API_TOKEN: self.token}
         )
         return MarketplaceClient(settings, limits=self.limits())
 
@@ -64,11 +66,14 @@ class EviNoticeResource(ClientLimitsConfig):
     site_id: str = Field(description="Owner site whose batches are synced (EVINOTICE_SITE_ID).")
 
     def settings(self) -> EviNoticeSettings:
-        return EviNoticeSettings(
-            base_url=validate_base_url(self.base_url, EVINOTICE_BASE_URL),
-            username=self.username,
-            password=Secret(self.password),
-            site_id=self.site_id,
+        # Through from_env so an empty value is an error naming its variable, as everywhere.
+        return EviNoticeSettings.from_env(
+            {
+                EVINOTICE_BASE_URL: self.base_url,
+                EVINOTICE_USERNAME: self.username,
+                EVINOTICE_PASSWORD: self.password,
+                EVINOTICE_SITE_ID: self.site_id,
+            }
         )
 
     def client(self) -> EviNoticeClient:

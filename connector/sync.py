@@ -272,8 +272,10 @@ async def _pipe(
 
     One write in flight at a time keeps the warehouse connection used by one thread at once
     and memory at two chunks. Freezing the objects alive now (imports, definitions) spares
-    the garbage collector from walking them again for every chunk of new rows.
+    the garbage collector from walking them again for every chunk of new rows; they are
+    unfrozen afterwards, so nothing stays uncollectable.
     """
+    gc.collect()
     gc.freeze()
     pending: asyncio.Future[None] | None = None
     rows = 0
@@ -288,6 +290,7 @@ async def _pipe(
     finally:
         if pending is not None and not pending.done():
             await asyncio.wait([pending])
+        gc.unfreeze()
     return rows
 
 

@@ -428,12 +428,6 @@ def test_a_run_without_a_setting_fails_naming_it(
     assert not Path(platform.warehouse_url.removeprefix("duckdb:///")).exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="MarketplaceResource.client() wraps the token without settings.require(): an empty "
-    "MPT_API_TOKEN is sent as 'Bearer ' (an illegal header value), retried as a transport error "
-    "and reported as LocalProtocolError, never naming MPT_API_TOKEN",
-)
 def test_an_empty_token_is_a_configuration_error_naming_it(platform: Platform) -> None:
     from assets.resources import MarketplaceResource
 

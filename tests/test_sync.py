@@ -918,13 +918,6 @@ class _Cycle:
         self.me = self
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="sync._pipe calls gc.freeze() on every load and never gc.unfreeze(): every object "
-    "alive at that moment, including unreachable cycles not yet collected, moves to the "
-    "permanent generation and is never freed; each sync in a long-lived process (in-process "
-    "executor, demo, benchmarks) leaks whatever garbage was pending",
-)
 def test_a_sync_leaves_earlier_garbage_collectable(tmp_path: Any, open_warehouse: Any) -> None:
     warehouse = open_warehouse(f"duckdb:///{tmp_path / 'gc.duckdb'}")
     sandbox = frozen_sandbox(contacts=50)

@@ -1,0 +1,150 @@
+"""Reconcile benchmarks: planning a large CRM export against a large platform, and push-back
+throughput as a share of the rate limit.
+
+    python -m benchmarks.reconcile [--rows 1000000] [--rate 50] [--actions 600]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from benchmarks.sandbox_process import sandbox_process
+from connector import pushback, reconcile
+from connector.http import ClientLimits
+from connector.marketplace import MarketplaceClient
+from connector.settings import SANDBOX_TOKEN, MarketplaceSettings, Secret
+from connector.sync import sync_contacts
+from connector.warehouse import Warehouse
+
+# 1M platform contacts made in SQL: setting up is not what is measured.
+_FILL_CONTACTS = """
+insert into contacts (id, email, email_key, name, status, opt_out_count, synced_at, row_hash)
+select
+    'CTT-' || lpad(cast(i as text), 12, '0'),
+    'person.' || cast(i as text) || '@example.com',
+    'person.' || cast(i as text) || '@example.com',
+    'Person ' || cast(i as text),
+    case when i % 50 = 0 then 'Blocked' else 'Active' end,
+    0,
+    now(),
+    md5(cast(i as text))
+from range({rows}) as t(i)
+"""
+
+
+def write_export(path: Path, rows: int) -> None:
+    """A Salesforce-style export: mostly agreeing, 0.5% new, 0.5% flagged, a few bad lines."""
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["Id", "FirstName", "LastName", "Email", "HasOptedOutOfEmail"])
+        for i in range(rows):
+            if i % 200 == 1:
+                email = f"new.person.{i}@example.com"
+            elif i % 100_000 == 7:
+                email = "not-an-email"
+            else:
+                email = f"Person.{i}@Example.com"
+            writer.writerow([f"003{i:012d}", "Person", str(i), email, i % 200 == 2])
+
+
+def plan_benchmark(rows: int) -> dict[str, float]:
+    """Read and plan ``rows`` CRM lines against ``rows`` platform contacts (DuckDB)."""
+    print(f"\n== plan: {rows:,} CRM lines against {rows:,} contacts (DuckDB) ==")
+    with tempfile.TemporaryDirectory() as scratch:
+        warehouse = Warehouse(f"duckdb:///{Path(scratch) / 'plan.duckdb'}")
+        warehouse.ensure_tables()
+        with warehouse.transaction() as tx:
+            tx.connection.exec_driver_sql(_FILL_CONTACTS.format(rows=int(rows)))
+            now = datetime.now(UTC)
+            tx.set_state("contacts.synced_at", now.isoformat(), now)
+        export = Path(scratch) / "crm.csv"
+        write_export(export, rows)
+        started = time.perf_counter()
+        load = reconcile.load_exports(warehouse, [export], run_id="bench")
+        read_seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        plan = reconcile.make_plan(warehouse, run_id="bench", export_key=load.export_key)
+        plan_seconds = time.perf_counter() - started
+    total = read_seconds + plan_seconds
+    print(
+        f"read + normalise + stage: {read_seconds:6.2f} s ({load.rows / read_seconds:,.0f} lines/s)"
+    )
+    print(f"plan (SQL)              : {plan_seconds:6.2f} s")
+    print(
+        f"total                   : {total:6.2f} s; plan {plan.actions}, rejected {load.rejected}"
+    )
+    return {"read_seconds": read_seconds, "plan_seconds": plan_seconds}
+
+
+def apply_benchmark(rate: float, actions: int, latency_ms: float = 30) -> dict[str, float]:
+    """Push ``actions`` creates and blocks through a sandbox limited to ``rate`` requests/s."""
+    print(
+        f"\n== apply: {actions} actions, sandbox rate limit {rate:g}/s, {latency_ms:g} ms latency =="
+    )
+    contacts = max(2 * actions, 1000)
+    options = (
+        "--contacts",
+        str(contacts),
+        "--rate-limit",
+        str(rate),
+        "--latency-ms",
+        str(latency_ms),
+    )
+    with sandbox_process(*options) as url, tempfile.TemporaryDirectory() as scratch:
+        warehouse = Warehouse(f"duckdb:///{Path(scratch) / 'apply.duckdb'}")
+        warehouse.ensure_tables()
+        settings = MarketplaceSettings(url, Secret(SANDBOX_TOKEN))
+        limits = ClientLimits(rate_limit=rate, max_concurrency=16, timeout=30, max_attempts=8)
+
+        async def run() -> tuple[pushback.ApplySummary, float]:
+            async with MarketplaceClient(settings, limits=limits) as client:
+                await sync_contacts(client, warehouse, full_refresh=True)
+                emails = [
+                    r[0]
+                    for r in warehouse.query(
+                        "select email from contacts where status = 'Active' order by id limit :n",
+                        n=actions // 2,
+                    )
+                ]
+                export = Path(scratch) / "crm.csv"
+                with export.open("w", newline="") as handle:
+                    writer = csv.writer(handle)
+                    writer.writerow(["Email", "FirstName", "LastName", "HasOptedOutOfEmail"])
+                    writer.writerows([e, "A", "B", "true"] for e in emails)
+                    writer.writerows(
+                        [f"new.{i}@apply-bench.test", "New", str(i), "false"]
+                        for i in range(actions - len(emails))
+                    )
+                load = reconcile.load_exports(warehouse, [export], run_id="bench")
+                reconcile.make_plan(warehouse, run_id="bench", export_key=load.export_key)
+                # Let the sandbox's token bucket refill after the sync's requests.
+                await asyncio.sleep(2)
+                started = time.perf_counter()
+                summary = await pushback.apply_plan(client, warehouse, run_id="bench")
+                return summary, time.perf_counter() - started
+
+        summary, seconds = asyncio.run(run())
+    throughput = summary.sent / seconds
+    print(f"outcomes: {dict(summary.outcomes)} in {seconds:.1f} s")
+    print(f"throughput: {throughput:.1f} actions/s = {throughput / rate:.0%} of the rate limit")
+    return {"throughput": throughput, "share_of_limit": throughput / rate}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--rate", type=float, default=50)
+    parser.add_argument("--actions", type=int, default=600)
+    args = parser.parse_args()
+    plan_benchmark(args.rows)
+    apply_benchmark(args.rate, args.actions)
+
+
+if __name__ == "__main__":
+    main()
