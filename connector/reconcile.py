@@ -73,11 +73,10 @@ def load_exports(
     ):
         for path in paths:
             with read_export(path, mapping) as export:
+                constants = {"run_id": run_id, "read_at": read_at}
                 for chunk in export:
-                    contacts.write([_contact_row(row, run_id, read_at) for row in chunk.contacts])
-                    rejected.write(
-                        [{**row, "run_id": run_id, "read_at": read_at} for row in chunk.rejected]
-                    )
+                    contacts.write(chunk.contacts, constants)
+                    rejected.write(chunk.rejected, constants)
                 summary = export.summary
             load.rows += summary.contacts
             load.rejected += summary.rejected
@@ -98,15 +97,6 @@ def load_exports(
         tx.replace_all(contacts)
         tx.replace_all(rejected)
     return load
-
-
-def _contact_row(row: dict[str, Any], run_id: str, read_at: str) -> dict[str, Any]:
-    return {
-        **row,
-        "run_id": run_id,
-        "read_at": read_at,
-        "opted_out_category_ids": orjson.dumps(list(row["opted_out_category_ids"])).decode(),
-    }
 
 
 @dataclass

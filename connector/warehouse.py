@@ -17,6 +17,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pyarrow as pa
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, make_url
@@ -295,45 +296,63 @@ class Stage:
         self.columns = ", ".join(definition.column_names)
         self.rows = 0
 
-    def write(self, rows: Sequence[Row]) -> None:
-        """Append rows (dicts keyed by column name; missing keys are null)."""
+    def write(self, rows: Sequence[Row], constants: Row | None = None) -> None:
+        """Append rows (dicts keyed by column name; missing keys are null).
+
+        ``constants`` fills columns that hold one value for every row (a run id), without
+        copying each row to add it. Values of ``json`` columns may be Python structures.
+        """
         if not rows:
             return
+        columns = column_values(self.table, rows, constants or {})
         if self.tx.dialect == "duckdb":
-            self._write_arrow(rows)
+            duck = self.tx.connection.connection.driver_connection
+            # A relation over the Arrow table, not register()/unregister(): registered views
+            # keep their memory until the connection closes.
+            duck.from_arrow(to_arrow(self.table, columns)).insert_into(self.name)
         elif self.tx.dialect == "postgresql" and self.tx.connection.dialect.driver == "psycopg":
-            self._write_copy(rows)
+            cursor = self.tx.connection.connection.driver_connection.cursor()
+            with cursor.copy(f"copy {self.name} ({self.columns}) from stdin") as copy:
+                for row in zip(*columns, strict=True):
+                    copy.write_row(row)
         else:
-            self._write_many(rows)
+            names = self.table.column_names
+            statement = sa.text(
+                f"insert into {self.name} ({self.columns}) "
+                f"values ({', '.join(':' + n for n in names)})"
+            )
+            self.tx.connection.execute(
+                statement,
+                [dict(zip(names, row, strict=True)) for row in zip(*columns, strict=True)],
+            )
         self.rows += len(rows)
 
-    def _write_arrow(self, rows: Sequence[Row]) -> None:
-        duck = self.tx.connection.connection.driver_connection
-        # A relation over the Arrow table, not register()/unregister(): registered views
-        # keep their memory until the connection closes.
-        duck.from_arrow(to_arrow(self.table, rows)).insert_into(self.name)
 
-    def _write_copy(self, rows: Sequence[Row]) -> None:
-        names = self.table.column_names
-        cursor = self.tx.connection.connection.driver_connection.cursor()
-        with cursor.copy(f"copy {self.name} ({', '.join(names)}) from stdin") as copy:
-            for row in rows:
-                copy.write_row(tuple(row.get(n) for n in names))
-
-    def _write_many(self, rows: Sequence[Row]) -> None:
-        names = self.table.column_names
-        statement = sa.text(
-            f"insert into {self.name} ({', '.join(names)}) "
-            f"values ({', '.join(':' + n for n in names)})"
-        )
-        self.tx.connection.execute(statement, [{n: row.get(n) for n in names} for row in rows])
+def column_values(definition: Table, rows: Sequence[Row], constants: Row) -> list[list[Any]]:
+    """The rows as one list of values per column, in the order of ``definition``."""
+    columns = []
+    for column in definition.columns:
+        name = column.name
+        if name in constants:
+            values = [constants[name]] * len(rows)
+        else:
+            values = [row.get(name) for row in rows]
+        if column.type == "json":
+            values = [_json_text(v) for v in values]
+        columns.append(values)
+    return columns
 
 
-def to_arrow(definition: Table, rows: Sequence[Row]) -> pa.Table:
+def _json_text(value: Any) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    return orjson.dumps(value).decode()
+
+
+def to_arrow(definition: Table, columns: Sequence[list[Any]]) -> pa.Table:
     """An Arrow table in the column order and types of ``definition``."""
     arrays = []
-    for column in definition.columns:
-        values = [row.get(column.name) for row in rows]
+    for column, values in zip(definition.columns, columns, strict=True):
         arrow_type = _ARROW_TYPES[column.type]
         if pa.types.is_timestamp(arrow_type):
             arrays.append(pa.array(values, pa.string()).cast(arrow_type))
