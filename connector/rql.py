@@ -108,6 +108,12 @@ def _quote(text: str) -> str:
         text.encode("utf-8")
     except UnicodeEncodeError:
         raise RqlBuildError(f"text value {text!r} is not valid Unicode (lone surrogate)") from None
+    # The platform's RQL has no escapes inside quotes: a quote ends at the next quote of the
+    # same kind. So a value holding " but no ' or backslash goes in single quotes, which both
+    # the platform and the sandbox read the same way. Only a value holding both kinds of quote
+    # (or a backslash) needs the backslash escapes the sandbox understands.
+    if '"' in text and "'" not in text and "\\" not in text:
+        return "'" + text + "'"
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 

@@ -1017,3 +1017,15 @@ def test_builder_output_filters_like_a_python_reference(
     assert again.filter_text == parsed.filter_text
     assert again.predicate is not None
     assert [again.predicate(r) for r in records] == [parsed.predicate(r) for r in records]
+
+
+def test_a_value_with_double_quotes_goes_in_single_quotes_the_platform_reads_too() -> None:
+    # The platform's RQL has no escapes: "say \"hi\"" would end at the first inner quote.
+    expression = rql.eq("name", 'say "hi"')
+    assert str(expression) == "eq(name,'say \"hi\"')"
+    parsed = parse_query(rql.build_query_string(expression), FieldSet.from_paths(["name"]))
+    assert parsed.predicate is not None
+    assert parsed.predicate({"name": 'say "hi"'})
+    assert not parsed.predicate({"name": "say hi"})
+    # Both kinds of quote (or a backslash) cannot be written without escapes.
+    assert str(rql.eq("name", "it's \"x\"")) == 'eq(name,"it\'s \\"x\\"")'
