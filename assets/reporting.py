@@ -36,6 +36,7 @@ from dagster import (
 from assets.checks import TableChecks
 from assets.metadata import definition_metadata, markdown_table
 from assets.resources import WarehouseResource
+from connector.reconcile import ACTIONS
 from connector.sql import read_sql, statements
 from connector.tables import table
 from connector.warehouse import Transaction, Warehouse
@@ -45,6 +46,7 @@ DEFAULT_CHART_DIR = "data/charts"
 GROUP = "reporting"
 
 HEALTH_LABELS = ("deleted", "blocked", "at_risk", "healthy")
+RUN_STATUSES = ("applied", "dry_run", "stopped_by_guard", "not_planned", "unfinished")
 DELIVERABILITY_METHODS = ("week_difference", "month_difference", "today_window")
 PROVIDERS = ("marketplace", "evinotice")
 
@@ -296,6 +298,15 @@ class CountCheck:
         )
 
 
+def non_negative_check(*columns: str) -> CountCheck:
+    return CountCheck(
+        "counts_not_negative",
+        f"No count is negative ({len(columns)} count columns)",
+        "checks/count_negative_values",
+        columns,
+    )
+
+
 def rates_check(*columns: str) -> CountCheck:
     return CountCheck(
         "rates_between_0_and_1",
@@ -317,6 +328,7 @@ class Report:
     checks: TableChecks
     count_checks: tuple[CountCheck, ...] = ()
     preview_order: str = ""
+    preview_columns: tuple[str, ...] = ()  # default: every column
     chart: Callable[[Warehouse, Path], Path] | None = None
     chart_title: str = ""
 
@@ -374,7 +386,7 @@ REPORTS = (
     ),
     Report(
         "contact_health",
-        deps=("contacts", "messages"),
+        deps=("contacts", "messages", "crm_contacts"),
         checks=_checks(
             "contact_health",
             ("contact_id",),
@@ -392,13 +404,60 @@ REPORTS = (
         count_checks=(rates_check("opt_out_share"),),
         preview_order="opted_out_contacts",
     ),
+    Report(
+        "reconciliation_history",
+        deps=("reconciliation_runs", "pushback_results", "reconciliation_plan"),
+        checks=_checks(
+            "reconciliation_history",
+            ("run_id",),
+            ("run_id", "status", "started_at"),
+            status=RUN_STATUSES,
+        ),
+        count_checks=(
+            non_negative_check(
+                "crm_rows",
+                "rejected_rows",
+                "conflicts",
+                "missing_from_crm",
+                "planned_total",
+                *(
+                    f"{outcome}_{action}"
+                    for outcome in ("planned", "done", "rejected", "retry", "skipped")
+                    for action in ACTIONS
+                ),
+                "applied_done",
+                "applied_rejected",
+                "applied_retry",
+                "skipped",
+            ),
+        ),
+        preview_order="started_at",
+        # A row has 40 columns; the preview keeps what a person scans a run for.
+        preview_columns=(
+            "started_at",
+            "status",
+            "export_files",
+            "crm_rows",
+            "rejected_rows",
+            "conflicts",
+            "planned_total",
+            "applied_done",
+            "applied_rejected",
+            "applied_retry",
+            "skipped",
+            "guards_tripped",
+            "guards_overridden",
+            "override_reason",
+            "run_id",
+        ),
+    ),
 )
 REPORT_NAMES = tuple(report.name for report in REPORTS)
 
 
 def report_metadata(warehouse: Warehouse, report: Report, rows: int) -> dict[str, Any]:
     """Row count, a preview of the top rows by the report's order column, and the warehouse."""
-    columns = table(report.name).column_names
+    columns = report.preview_columns or table(report.name).column_names
     with warehouse.transaction() as tx:
         preview = tx.run(
             "metadata/select_preview",

@@ -4,8 +4,11 @@
 -- parameter, so a rebuild of the same data at the same time gives the same table). Windows and
 -- "last" times count messages by created_at; the last bounce or complaint uses the message's
 -- updated_at (when its status last changed), falling back to created_at.
--- Extension point: whether the CRM still knows the contact joins here once the reconciliation
--- tables exist (a left join on contact_id in final).
+-- Whether the CRM still knows the contact: crm_contacts holds the lines of the export(s) the
+-- latest reconcile run read, matched on the normalised email (contacts.email_key) as the plan
+-- matches them. An email on several lines gets the most restrictive verdict, as in the plan:
+-- mailable only if every line is. With no CRM line at all (no export read yet), in_crm is
+-- null rather than false: "unknown", not "gone from the CRM".
 
 with
 
@@ -13,6 +16,7 @@ contacts as (
     select
         id,
         email,
+        email_key,
         name,
         status,
         blocked_reason,
@@ -30,6 +34,30 @@ messages as (
         updated_at
     from messages
     where contact_id is not null
+),
+
+crm_contacts as (
+    select
+        email,
+        mailable,
+        read_at
+    from crm_contacts
+),
+
+crm_export as (
+    select
+        count(*) > 0 as was_read,
+        max(read_at) as read_at
+    from crm_contacts
+),
+
+crm_verdict as (
+    select
+        email,
+        min(case when mailable then 1 else 0 end) = 1 as mailable
+    from crm_contacts
+    where email is not null
+    group by email
 ),
 
 build as (
@@ -99,11 +127,17 @@ final as (
         summary.last_bounce_at,
         summary.last_complaint_at,
         summary.last_bounce_or_complaint_at,
-        build.as_of
+        build.as_of,
+        case when crm_export.was_read then crm_verdict.email is not null end as in_crm,
+        crm_verdict.mailable as crm_mailable,
+        crm_export.read_at as crm_read_at
     from contacts
     cross join build
+    cross join crm_export
     left join message_summary as summary
         on summary.contact_id = contacts.id
+    left join crm_verdict
+        on crm_verdict.email = contacts.email_key
 )
 
 select * from final

@@ -1,6 +1,7 @@
 -- One row per contact (deleted ones included, with deleted_at): status, block reason, opt-outs,
 -- messages of the last 30 days by status and the last bounce or complaint, summed up as a
--- health label. Rebuilt as a whole after each sync.
+-- health label; and whether the CRM export of the latest reconcile run still lists it.
+-- Rebuilt as a whole after each sync and each reconcile run.
 create table if not exists contact_health (
     contact_id text not null primary key, -- Contact id (contacts.id)
     email text, -- Email address as the platform holds it
@@ -22,5 +23,8 @@ create table if not exists contact_health (
     last_bounce_at timestamptz, -- When the most recent bounced message last changed (its updated_at, else created_at)
     last_complaint_at timestamptz, -- When the most recent complained message last changed
     last_bounce_or_complaint_at timestamptz, -- The later of last_bounce_at and last_complaint_at
-    as_of timestamptz -- When the table was built: the 30-day window ends here
+    as_of timestamptz, -- When the table was built: the 30-day window ends here
+    in_crm boolean, -- Whether the CRM export(s) of the latest reconcile run list the contact's email (normalised, as the plan matches it); null when no CRM export was ever read (crm_contacts is empty: also when the latest export had no valid line)
+    crm_mailable boolean, -- The CRM's verdict for the email after most-restrictive-wins: true only if no line flags it do-not-email, unsubscribed or hard-bounced; null when not in the CRM
+    crm_read_at timestamptz -- When the CRM export that in_crm and crm_mailable come from was read; null when none was
 );
