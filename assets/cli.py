@@ -67,9 +67,18 @@ def sandbox_environment(contacts: int, seed: int, port: int = 0) -> Iterator[tup
 @click.option("--contacts", default=2000, show_default=True, type=click.IntRange(min=1))
 @click.option("--seed", default=1, show_default=True, type=int)
 @click.option("--days", default=45, show_default=True, help="Days of messages to backfill.")
-def demo(contacts: int, seed: int, days: int) -> None:
+@click.option(
+    "--keep/--fresh",
+    default=False,
+    help="Keep the embedded DuckDB file from an earlier demo (default: start it afresh).",
+)
+def demo(contacts: int, seed: int, days: int, keep: bool) -> None:
     """Sync a sandbox into the warehouse with every asset, and show what landed."""
     from dagster import DagsterInstance
+
+    if not keep and not os.environ.get(WAREHOUSE_URL):
+        # Each demo starts a new sandbox; an old ledger would say its actions are done already.
+        _remove_embedded_warehouse()
 
     click.echo(f"Starting the sandbox ({contacts} contacts)...")
     with sandbox_environment(contacts, seed) as (url, sandbox):
@@ -122,6 +131,14 @@ def demo(contacts: int, seed: int, days: int) -> None:
         _summary(warehouse, outcomes)
         if not all(o.success for o in outcomes):
             raise click.ClickException("some steps failed; see the log above")
+
+
+def _remove_embedded_warehouse() -> None:
+    """Delete the default DuckDB file (and its write-ahead log), the demo's own."""
+    database = Path(DEFAULT_WAREHOUSE_URL.removeprefix("duckdb:///"))
+    for path in (database, database.with_name(database.name + ".wal")):
+        if path.exists():
+            path.unlink()
 
 
 def _summary(warehouse: Warehouse, outcomes: list) -> None:
