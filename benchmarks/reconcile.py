@@ -84,9 +84,7 @@ def plan_benchmark(rows: int) -> dict[str, float]:
 
 def apply_benchmark(rate: float, actions: int, latency_ms: float = 30) -> dict[str, float]:
     """Push ``actions`` creates and blocks through a sandbox limited to ``rate`` requests/s."""
-    print(
-        f"\n== apply: {actions} actions, sandbox rate limit {rate:g}/s, {latency_ms:g} ms latency =="
-    )
+    print(f"\n== apply: {actions} actions, rate limit {rate:g}/s, {latency_ms:g} ms latency ==")
     contacts = max(2 * actions, 1000)
     options = (
         "--contacts",
