@@ -1028,4 +1028,4 @@ def test_a_value_with_double_quotes_goes_in_single_quotes_the_platform_reads_too
     assert parsed.predicate({"name": 'say "hi"'})
     assert not parsed.predicate({"name": "say hi"})
     # Both kinds of quote (or a backslash) cannot be written without escapes.
-    assert str(rql.eq("name", "it's \"x\"")) == 'eq(name,"it\'s \\"x\\"")'
+    assert str(rql.eq("name", 'it\'s "x"')) == 'eq(name,"it\'s \\"x\\"")'
