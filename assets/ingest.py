@@ -6,7 +6,7 @@ checks in the same step. Groups: ``marketplace`` and ``evinotice``.
 
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -31,6 +31,7 @@ from assets.resources import EviNoticeResource, MarketplaceResource, WarehouseRe
 from assets.runner import run_async
 from connector import sync
 from connector.tables import table
+from connector.warehouse import Warehouse
 
 # backfill_policy is marked beta; it is the documented way to run a range as few runs.
 warnings.filterwarnings("ignore", category=BetaWarning, message=".*backfill_policy.*")
@@ -61,8 +62,40 @@ def _spec(name: str, group: str) -> AssetSpec:
     )
 
 
+def _table_asset(name: str, group: str, **options: Any) -> Any:
+    """``@asset`` for a synced table: description, columns, checks and freshness from its DDL."""
+    return asset(
+        name=name,
+        group_name=group,
+        description=table(name).description,
+        metadata=definition_metadata(name),
+        check_specs=specs_for([name]),
+        freshness_policy=FRESHNESS,
+        kinds={"sql"},
+        **options,
+    )
+
+
+def _sync(
+    context: AssetExecutionContext,
+    api: MarketplaceResource | EviNoticeResource,
+    warehouse: WarehouseResource,
+    run: Callable[[Any, Warehouse], Awaitable[sync.SyncResult]],
+) -> tuple[Warehouse, sync.SyncResult]:
+    """Run one sync with a fresh client; log what it did."""
+    store = warehouse.warehouse()
+
+    async def with_client() -> sync.SyncResult:
+        async with api.client() as client:
+            return await run(client, store)
+
+    result = run_async(with_client())
+    context.log.info("%s: %s", context.op_def.name, sync.describe(result))
+    return store, result
+
+
 def _materialized(
-    warehouse: Any, names: tuple[str, ...], result: sync.SyncResult
+    warehouse: Warehouse, names: tuple[str, ...], result: sync.SyncResult
 ) -> Iterator[MaterializeResult | AssetCheckResult]:
     for name in names:
         yield MaterializeResult(asset_key=name, metadata=run_metadata(warehouse, name, result))
@@ -100,16 +133,14 @@ def contacts(
         lookback=timedelta(minutes=config.lookback_minutes),
         full_refresh_every=timedelta(hours=config.full_refresh_every_hours),
     )
-    store = warehouse.warehouse()
-
-    async def run() -> sync.SyncResult:
-        async with marketplace.client() as client:
-            return await sync.sync_contacts(
-                client, store, full_refresh=config.full_refresh, policy=policy
-            )
-
-    result = run_async(run())
-    context.log.info("contacts: %s", sync.describe(result))
+    store, result = _sync(
+        context,
+        marketplace,
+        warehouse,
+        lambda client, store: sync.sync_contacts(
+            client, store, full_refresh=config.full_refresh, policy=policy
+        ),
+    )
     yield from _materialized(store, ("contacts", "contact_opt_outs"), result)
     yield orphan_opt_outs(store)
 
@@ -126,91 +157,53 @@ def categories(
     context: AssetExecutionContext, marketplace: MarketplaceResource, warehouse: WarehouseResource
 ) -> Iterator[MaterializeResult | AssetCheckResult]:
     """Categories replaced, and a snapshot of their rolling statistics appended."""
-    store = warehouse.warehouse()
-
-    async def run() -> sync.SyncResult:
-        async with marketplace.client() as client:
-            return await sync.sync_categories(client, store)
-
-    result = run_async(run())
-    context.log.info("categories: %s", sync.describe(result))
+    store, result = _sync(context, marketplace, warehouse, sync.sync_categories)
     yield from _materialized(store, ("categories", "category_statistics_snapshots"), result)
     yield statistics_add_up(store, result)
 
 
-@asset(
-    name="batches",
-    group_name="marketplace",
-    description=table("batches").description,
-    metadata=definition_metadata("batches"),
-    check_specs=specs_for(["batches"]),
-    freshness_policy=FRESHNESS,
-    kinds={"sql"},
-)
+@_table_asset("batches", "marketplace")
 def batches(
     context: AssetExecutionContext, marketplace: MarketplaceResource, warehouse: WarehouseResource
 ) -> Iterator[MaterializeResult | AssetCheckResult]:
     """Every batch, merged on id."""
-    store = warehouse.warehouse()
-
-    async def run() -> sync.SyncResult:
-        async with marketplace.client() as client:
-            return await sync.sync_batches(client, store)
-
-    result = run_async(run())
-    context.log.info("batches: %s", sync.describe(result))
+    store, result = _sync(context, marketplace, warehouse, sync.sync_batches)
     yield from _materialized(store, ("batches",), result)
 
 
-@asset(
-    name="messages",
-    group_name="marketplace",
-    description=table("messages").description,
-    metadata=definition_metadata("messages"),
-    check_specs=specs_for(["messages"]),
+@_table_asset(
+    "messages",
+    "marketplace",
     partitions_def=messages_partitions,
     # A backfill of a date range runs as few runs, each covering up to a month of days.
     backfill_policy=BackfillPolicy.multi_run(max_partitions_per_run=31),
-    freshness_policy=FRESHNESS,
-    kinds={"sql"},
 )
 def messages(
     context: AssetExecutionContext, marketplace: MarketplaceResource, warehouse: WarehouseResource
 ) -> Iterator[MaterializeResult | AssetCheckResult]:
     """Messages of the day(s) being materialised; each day replaced as a whole."""
     window = context.partition_time_window
-    store = warehouse.warehouse()
-
-    async def run() -> sync.SyncResult:
-        async with marketplace.client() as client:
-            return await sync.sync_messages(client, store, window.start, window.end)
-
-    result = run_async(run())
-    context.log.info("messages %s..%s: %s", window.start, window.end, sync.describe(result))
+    context.log.info("messages created in [%s, %s)", window.start, window.end)
+    store, result = _sync(
+        context,
+        marketplace,
+        warehouse,
+        lambda client, store: sync.sync_messages(client, store, window.start, window.end),
+    )
     yield from _materialized(store, ("messages",), result)
 
 
-@asset(
-    name="evinotice_batches",
-    group_name="evinotice",
-    description=table("evinotice_batches").description,
-    metadata=definition_metadata("evinotice_batches"),
-    check_specs=specs_for(["evinotice_batches"]),
-    freshness_policy=FRESHNESS,
-    kinds={"sql"},
-)
+@_table_asset("evinotice_batches", "evinotice")
 def evinotice_batches(
     context: AssetExecutionContext, evinotice: EviNoticeResource, warehouse: WarehouseResource
 ) -> Iterator[MaterializeResult | AssetCheckResult]:
     """EviNotice batches of the owner site, merged on id."""
-    store = warehouse.warehouse()
-
-    async def run() -> sync.SyncResult:
-        async with evinotice.client() as client:
-            return await sync.sync_evinotice_batches(client, store, evinotice.site_id)
-
-    result = run_async(run())
-    context.log.info("evinotice_batches: %s", sync.describe(result))
+    store, result = _sync(
+        context,
+        evinotice,
+        warehouse,
+        lambda client, store: sync.sync_evinotice_batches(client, store, evinotice.site_id),
+    )
     yield from _materialized(store, ("evinotice_batches",), result)
 
 
