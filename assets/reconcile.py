@@ -252,13 +252,17 @@ def pushback_results(
         reconcile.record_apply(store, run_id, dry_run=True, outcomes={}, skipped=0)
         return MaterializeResult(metadata={"dry_run": True, "applied": 0})
 
+    refreshed: list[str] = []
+
     async def apply() -> pushback.ApplySummary:
         async with marketplace.client() as client:
             summary = await pushback.apply_plan(
                 client, store, run_id=run_id, batch_size=config.batch_size
             )
-            if summary.touched_contacts:
-                await refresh_contacts(client, store, summary.touched_contacts)
+            # Everything the plan settled, also by an earlier run stopped before its refresh.
+            refreshed.extend(pushback.contacts_settled_by_plan(store))
+            if refreshed:
+                await refresh_contacts(client, store, refreshed)
             return summary
 
     summary = run_async(apply())
@@ -272,7 +276,7 @@ def pushback_results(
             "dry_run": False,
             **{f"outcome_{state}": n for state, n in summary.outcomes.items()},
             "skipped_already_settled": summary.skipped,
-            "contacts_refreshed": len(set(summary.touched_contacts)),
+            "contacts_refreshed": len(refreshed),
             "seconds": round(summary.seconds, 2),
         }
     )

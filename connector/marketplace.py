@@ -365,23 +365,28 @@ class MarketplaceClient:
 
     async def block_contact(self, identifier: str) -> Row:
         """POST /contacts/{id}/block; already blocked counts as done."""
-        return await self._set_state(identifier, "block", "Blocked")
+        contact, _ = await self.set_contact_state(identifier, blocked=True)
+        return contact
 
     async def unblock_contact(self, identifier: str) -> Row:
         """POST /contacts/{id}/unblock; already active counts as done."""
-        return await self._set_state(identifier, "unblock", "Active")
+        contact, _ = await self.set_contact_state(identifier, blocked=False)
+        return contact
 
-    async def _set_state(self, identifier: str, action: str, target: str) -> Row:
+    async def set_contact_state(self, identifier: str, *, blocked: bool) -> tuple[Row, bool]:
+        """Block or unblock; returns the contact and whether this call changed its state."""
+        action, target = ("block", "Blocked") if blocked else ("unblock", "Active")
         # Repeating a state change reaches the same end state, so it is retried; a conflict
         # may be our own earlier attempt having landed, so check the state before failing.
         try:
-            return await self.http.send_json(
+            contact = await self.http.send_json(
                 "POST", f"/contacts/{identifier}/{action}", safe_to_retry=True
             )
+            return contact, True
         except ConflictError:
             contact = await self.get("contacts", identifier)
             if contact.get("status") == target:
-                return contact
+                return contact, False
             raise
 
     async def delete_contact(self, identifier: str) -> None:

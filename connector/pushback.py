@@ -49,6 +49,7 @@ class Action:
 class Outcome:
     state: str
     contact_id: str | None = None
+    contact: dict[str, Any] | None = None  # the contact as the API answered a done action
     http_status: int | None = None
     problem_title: str | None = None
     problem_detail: str | None = None
@@ -100,6 +101,12 @@ async def apply_plan(
     return summary
 
 
+def contacts_settled_by_plan(warehouse: Warehouse) -> list[str]:
+    """Contacts the current plan's done actions touched (to re-read after an apply)."""
+    with warehouse.transaction() as tx:
+        return list(tx.run("pushback/select_contacts_settled_by_plan").scalars())
+
+
 def _pending_actions(warehouse: Warehouse) -> tuple[list[Action], int]:
     with warehouse.transaction() as tx:
         rows = tx.run("pushback/select_plan_with_ledger").mappings().all()
@@ -145,6 +152,7 @@ def _mark_sending(tx: Transaction, batch: Sequence[Action], run_id: str, now: da
 
 
 def _outcome_row(action: Action, outcome: Outcome, now: datetime) -> dict[str, Any]:
+    contact = outcome.contact or {}
     return {
         "action_key": action.action_key,
         "state": outcome.state,
@@ -157,6 +165,8 @@ def _outcome_row(action: Action, outcome: Outcome, now: datetime) -> dict[str, A
         else None,
         "now": now,
         "done_at": now if outcome.state == "done" else None,
+        "contact_updated_at": ((contact.get("audit") or {}).get("updated") or {}).get("at"),
+        "contact_blocked_reason": contact.get("blockedReason"),
     }
 
 
@@ -167,11 +177,18 @@ async def _perform(client: MarketplaceClient, action: Action) -> Outcome:
             return await _create(client, action)
         if action.contact_id is None:
             return Outcome("rejected", problem_title="No contact to act on")
-        if action.action == "block":
-            contact = await client.block_contact(action.contact_id)
-        elif action.action == "unblock":
-            contact = await client.unblock_contact(action.contact_id)
-        elif action.action == "update":
+        if action.action in ("block", "unblock"):
+            contact, changed = await client.set_contact_state(
+                action.contact_id, blocked=action.action == "block"
+            )
+            # Only a change this call made is the connector's: an "already blocked" contact
+            # keeps a block that is not ours, so its details are not recorded as ours.
+            return Outcome(
+                "done",
+                contact_id=contact.get("id", action.contact_id),
+                contact=contact if changed else None,
+            )
+        if action.action == "update":
             current = await client.get("contacts", action.contact_id)
             opt_outs = [c["id"] for c in current.get("optOuts") or []]
             contact = await client.update_contact(
@@ -179,7 +196,7 @@ async def _perform(client: MarketplaceClient, action: Action) -> Outcome:
             )
         else:
             return Outcome("rejected", problem_title=f"Unknown action {action.action!r}")
-        return Outcome("done", contact_id=contact.get("id", action.contact_id))
+        return Outcome("done", contact_id=contact.get("id", action.contact_id), contact=contact)
     except ApiError as exc:
         return _failed(exc)
     except AmbiguousOutcomeError:
@@ -197,7 +214,7 @@ async def _create(client: MarketplaceClient, action: Action) -> Outcome:
             return Outcome("done", contact_id=existing["id"])
     try:
         created = await client.create_contact(action.email, action.name)
-        return Outcome("done", contact_id=created["id"])
+        return Outcome("done", contact_id=created["id"], contact=created)
     except ConflictError as exc:
         # The email exists now (our own earlier attempt, or someone else): the goal is met.
         existing = await client.find_contact_by_email(action.email)

@@ -196,8 +196,10 @@ class World:
                 summary = await pushback.apply_plan(
                     client, self.warehouse, run_id="apply", **options
                 )
-                if refresh and summary.touched_contacts:
-                    await refresh_contacts(client, self.warehouse, summary.touched_contacts)
+                # As the pushback_results asset does: re-read what the plan has settled.
+                settled = pushback.contacts_settled_by_plan(self.warehouse)
+                if refresh and settled:
+                    await refresh_contacts(client, self.warehouse, settled)
                 return summary
 
         return asyncio.run(go())
@@ -407,17 +409,7 @@ def test_never_unblock_a_platform_block_that_followed_ours(world: World) -> None
 
     world.plan(world.write("week2.csv", [line(target["email"], target["name"])]))
 
-    # BUG (see the report): the plan only asks whether the connector's last state change
-    # was a block, not whether the block in place is still the connector's.
     assert world.actions() == set()
-
-
-test_never_unblock_a_platform_block_that_followed_ours = pytest.mark.xfail(
-    strict=True,
-    reason="insert_reconciliation_plan.sql plans an unblock whenever the connector's last "
-    "done state change was a block, even when the platform has since re-blocked the contact "
-    "itself (blocked_reason Bounced/Complained): a platform block gets unblocked",
-)(test_never_unblock_a_platform_block_that_followed_ours)
 
 
 def test_the_most_restrictive_line_wins_and_the_conflict_is_reported(world: World) -> None:
@@ -911,11 +903,12 @@ def test_apply_records_every_outcome_and_never_sends_a_settled_action_again(
     assert len(world.gateway.sent("POST", "/block")) == 3
     assert Counter(c["email"] for c in world.sandbox.truth("contacts"))["new.two@example.org"] == 1
 
-    # Again: every action is settled (done or rejected for good), so nothing is sent.
+    # Again: every action is settled (done or rejected for good), so nothing is sent; the
+    # settled contacts are only read again.
     sent_before = len(world.gateway.requests)
     again = world.apply()
     assert again.outcomes == Counter() and again.skipped == 6
-    assert world.gateway.requests[sent_before:] == []
+    assert [r for r in world.gateway.requests[sent_before:] if r[0] != "GET"] == []
     assert world.ledger() == ledger
 
 
@@ -1059,13 +1052,6 @@ def test_an_ambiguous_create_is_looked_up_before_it_is_sent_again(
     assert (row["state"], row["attempts"], row["contact_id"]) == ("done", 2, matching[0]["id"])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="an apply stopped after its actions were done but before refresh_contacts (a kill, "
-    "a crash) leaves contacts stale for good: the next apply skips the done actions and "
-    "refreshes only what it touched itself (ApplySummary.touched_contacts), so the created "
-    "and blocked contacts never reach the contacts table until the next full sync",
-)
 def test_contacts_reflect_actions_done_by_an_apply_that_stopped_before_its_refresh(
     world: World,
 ) -> None:

@@ -45,6 +45,8 @@ platform_ranked as (
         email_key,
         name,
         status,
+        blocked_reason,
+        updated_at,
         row_number() over (
             partition by email_key
             order by case when status = 'Active' then 0 else 1 end, id
@@ -54,20 +56,34 @@ platform_ranked as (
 ),
 
 platform as (
-    select id, email_key, name, status from platform_ranked where email_rank = 1
+    select id, email_key, name, status, blocked_reason, updated_at
+    from platform_ranked
+    where email_rank = 1
 ),
 
 last_own_state_change as (
     select
         contact_id,
         action,
+        contact_updated_at,
+        contact_blocked_reason,
         row_number() over (partition by contact_id order by done_at desc) as recency
     from pushback_results
     where state = 'done' and action in ('block', 'unblock') and contact_id is not null
 ),
 
+-- The block in place is still the connector's only if the contact has not changed since
+-- (updated_at no later than our block's answer) and carries the reason our block gave it:
+-- a block the platform put in place afterwards (bounce, complaint) is never undone.
 blocked_by_connector as (
-    select contact_id from last_own_state_change where recency = 1 and action = 'block'
+    select own.contact_id
+    from last_own_state_change as own
+    join platform on platform.id = own.contact_id
+    where own.recency = 1
+      and own.action = 'block'
+      and own.contact_updated_at is not null
+      and platform.updated_at <= own.contact_updated_at
+      and platform.blocked_reason is not distinct from own.contact_blocked_reason
 ),
 
 matched as (

@@ -14,5 +14,7 @@ create table if not exists pushback_results (
     field_errors json, -- The API's field errors
     first_attempt_at timestamptz, -- First time it was sent
     last_attempt_at timestamptz, -- Last time it was sent
-    done_at timestamptz -- When it was confirmed done
+    done_at timestamptz, -- When it was confirmed done
+    contact_updated_at timestamptz, -- The contact's audit.updated.at as the API answered the action
+    contact_blocked_reason text -- The contact's blocked reason as the API answered the action
 );
