@@ -282,6 +282,24 @@ def pushback_results(
     )
 
 
+# Tables the reconcile steps write along the way: declared so lineage and column
+# descriptions show in the UI; they are not materialised on their own.
+BY_PRODUCTS = [
+    AssetSpec(
+        name,
+        group_name="reconcile",
+        description=f"{table(name).description} (written by the {writer} step)",
+        metadata=definition_metadata(name),
+        deps=[writer],
+        kinds={"sql"},
+    )
+    for name, writer in (
+        ("crm_conflicts", "reconciliation_plan"),
+        ("platform_contacts_missing_from_crm", "reconciliation_plan"),
+        ("reconciliation_runs", "pushback_results"),
+    )
+]
+
 RECONCILE_ASSETS = [crm_exports, reconciliation_plan, pushback_results]
 
 

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
 import orjson
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
@@ -111,17 +111,17 @@ class MarketplaceApi:
             header = request.headers.get("authorization", "")
             scheme, _, token = header.partition(" ")
             if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), self._token):
-                return problem_response(
-                    401, "Unauthorized", "A valid bearer token is required.", request=request
-                )
+                return problem_response(401, "Unauthorized", "A valid bearer token is required.")
             try:
                 return await handler(request)
             except RqlSyntaxError as exc:
-                return problem_response(400, "Bad Request", str(exc), request=request)
+                return problem_response(400, "Bad Request", str(exc))
             except StoreError as exc:
-                return problem_response(
-                    exc.status, exc.title, exc.detail, errors=exc.errors, request=request
-                )
+                return problem_response(exc.status, exc.title, exc.detail, errors=exc.errors)
+            except ClientDisconnect:
+                # The client went away mid-request (killed, timed out): nothing to answer,
+                # and not worth a traceback in the sandbox's log.
+                return Response(status_code=499)
 
         return endpoint
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import secrets
 
 import orjson
-from starlette.requests import Request
 from starlette.responses import Response
 
 _TYPES = {
@@ -50,7 +49,6 @@ def problem_response(
     *,
     errors: dict[str, list[str]] | None = None,
     headers: dict[str, str] | None = None,
-    request: Request | None = None,
 ) -> Response:
     """A problem-details response."""
     return Response(
