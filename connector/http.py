@@ -84,6 +84,19 @@ class RateLimiter:
         self._paused_until = max(self._paused_until, time.monotonic() + seconds)
 
 
+@dataclass(frozen=True)
+class _Call:
+    """One request as the caller asked for it, sent again on each attempt."""
+
+    method: str
+    path: str
+    params: Mapping[str, Any] | str | None
+    json: Any
+    content: bytes | str | None
+    headers: Mapping[str, str] | None
+    safe_to_retry: bool
+
+
 class _Retry(Exception):
     """Internal: this attempt failed in a way worth retrying."""
 
@@ -144,9 +157,8 @@ class ResilientClient:
         safe_to_retry: bool,
     ) -> httpx.Response:
         """Send one request, retrying what may be retried; returns a 2xx response, body read."""
-        response, _ = await self._attempts(
-            method, path, params, json, content, headers, safe_to_retry, decode=False
-        )
+        call = _Call(method, path, params, json, content, headers, safe_to_retry)
+        response, _ = await self._attempts(call, decode=False)
         return response
 
     async def send_json(
@@ -161,9 +173,8 @@ class ResilientClient:
         safe_to_retry: bool,
     ) -> Any:
         """Like ``send``, and decode the JSON body (an undecodable body counts as truncated)."""
-        _, body = await self._attempts(
-            method, path, params, json, content, headers, safe_to_retry, decode=True
-        )
+        call = _Call(method, path, params, json, content, headers, safe_to_retry)
+        _, body = await self._attempts(call, decode=True)
         return body
 
     @asynccontextmanager
@@ -207,18 +218,7 @@ class ResilientClient:
                         raise _api_error(method, path, response)
             await self._back_off_or_raise(method, path, attempt, failure)
 
-    async def _attempts(
-        self,
-        method: str,
-        path: str,
-        params: Mapping[str, Any] | str | None,
-        json: Any,
-        content: bytes | str | None,
-        headers: Mapping[str, str] | None,
-        safe_to_retry: bool,
-        *,
-        decode: bool,
-    ) -> tuple[httpx.Response, Any]:
+    async def _attempts(self, call: _Call, *, decode: bool) -> tuple[httpx.Response, Any]:
         attempt = 0
         while True:
             attempt += 1
@@ -226,46 +226,32 @@ class ResilientClient:
             async with self._slots:
                 self.stats["requests"] += 1
                 try:
-                    return await self._attempt(
-                        method, path, params, json, content, headers, safe_to_retry, decode
-                    )
+                    return await self._attempt(call, decode)
                 except _Retry as failure:
                     pending = failure
-            await self._back_off_or_raise(method, path, attempt, pending)
+            await self._back_off_or_raise(call.method, call.path, attempt, pending)
 
-    async def _attempt(
-        self,
-        method: str,
-        path: str,
-        params: Mapping[str, Any] | str | None,
-        json: Any,
-        content: bytes | str | None,
-        headers: Mapping[str, str] | None,
-        safe_to_retry: bool,
-        decode: bool,
-    ) -> tuple[httpx.Response, Any]:
-        request_content = orjson.dumps(json) if json is not None else content
-        request_headers = dict(headers or {})
-        if json is not None:
-            request_headers.setdefault("Content-Type", "application/json")
-        url, query = _url(path, params)
+    async def _attempt(self, call: _Call, decode: bool) -> tuple[httpx.Response, Any]:
+        method, path, safe = call.method, call.path, call.safe_to_retry
+        headers = dict(call.headers or {})
+        content = call.content
+        if call.json is not None:
+            content = orjson.dumps(call.json)
+            headers.setdefault("Content-Type", "application/json")
+        url, query = _url(path, call.params)
         try:
             response = await self._http.request(
-                method,
-                url,
-                params=query,
-                content=request_content,
-                headers=request_headers,
+                method, url, params=query, content=content, headers=headers
             )
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
             # The request never left this machine: resending cannot duplicate anything.
             raise _Retry(type(exc).__name__, TransportError(_describe(method, path, exc))) from exc
         except httpx.HTTPError as exc:
-            if not safe_to_retry:
+            if not safe:
                 raise AmbiguousOutcomeError(method, path, exc) from exc
             raise _Retry(type(exc).__name__, TransportError(_describe(method, path, exc))) from exc
         if not response.is_success:
-            failure = self._status_failure(method, path, response, safe_to_retry)
+            failure = self._status_failure(method, path, response, safe)
             if failure is None:
                 raise _api_error(method, path, response)
             raise failure
@@ -275,7 +261,7 @@ class ResilientClient:
             body = orjson.loads(response.content) if response.content else None
         except orjson.JSONDecodeError as exc:
             error = TransportError(f"{method} {path}: response body is not valid JSON (truncated?)")
-            if not safe_to_retry:
+            if not safe:
                 raise AmbiguousOutcomeError(method, path, exc) from exc
             raise _Retry("invalid_body", error) from exc
         return response, body
