@@ -29,6 +29,8 @@ def write_sample_export(
     rng = random.Random(seed)
     active = [c for c in contacts if c.get("status") == "Active"]
     rng.shuffle(active)
+    # Small sandboxes still get their blocks and a conflict: fewer agreeing lines then.
+    agreeing = max(0, min(agreeing, len(active) - blocks - 1))
     lines: list[list[str]] = []
 
     def line(contact_id: str, name: str | None, email: str, opted_out: bool, bounced: bool) -> None:
