@@ -170,7 +170,7 @@ def dev(contacts: int, seed: int, port: int) -> None:
     """Start the sandbox and the Dagster UI pointed at it (Ctrl-C stops both)."""
     os.environ.setdefault("DAGSTER_HOME", str(PROJECT_DIR / ".dagster_home"))
     Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
-    with sandbox_environment(contacts, seed) as url:
+    with sandbox_environment(contacts, seed) as (url, _):
         click.echo(f"Sandbox at {url}; Dagster UI on http://127.0.0.1:{port}")
         command = [
             sys.executable,

@@ -251,6 +251,11 @@ def pushback_results(
     if config.dry_run:
         reconcile.record_apply(store, run_id, dry_run=True, outcomes={}, skipped=0)
         return MaterializeResult(metadata={"dry_run": True, "applied": 0})
+    # The guards are blocking checks of the plan step; this also holds when the apply is
+    # launched on its own, later, against the plan stored in the warehouse.
+    refusal = reconcile.unapproved_reason(store)
+    if refusal:
+        raise Failure(f"not applying the plan: {refusal}")
 
     refreshed: list[str] = []
 
@@ -276,6 +281,7 @@ def pushback_results(
             "dry_run": False,
             **{f"outcome_{state}": n for state, n in summary.outcomes.items()},
             "skipped_already_settled": summary.skipped,
+            "claimed_by_another_apply": summary.claimed_elsewhere,
             "contacts_refreshed": len(refreshed),
             "seconds": round(summary.seconds, 2),
         }

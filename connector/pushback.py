@@ -10,12 +10,18 @@ the answers, each row gets its outcome. So after a crash, a kill or a retried ru
   is harmless (the client treats "already in that state" as done);
 - ``retry`` (the API was unavailable or throttled us past the client's own retries) is sent
   again on the next run.
+
+Only one apply runs per warehouse at a time (``Warehouse.exclusive``), and an action is sent
+only by the apply whose claim on its ledger row held. A create is also looked up first when
+an older export's create of the same email may have landed; an unblock is sent only when the
+contact is still exactly as this connector's block left it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -43,6 +49,9 @@ class Action:
     name: str | None
     previous_state: str | None
     attempts: int
+    create_may_have_landed: bool = False  # another export's create of this email is pending
+    blocked_at_updated_at: Any = None  # the contact as our own block left it (for unblocks)
+    blocked_with_reason: str | None = None
 
 
 @dataclass
@@ -62,6 +71,7 @@ class ApplySummary:
 
     outcomes: Counter[str] = field(default_factory=Counter)
     skipped: int = 0
+    claimed_elsewhere: int = 0  # another apply running at the same time holds these
     touched_contacts: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -78,14 +88,35 @@ async def apply_plan(
     batch_size: int = 200,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> ApplySummary:
-    """Send every planned action that is not done or permanently rejected yet."""
+    """Send every planned action that is not done or permanently rejected yet.
+
+    One apply at a time per warehouse (``WarehouseBusyError`` otherwise): a second one would
+    take over the actions the first holds as ``sending``.
+    """
+    with warehouse.exclusive("pushback"):
+        return await _apply(client, warehouse, run_id, batch_size, clock)
+
+
+async def _apply(
+    client: MarketplaceClient,
+    warehouse: Warehouse,
+    run_id: str,
+    batch_size: int,
+    clock: Callable[[], datetime],
+) -> ApplySummary:
     summary = ApplySummary()
     started = asyncio.get_running_loop().time()
+    claim = uuid.uuid4().hex
     actions, summary.skipped = _pending_actions(warehouse)
     for start in range(0, len(actions), batch_size):
         batch = actions[start : start + batch_size]
         with warehouse.transaction() as tx:
-            _mark_sending(tx, batch, run_id, clock())
+            _mark_sending(tx, batch, run_id, claim, clock())
+        with warehouse.transaction() as tx:
+            # Only what this apply holds now is sent: a concurrent apply's claim wins over ours.
+            held = set(tx.run("pushback/select_claims", {"claim": claim}).scalars())
+        summary.claimed_elsewhere += sum(a.action_key not in held for a in batch)
+        batch = [a for a in batch if a.action_key in held]
         outcomes = await asyncio.gather(*(_perform(client, a) for a in batch))
         now = clock()
         with warehouse.transaction() as tx:
@@ -124,20 +155,27 @@ def _pending_actions(warehouse: Warehouse) -> tuple[list[Action], int]:
                 name=row["name"],
                 previous_state=row["state"],
                 attempts=int(row["attempts"] or 0),
+                create_may_have_landed=bool(row["create_may_have_landed"]),
+                blocked_at_updated_at=row["blocked_at_updated_at"],
+                blocked_with_reason=row["blocked_with_reason"],
             )
         )
     return actions, skipped
 
 
-def _mark_sending(tx: Transaction, batch: Sequence[Action], run_id: str, now: datetime) -> None:
+def _mark_sending(
+    tx: Transaction, batch: Sequence[Action], run_id: str, claim: str, now: datetime
+) -> None:
     rows = [
         {
             "action_key": action.action_key,
             "run_id": run_id,
+            "claim": claim,
             "action": action.action,
             "email": action.email,
             "contact_id": action.contact_id,
             "attempts": action.attempts + 1,
+            "previous_attempts": action.attempts,
             "now": now,
         }
         for action in batch
@@ -177,6 +215,10 @@ async def _perform(client: MarketplaceClient, action: Action) -> Outcome:
             return await _create(client, action)
         if action.contact_id is None:
             return Outcome("rejected", problem_title="No contact to act on")
+        if action.action == "unblock":
+            changed_since = await _changed_since_our_block(client, action)
+            if changed_since:
+                return Outcome("rejected", problem_title=changed_since)
         if action.action in ("block", "unblock"):
             contact, changed = await client.set_contact_state(
                 action.contact_id, blocked=action.action == "block"
@@ -205,10 +247,32 @@ async def _perform(client: MarketplaceClient, action: Action) -> Outcome:
         return Outcome("retry", problem_title=type(exc).__name__, problem_detail=str(exc))
 
 
+async def _changed_since_our_block(client: MarketplaceClient, action: Action) -> str | None:
+    """Why an unblock must not be sent (the block in place is not ours), or None."""
+    assert action.contact_id is not None
+    current = await client.get("contacts", action.contact_id)
+    updated_at = ((current.get("audit") or {}).get("updated") or {}).get("at")
+    if current.get("status") != "Blocked":
+        return None  # already active: the unblock will be a no-op
+    if action.blocked_at_updated_at is None or updated_at is None:
+        return "Not unblocked: no record of the contact as this connector blocked it"
+    ours = _instant(action.blocked_at_updated_at)
+    if _instant(updated_at) > ours or current.get("blockedReason") != action.blocked_with_reason:
+        return "Not unblocked: the contact changed since this connector blocked it"
+    return None
+
+
+def _instant(value: Any) -> datetime:
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+
+
 async def _create(client: MarketplaceClient, action: Action) -> Outcome:
     assert action.email is not None
-    if action.previous_state in PENDING_STATES:
-        # An earlier attempt may have created it: look before sending again.
+    if action.previous_state in PENDING_STATES or action.create_may_have_landed:
+        # An earlier attempt (of this plan or an older export's) may have created it: look
+        # before sending again.
         existing = await client.find_contact_by_email(action.email)
         if existing is not None:
             return Outcome("done", contact_id=existing["id"])

@@ -310,3 +310,28 @@ def plan_preview(warehouse: Warehouse, per_action: int = 10) -> list[dict[str, A
     with warehouse.transaction() as tx:
         rows = tx.run("reconcile/select_plan_preview", {"per_action": per_action}).mappings()
         return [dict(r) for r in rows]
+
+
+def unapproved_reason(warehouse: Warehouse) -> str | None:
+    """Why the current plan must not be applied (a guard tripped and was not overridden, or
+    the guards never judged it), or None when it may be."""
+    with warehouse.transaction() as tx:
+        rows = tx.run("reconcile/select_plan_guards").all()
+        planned = tx.scalar("select count(*) from reconciliation_plan")
+    if not planned:
+        return None
+    if len(rows) != 1 or rows[0][1] is None:
+        return "the plan has no guard verdict: make it again with the reconciliation_plan asset"
+    tripped = _json_value(rows[0][1]) or {}
+    overridden = set(_json_value(rows[0][2]) or [])
+    blocking = sorted(set(tripped) - overridden)
+    if blocking:
+        return "guards tripped and not overridden: " + "; ".join(
+            f"{g} ({tripped[g]})" for g in blocking
+        )
+    return None
+
+
+def _json_value(value: Any) -> Any:
+    # DuckDB hands JSON back as text, PostgreSQL as Python values.
+    return orjson.loads(value) if isinstance(value, str | bytes) else value

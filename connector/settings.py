@@ -104,12 +104,15 @@ def validate_base_url(url: str, name: str) -> str:
     # Checked first so the URL is never echoed back while it may hold credentials.
     if "@" in parts.netloc:
         raise ConfigurationError(f"{name} must not carry credentials in the URL")
+    # The value itself is never echoed: a misplaced token would land in logs and run errors.
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigurationError(f"{name} must be an http(s) URL with a host, got {url!r}")
+        raise ConfigurationError(f"{name} must be an http(s) URL with a host")
     if parts.query or parts.fragment:
         raise ConfigurationError(f"{name} must not have a query string or fragment")
     if parts.scheme == "http" and not is_loopback(parts.hostname):
-        raise ConfigurationError(f"{name} must use https (plain http only for loopback), got {url}")
+        raise ConfigurationError(
+            f"{name} must use https (plain http only for loopback), not http://{parts.hostname}"
+        )
     return url.strip().rstrip("/")
 
 

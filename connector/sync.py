@@ -115,8 +115,11 @@ async def _load_contacts(
 
             await _pipe(client.read("contacts", filter=filter, report=result.read), write)
             result.counts = tx.merge(stage, (opt_outs, "contact_id"))
-            if full:
+            if full and result.read.complete:
                 result.counts["contacts"].deleted = tx.mark_missing_as_deleted(stage, now)
+            elif full:
+                # Fewer rows than the API counts: "missing" may only mean "not read".
+                result.notes.append("read incomplete: no contact marked deleted this time")
         if high_water is not None:
             tx.set_state(CONTACTS_CURSOR, high_water, now)
         tx.set_state(CONTACTS_SYNCED_AT, now.isoformat(), now)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.pool import NullPool
 
-from connector.errors import ConfigurationError
+from connector.errors import ConfigurationError, ConnectorError
 from connector.records import Row
 from connector.sql import statements
 from connector.tables import ALL_TABLE_NAMES, Table, table
@@ -83,7 +84,9 @@ class Warehouse:
             raise ConfigurationError(
                 f"{WAREHOUSE_URL}: no SQLAlchemy dialect installed for {parsed.drivername!r}"
             ) from exc
-        self.url = parsed.render_as_string(hide_password=True)
+        # Shown in logs and metadata: no password, and no query (libpq also takes
+        # password=... or sslpassword=... there).
+        self.url = parsed.set(query={}).render_as_string(hide_password=True)
 
     def __repr__(self) -> str:
         return f"Warehouse({self.url})"
@@ -109,6 +112,40 @@ class Warehouse:
                 time.sleep(0.5)
         with connection:
             yield connection
+
+    @contextlib.contextmanager
+    def exclusive(self, name: str) -> Iterator[None]:
+        """Hold a named lock that no other thread or process working on this warehouse can
+        hold at the same time; raises ``WarehouseBusyError`` at once if it is taken.
+
+        PostgreSQL: a session advisory lock (released if the process dies). DuckDB: a
+        connection held open, since a DuckDB file admits one process at a time. Within this
+        process: a lock per warehouse and name. Other warehouses get the in-process lock only.
+        """
+        local = _LOCAL_LOCKS.setdefault((self.url, name), threading.Lock())
+        if not local.acquire(blocking=False):
+            raise WarehouseBusyError(f"{name} is already running in this process")
+        try:
+            with self._connect() as connection:
+                if self.dialect == "postgresql":
+                    key = {"name": f"notifsync:{name}"}
+                    taken = connection.execute(
+                        sa.text("select pg_try_advisory_lock(hashtext(:name))"), key
+                    ).scalar()
+                    connection.commit()
+                    if not taken:
+                        raise WarehouseBusyError(f"{name} is already running elsewhere")
+                    try:
+                        yield
+                    finally:
+                        connection.execute(
+                            sa.text("select pg_advisory_unlock(hashtext(:name))"), key
+                        )
+                        connection.commit()
+                else:
+                    yield
+        finally:
+            local.release()
 
     def ensure_tables(self, names: Sequence[str] = ALL_TABLE_NAMES) -> None:
         """Create missing tables, and add columns a newer version of the DDL defines."""
@@ -138,6 +175,13 @@ class Warehouse:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+class WarehouseBusyError(ConnectorError):
+    """Another run holds the lock asked for."""
+
+
+_LOCAL_LOCKS: dict[tuple[str, str], threading.Lock] = {}
 
 
 class Transaction:

@@ -24,6 +24,7 @@ import httpx
 import openpyxl
 import orjson
 import pytest
+import sqlalchemy as sa
 from conftest import fresh_postgres_database, make_sandbox
 
 from connector import pushback, reconcile
@@ -35,7 +36,7 @@ from connector.sandbox.problems import problem_body
 from connector.sandbox.server import serve_in_thread
 from connector.settings import SANDBOX_TOKEN, MarketplaceSettings, Secret
 from connector.sync import refresh_contacts, sync_contacts
-from connector.warehouse import Warehouse
+from connector.warehouse import Warehouse, WarehouseBusyError
 
 FAST = {"backoff_base": 0.001, "backoff_max": 0.01}
 HEADER = ("Email", "Name", "Do Not Email", "Unsubscribed", "Hard Bounced")
@@ -1065,3 +1066,110 @@ def test_contacts_reflect_actions_done_by_an_apply_that_stopped_before_its_refre
     table = {r["email"]: r for r in rows(world.warehouse, "contacts")}
     assert table[a["email"]]["status"] == "Blocked"
     assert "late@example.org" in table
+
+
+# --- protections added after review -----------------------------------------------------------
+
+
+def test_two_applies_at_once_send_each_action_once(world: World) -> None:
+    a, b = actives(world)[:2]
+    world.plan(
+        world.write(
+            "crm.csv",
+            [
+                line("twice.one@example.org", "One"),
+                line("twice.two@example.org", "Two"),
+                line(a["email"], None, "dne"),
+                line(b["email"], None, "unsub"),
+            ],
+        )
+    )
+
+    async def both() -> list[Any]:
+        async with world.client() as first, world.client() as second:
+            return list(
+                await asyncio.gather(
+                    pushback.apply_plan(first, world.warehouse, run_id="a"),
+                    pushback.apply_plan(second, world.warehouse, run_id="b"),
+                    return_exceptions=True,
+                )
+            )
+
+    results = asyncio.run(both())
+
+    # One apply ran; the other was refused before it claimed or sent anything.
+    done = [r for r in results if isinstance(r, pushback.ApplySummary)]
+    refused = [r for r in results if isinstance(r, WarehouseBusyError)]
+    assert len(done) == 1 and len(refused) == 1, results
+    assert done[0].sent == 4
+    assert len(world.gateway.sent("POST", "/contacts")) == 2
+    assert len(world.gateway.sent("POST", "/block")) == 2
+    assert {r["state"] for r in world.ledger().values()} == {"done"}
+
+
+def test_an_apply_in_another_process_holding_the_postgres_lock_refuses_this_one(
+    postgres_url: str,
+) -> None:
+    holder = Warehouse(postgres_url)
+    other = Warehouse(postgres_url)
+    with holder.exclusive("pushback"):
+        # Another process has only its own session: the advisory lock is what refuses it.
+        with other.engine.connect() as session:
+            taken = session.execute(
+                sa.text("select pg_try_advisory_lock(hashtext('notifsync:pushback'))")
+            ).scalar()
+        assert taken is False
+    with other.engine.connect() as session:
+        taken = session.execute(
+            sa.text("select pg_try_advisory_lock(hashtext('notifsync:pushback'))")
+        ).scalar()
+        assert taken is True
+
+
+def test_a_create_pending_under_an_older_export_is_looked_up_before_a_new_export_sends_it(
+    world: World,
+) -> None:
+    first = world.write("week1.csv", [line("landed@example.org", "Landed")])
+    world.plan(first)
+    # The first export's create landed, but its answer was lost (the ledger says ambiguous).
+    world.sandbox.marketplace.create_contact({"email": "landed@example.org", "name": "Landed"})
+    with world.warehouse.transaction() as tx:
+        key = tx.scalar("select action_key from reconciliation_plan")
+        tx.connection.exec_driver_sql(
+            "insert into pushback_results (action_key, action, email, state, attempts) "
+            f"values ('{key}', 'create', 'landed@example.org', 'ambiguous', 1)"
+        )
+    # A new export (different content, so different action keys) still lists the person.
+    second = world.write(
+        "week2.csv", [line("landed@example.org", "Landed"), line("other@example.org", "Other")]
+    )
+    world.plan(second)
+    world.apply()
+
+    creates = world.gateway.sent("POST", "/contacts")
+    assert [c for c in creates if c[2] == 201] == creates  # no 409: nothing sent blind
+    assert len(creates) == 1  # only other@example.org
+    emails = [c["email"] for c in world.sandbox.truth("contacts")]
+    assert emails.count("landed@example.org") == 1
+
+
+def test_an_unblock_is_not_sent_when_the_contact_changed_after_the_plan(world: World) -> None:
+    target = actives(world)[0]
+    world.plan(world.write("week1.csv", [line(target["email"], target["name"], "dne")]))
+    world.apply()
+    world.sync()
+    world.plan(world.write("week2.csv", [line(target["email"], target["name"])]))
+    assert world.actions() == {("unblock", target["email"])}
+    # Between plan and apply someone unblocks it and the platform blocks it for a bounce.
+    store = world.sandbox.marketplace
+    store.set_blocked(target["id"], False)
+    world.sandbox.clock.advance(1)
+    store.set_blocked(target["id"], True, "Bounced")
+
+    summary = world.apply()
+
+    assert summary.outcomes == Counter({"rejected": 1})
+    assert world.gateway.sent("POST", "/unblock") == []
+    assert store.contacts.get(target["id"])["blockedReason"] == "Bounced"
+    (entry,) = [r for r in world.ledger().values() if r["action"] == "unblock"]
+    assert "changed since this connector blocked it" in entry["problem_title"]

@@ -451,3 +451,25 @@ def test_definitions_validate_still_passes(platform: Platform, tmp_path: Path) -
     output = completed.stdout + completed.stderr
     assert completed.returncode == 0, output
     assert "Validation successful" in output
+
+
+def test_the_apply_alone_refuses_a_stored_plan_whose_guard_tripped(platform: Platform) -> None:
+    from dagster import AssetKey
+
+    path, _, _ = small_export(platform)
+    before = platform.truth()
+    defs = load_definitions()
+    with DagsterInstance.ephemeral() as instance:
+        stopped = run(defs, instance, run_config(path, {"max_creates": 0}))
+        # Someone materialises the apply on its own later, against the stored plan.
+        alone = defs.resolve_implicit_global_asset_job_def().execute_in_process(
+            instance=instance,
+            asset_selection=[AssetKey("pushback_results")],
+            raise_on_error=False,
+        )
+    assert not stopped.success
+    assert not alone.success
+    failure = next(e for e in alone.all_events if e.is_step_failure)
+    assert "max_creates" in str(failure.event_specific_data.error)
+    assert platform.truth() == before
+    assert platform.table("pushback_results") == []

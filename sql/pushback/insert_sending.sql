@@ -1,9 +1,10 @@
+-- Claims a new action (written and committed before it is sent). When another apply claimed
+-- it first, nothing is inserted and the read-back shows the action is not ours.
 insert into pushback_results (
-    action_key, run_id, action, email, contact_id, state, attempts,
+    action_key, run_id, claim, action, email, contact_id, state, attempts,
     first_attempt_at, last_attempt_at
 )
-select
-    cast(:action_key as text), cast(:run_id as text), cast(:action as text),
-    cast(:email as text), cast(:contact_id as text), 'sending', cast(:attempts as bigint),
-    cast(:now as timestamptz), cast(:now as timestamptz)
-where not exists (select 1 from pushback_results where action_key = :action_key)
+values (
+    :action_key, :run_id, :claim, :action, :email, :contact_id, 'sending', :attempts, :now, :now
+)
+on conflict (action_key) do nothing

@@ -3,6 +3,7 @@
 create table if not exists pushback_results (
     action_key text not null primary key, -- reconciliation_plan.action_key
     run_id text, -- Reconcile run that last tried it
+    claim text, -- The apply that holds it (one id per apply call), so two applies never both send it
     action text, -- create, block, unblock or update
     email text, -- Email the action is about
     contact_id text, -- Platform contact acted on (for a create: the one created)

@@ -1,0 +1,1 @@
+select action_key from pushback_results where claim = :claim and state = 'sending'
