@@ -348,12 +348,13 @@ class Stage:
         """
         if not rows:
             return
-        columns = column_values(self.table, rows, constants or {})
+        constants = constants or {}
+        columns = column_values(self.table, rows, constants)
         if self.tx.dialect == "duckdb":
             duck = self.tx.connection.connection.driver_connection
             # A relation over the Arrow table, not register()/unregister(): registered views
             # keep their memory until the connection closes.
-            duck.from_arrow(to_arrow(self.table, columns)).insert_into(self.name)
+            duck.from_arrow(to_arrow(self.table, columns, constants)).insert_into(self.name)
         elif self.tx.dialect == "postgresql" and self.tx.connection.dialect.driver == "psycopg":
             cursor = self.tx.connection.connection.driver_connection.cursor()
             with cursor.copy(f"copy {self.name} ({self.columns}) from stdin") as copy:
@@ -382,23 +383,44 @@ def column_values(definition: Table, rows: Sequence[Row], constants: Row) -> lis
         else:
             values = [row.get(name) for row in rows]
         if column.type == "json":
-            values = [_json_text(v) for v in values]
+            values = _json_texts(values)
         columns.append(values)
     return columns
 
 
-def _json_text(value: Any) -> str | None:
-    if value is None or isinstance(value, str):
-        return value
-    return orjson.dumps(value).decode()
+def _json_texts(values: list[Any]) -> list[str | None]:
+    # Tuples (e.g. a CRM line's opt-out ids, mostly empty) repeat: encode each once.
+    encoded: dict[tuple[Any, ...], str] = {}
+    texts: list[str | None] = []
+    for value in values:
+        if value is None or isinstance(value, str):
+            texts.append(value)
+        elif isinstance(value, tuple):
+            text = encoded.get(value)
+            if text is None:
+                text = encoded[value] = orjson.dumps(value).decode()
+            texts.append(text)
+        else:
+            texts.append(orjson.dumps(value).decode())
+    return texts
 
 
-def to_arrow(definition: Table, columns: Sequence[list[Any]]) -> pa.Table:
+def to_arrow(
+    definition: Table, columns: Sequence[list[Any]], constants: Row | None = None
+) -> pa.Table:
     """An Arrow table in the column order and types of ``definition``."""
+    constants = constants or {}
     arrays = []
     for column, values in zip(definition.columns, columns, strict=True):
         arrow_type = _ARROW_TYPES[column.type]
-        if pa.types.is_timestamp(arrow_type):
+        if column.name in constants:
+            # One value for every row: converted once, repeated in Arrow.
+            value = _json_texts([constants[column.name]])[0] if column.type == "json" else None
+            scalar = pa.scalar(value if value is not None else constants[column.name])
+            if scalar.type != arrow_type:
+                scalar = scalar.cast(arrow_type)
+            arrays.append(pa.repeat(scalar, len(values)))
+        elif pa.types.is_timestamp(arrow_type):
             arrays.append(pa.array(values, pa.string()).cast(arrow_type))
         else:
             arrays.append(pa.array(values, arrow_type))
