@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from typing import Any
 
 import httpx
 import pytest
@@ -89,3 +90,18 @@ def postgres_url() -> Iterator[str]:
     """SQLAlchemy URL of a fresh PostgreSQL database, dropped after the test."""
     with fresh_postgres_database() as url:
         yield url
+
+
+# The modules that read settings when imported.
+RELOADED_MODULES = ("assets.definitions", "assets.ingest", "assets.reconcile")
+
+
+def load_definitions() -> Any:
+    """The code location as a fresh process loads it: some settings are read at import time,
+    so the modules that read them are imported again under the current environment."""
+    import importlib
+    import sys
+
+    for name in RELOADED_MODULES:
+        sys.modules.pop(name, None)
+    return importlib.import_module("assets.definitions").defs

@@ -4,7 +4,6 @@ against a sandbox on loopback; settings are required, and secrets stay out of ev
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import subprocess
@@ -18,12 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import make_sandbox
+from conftest import load_definitions, make_sandbox
 from dagster import (
     AssetKey,
     DagsterInstance,
     DagsterInvalidConfigError,
-    Definitions,
     build_schedule_context,
 )
 from dagster._core.execution.backfill import BulkActionStatus, PartitionBackfill
@@ -62,14 +60,6 @@ SETTINGS = (
     "NOTIFSYNC_SYNC_CRON",
     "NOTIFSYNC_MESSAGES_START_DATE",
 )
-
-
-def load_definitions() -> Definitions:
-    """The code location as a fresh process would load it: its modules read some settings at
-    import time, so they are imported again under the current environment."""
-    for name in ("assets.definitions", "assets.ingest"):
-        sys.modules.pop(name, None)
-    return importlib.import_module("assets.definitions").defs
 
 
 @dataclass
