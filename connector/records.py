@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any
 
 import orjson
@@ -209,15 +209,3 @@ def _progress(state: str | None, total: Any, done: int) -> float | None:
     if not isinstance(total, int) or total <= 0:
         return 0.0 if total == 0 else None
     return math.floor(min(done, total) * 10_000 / total) / 100
-
-
-def chunked(rows: Iterable[Row], size: int) -> Iterator[list[Row]]:
-    """Split an iterable of rows into lists of at most ``size``."""
-    chunk: list[Row] = []
-    for row in rows:
-        chunk.append(row)
-        if len(chunk) >= size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk

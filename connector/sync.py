@@ -7,6 +7,7 @@ Nothing here knows Dagster; the assets call these functions and report what they
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from connector.records import (
     message_rows,
 )
 from connector.rql import format_datetime as format_timestamp
-from connector.warehouse import MergeCounts, Warehouse
+from connector.warehouse import MergeCounts, Stage, Transaction, Warehouse
 
 CONTACTS_CURSOR = "contacts.cursor"
 CONTACTS_LAST_FULL_REFRESH = "contacts.last_full_refresh"
@@ -106,15 +107,9 @@ async def _load_contacts(
         result = SyncResult(mode="full" if full else "incremental", read=ReadReport("contacts"))
         if since is not None:
             result.notes.append(f"changes since {format_timestamp(since)}")
-        with tx.stage("contacts") as stage, tx.stage("contact_opt_outs") as opt_outs:
-
-            def write(chunk: list[dict[str, Any]]) -> None:
-                contacts, categories = contact_rows(chunk, synced_at)
-                stage.write(contacts)
-                opt_outs.write(categories)
-
-            await _pipe(client.read("contacts", filter=filter, report=result.read), write)
-            result.counts = tx.merge(stage, (opt_outs, "contact_id"))
+        chunks = client.read("contacts", filter=filter, report=result.read)
+        async with _merged_contacts(tx, chunks, synced_at) as (stage, counts):
+            result.counts = counts
             if full and result.read.complete:
                 result.counts["contacts"].deleted = tx.mark_missing_as_deleted(stage, now)
             elif full:
@@ -148,20 +143,27 @@ async def refresh_contacts(
             async for chunk in client.read("contacts", filter=rql.in_("id", group)):
                 yield chunk
 
-    with (
-        warehouse.transaction() as tx,
-        tx.stage("contacts") as stage,
-        tx.stage("contact_opt_outs") as opt_outs,
-    ):
+    with warehouse.transaction() as tx:
+        async with _merged_contacts(tx, chunks(), synced_at) as (_, counts):
+            result.counts = counts
+    return result
+
+
+@contextlib.asynccontextmanager
+async def _merged_contacts(
+    tx: Transaction, chunks: AsyncIterator[list[dict[str, Any]]], synced_at: str
+) -> AsyncIterator[tuple[Stage, dict[str, MergeCounts]]]:
+    """Stage contacts and their opt-outs from ``chunks`` and merge them; the contacts stage
+    stays open inside the block (a full refresh compares the table with it)."""
+    with tx.stage("contacts") as stage, tx.stage("contact_opt_outs") as opt_outs:
 
         def write(chunk: list[dict[str, Any]]) -> None:
             contacts, categories = contact_rows(chunk, synced_at)
             stage.write(contacts)
             opt_outs.write(categories)
 
-        await _pipe(chunks(), write)
-        result.counts = tx.merge(stage, (opt_outs, "contact_id"))
-    return result
+        await _pipe(chunks, write)
+        yield stage, tx.merge(stage, (opt_outs, "contact_id"))
 
 
 async def _latest_update(client: MarketplaceClient) -> str | None:
