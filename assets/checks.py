@@ -16,8 +16,8 @@ from dagster import (
     AssetCheckSpec,
 )
 
-from connector.sync import SyncResult
-from connector.warehouse import Warehouse
+from connector.pipelines.sync import SyncResult
+from connector.warehouse.engine import Warehouse
 
 MESSAGE_STATUSES = ("Queued", "Sent", "Failed", "Bounced", "Complained", "Discarded")
 CONTACT_STATUSES = ("Active", "Blocked")

@@ -18,9 +18,6 @@ import click
 from assets.reconcile import export_dir
 from assets.reporting import REPORT_NAMES
 from connector.cli import main
-from connector.sandbox.app import Sandbox, SandboxConfig
-from connector.sandbox.crm_export import write_sample_export
-from connector.sandbox.server import serve_in_thread
 from connector.settings import (
     EVINOTICE_BASE_URL,
     EVINOTICE_PASSWORD,
@@ -29,8 +26,11 @@ from connector.settings import (
     MPT_API_BASE_URL,
     MPT_API_TOKEN,
 )
-from connector.tables import ALL_TABLE_NAMES
-from connector.warehouse import DEFAULT_WAREHOUSE_URL, WAREHOUSE_URL, Warehouse
+from connector.warehouse.engine import DEFAULT_WAREHOUSE_URL, WAREHOUSE_URL, Warehouse
+from connector.warehouse.tables import ALL_TABLE_NAMES
+from sandbox.app import Sandbox, SandboxConfig
+from sandbox.crm_export import write_sample_export
+from sandbox.server import serve_in_thread
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 _PLANNED = ("planned_create", "planned_block", "planned_unblock", "planned_update")

@@ -39,7 +39,7 @@ from connector.settings import (
     MPT_API_BASE_URL,
     MPT_API_TOKEN,
 )
-from connector.warehouse import DEFAULT_WAREHOUSE_URL, WAREHOUSE_URL
+from connector.warehouse.engine import DEFAULT_WAREHOUSE_URL, WAREHOUSE_URL
 
 SYNC_CRON = os.environ.get("NOTIFSYNC_SYNC_CRON", "0 * * * *")
 

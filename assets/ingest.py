@@ -1,6 +1,6 @@
 """Ingestion assets: the platform's collections synced into warehouse tables.
 
-Each asset runs one ``connector.sync`` function, then reports counts, a preview and its
+Each asset runs one ``connector.pipelines.sync`` function, then reports counts, a preview and its
 checks in the same step. Groups: ``marketplace`` and ``evinotice``.
 """
 
@@ -29,9 +29,9 @@ from assets.checks import TABLE_CHECKS, orphan_opt_outs, specs_for, statistics_a
 from assets.metadata import definition_metadata, run_metadata
 from assets.resources import EviNoticeResource, MarketplaceResource, WarehouseResource
 from assets.runner import run_async
-from connector import sync
-from connector.tables import table
-from connector.warehouse import Warehouse
+from connector.pipelines import sync
+from connector.warehouse.engine import Warehouse
+from connector.warehouse.tables import table
 
 # backfill_policy is marked beta; it is the documented way to run a range as few runs.
 warnings.filterwarnings("ignore", category=BetaWarning, message=".*backfill_policy.*")

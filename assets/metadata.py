@@ -6,9 +6,9 @@ from typing import Any
 
 from dagster import MetadataValue, TableColumn, TableSchema
 
-from connector.sync import SyncResult
-from connector.tables import table
-from connector.warehouse import Warehouse
+from connector.pipelines.sync import SyncResult
+from connector.warehouse.engine import Warehouse
+from connector.warehouse.tables import table
 
 # Internal or bulky columns that make a preview harder to read.
 _NOT_PREVIEWED = {"raw", "row_hash"}

@@ -32,10 +32,10 @@ from pydantic import Field
 from assets.metadata import definition_metadata, markdown_table, run_metadata
 from assets.resources import MarketplaceResource, WarehouseResource
 from assets.runner import run_async
-from connector import pushback, reconcile
 from connector.crm import CrmError
-from connector.sync import refresh_contacts
-from connector.tables import table
+from connector.pipelines import pushback, reconcile
+from connector.pipelines.sync import refresh_contacts
+from connector.warehouse.tables import table
 
 CRM_EXPORT_DIR = "CRM_EXPORT_DIR"
 DEFAULT_CRM_EXPORT_DIR = "data/crm_exports"

@@ -2,7 +2,7 @@
 in ``sql/reporting``, with column descriptions, row counts, a preview, charts and checks.
 
 A reporting table is defined in one place, ``sql/schema/create_<table>_table.sql``: its
-columns, types and a comment per column (parsed by ``connector.tables`` like the synced
+columns, types and a comment per column (parsed by ``connector.warehouse.tables`` like the synced
 tables', and shown in the Dagster UI as the column schema). Its model
 ``sql/reporting/<table>.sql`` is a plain ``select`` whose output columns have the same names.
 A build deletes the rows and inserts the model's in one transaction, so readers see the
@@ -36,10 +36,10 @@ from dagster import (
 from assets.checks import TableChecks
 from assets.metadata import definition_metadata, markdown_table
 from assets.resources import WarehouseResource
-from connector.reconcile import ACTIONS
-from connector.sql import read_sql, statements
-from connector.tables import table
-from connector.warehouse import Transaction, Warehouse
+from connector.pipelines.reconcile import ACTIONS
+from connector.warehouse.engine import Transaction, Warehouse
+from connector.warehouse.sql_files import read_sql, statements
+from connector.warehouse.tables import table
 
 CHART_DIR = "NOTIFSYNC_CHART_DIR"
 DEFAULT_CHART_DIR = "data/charts"

@@ -10,9 +10,9 @@ from __future__ import annotations
 from dagster import ConfigurableResource
 from pydantic import Field
 
-from connector.evinotice import EviNoticeClient
+from connector.evinotice.client import EviNoticeClient
 from connector.http import ClientLimits
-from connector.marketplace import MarketplaceClient
+from connector.marketplace.client import MarketplaceClient
 from connector.settings import (
     EVINOTICE_BASE_URL,
     EVINOTICE_PASSWORD,
@@ -23,7 +23,7 @@ from connector.settings import (
     EviNoticeSettings,
     MarketplaceSettings,
 )
-from connector.warehouse import DEFAULT_WAREHOUSE_URL, Warehouse
+from connector.warehouse.engine import DEFAULT_WAREHOUSE_URL, Warehouse
 
 
 class ClientLimitsConfig(ConfigurableResource):

@@ -15,12 +15,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from benchmarks.sandbox_process import sandbox_process
-from connector import pushback, reconcile
 from connector.http import ClientLimits
-from connector.marketplace import MarketplaceClient
+from connector.marketplace.client import MarketplaceClient
+from connector.pipelines import pushback, reconcile
+from connector.pipelines.sync import sync_contacts
 from connector.settings import SANDBOX_TOKEN, MarketplaceSettings, Secret
-from connector.sync import sync_contacts
-from connector.warehouse import Warehouse
+from connector.warehouse.engine import Warehouse
 
 # 1M platform contacts made in SQL: setting up is not what is measured.
 _FILL_CONTACTS = """

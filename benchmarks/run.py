@@ -18,7 +18,7 @@ from benchmarks.reconcile import apply_benchmark, plan_benchmark
 from benchmarks.sandbox_process import sandbox_process
 from benchmarks.sync import memory_benchmark, sync_benchmark
 from connector.http import ClientLimits
-from connector.marketplace import MarketplaceClient, ReadReport
+from connector.marketplace.client import MarketplaceClient, ReadReport
 from connector.settings import SANDBOX_TOKEN, MarketplaceSettings, Secret
 
 

@@ -11,10 +11,10 @@ import resource
 import sys
 import time
 
-from connector.marketplace import MarketplaceClient
+from connector.marketplace.client import MarketplaceClient
+from connector.pipelines.sync import sync_contacts
 from connector.settings import SANDBOX_TOKEN, MarketplaceSettings, Secret
-from connector.sync import sync_contacts
-from connector.warehouse import Warehouse
+from connector.warehouse.engine import Warehouse
 
 
 def peak_rss_mb() -> float:

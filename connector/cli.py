@@ -14,11 +14,11 @@ import click
 import orjson
 from tqdm import tqdm
 
-from connector import rql
 from connector.errors import ConnectorError
-from connector.evinotice import EviNoticeClient
+from connector.evinotice.client import EviNoticeClient
 from connector.http import ClientLimits
-from connector.marketplace import RESOURCES, MarketplaceClient, ReadReport
+from connector.marketplace import rql
+from connector.marketplace.client import RESOURCES, MarketplaceClient, ReadReport
 from connector.settings import (
     EVINOTICE_BASE_URL,
     EVINOTICE_PASSWORD,
@@ -65,9 +65,9 @@ def sandbox(
     churn_rate: float,
 ) -> None:
     """Serve a local emulator of both APIs on loopback until stopped (Ctrl-C)."""
-    from connector.sandbox.app import Sandbox, SandboxConfig
-    from connector.sandbox.behaviour import FaultSpecError
-    from connector.sandbox.server import base_url, bind, serve
+    from sandbox.app import Sandbox, SandboxConfig
+    from sandbox.behaviour import FaultSpecError
+    from sandbox.server import base_url, bind, serve
 
     token = os.environ.get(MPT_API_TOKEN) or SANDBOX_TOKEN
     username = os.environ.get(EVINOTICE_USERNAME) or SANDBOX_EVINOTICE_USERNAME

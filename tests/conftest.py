@@ -10,10 +10,10 @@ import httpx
 import pytest
 
 from connector.http import ClientLimits
-from connector.marketplace import MarketplaceClient
-from connector.sandbox.app import Sandbox, SandboxConfig
-from connector.sandbox.server import serve_in_thread
+from connector.marketplace.client import MarketplaceClient
 from connector.settings import SANDBOX_TOKEN, MarketplaceSettings, Secret
+from sandbox.app import Sandbox, SandboxConfig
+from sandbox.server import serve_in_thread
 
 # A fixed anchor keeps generated timestamps identical from run to run.
 ANCHOR = datetime(2026, 11, 18, 15, 30, tzinfo=UTC)

@@ -35,8 +35,8 @@ from dagster._daemon.backfill import execute_backfill_iteration
 from dagster._serdes import serialize_value
 
 from connector.errors import ConfigurationError
-from connector.sandbox.app import Sandbox
-from connector.warehouse import Warehouse
+from connector.warehouse.engine import Warehouse
+from sandbox.app import Sandbox
 
 PROJECT = Path(__file__).resolve().parent.parent
 TABLES = (

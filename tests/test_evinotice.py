@@ -22,7 +22,7 @@ from connector.errors import (
     NotFoundError,
     ValidationError,
 )
-from connector.evinotice import (
+from connector.evinotice.client import (
     MAX_RECIPIENTS_PER_REQUEST,
     Attachment,
     EviNoticeClient,
@@ -32,14 +32,14 @@ from connector.evinotice import (
     format_recipients,
 )
 from connector.http import ClientLimits
-from connector.sandbox.clock import SandboxClock
-from connector.sandbox.evinotice import (
+from connector.settings import EviNoticeSettings, Secret
+from sandbox.clock import SandboxClock
+from sandbox.evinotice.routes import (
     DEFAULT_SITE_ID,
     EviNoticeStore,
     evinotice_routes,
     parse_recipients,
 )
-from connector.settings import EviNoticeSettings, Secret
 
 pytestmark = pytest.mark.anyio
 

@@ -17,8 +17,8 @@ import pytest
 import uvicorn
 from starlette.applications import Starlette
 
-from connector.sandbox.clock import SandboxClock
-from connector.sandbox.evinotice import (
+from sandbox.clock import SandboxClock
+from sandbox.evinotice.routes import (
     BASE_PATH,
     DEFAULT_SITE_ID,
     EviNoticeStore,

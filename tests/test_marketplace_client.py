@@ -11,7 +11,6 @@ import httpx
 import pytest
 from conftest import asgi_marketplace, make_sandbox
 
-from connector import rql
 from connector.errors import (
     AmbiguousOutcomeError,
     AuthenticationError,
@@ -20,9 +19,10 @@ from connector.errors import (
     ValidationError,
 )
 from connector.http import ClientLimits
-from connector.marketplace import MarketplaceClient, ReadReport
-from connector.sandbox.app import Sandbox
+from connector.marketplace import rql
+from connector.marketplace.client import MarketplaceClient, ReadReport
 from connector.settings import SANDBOX_TOKEN, MarketplaceSettings, Secret
+from sandbox.app import Sandbox
 
 Start = Callable[[Sandbox], str]
 

@@ -27,14 +27,14 @@ from typing import Any
 import pytest
 from conftest import fresh_postgres_database, make_sandbox
 
-from connector import reconcile
 from connector.http import ClientLimits
-from connector.marketplace import MarketplaceClient
-from connector.sandbox.app import Sandbox
-from connector.sandbox.server import serve_in_thread
+from connector.marketplace.client import MarketplaceClient
+from connector.pipelines import reconcile
+from connector.pipelines.sync import sync_contacts
 from connector.settings import SANDBOX_TOKEN, MarketplaceSettings, Secret
-from connector.sync import sync_contacts
-from connector.warehouse import Warehouse
+from connector.warehouse.engine import Warehouse
+from sandbox.app import Sandbox
+from sandbox.server import serve_in_thread
 
 PROJECT = Path(__file__).resolve().parent.parent
 CONTACTS = "/public/v1/notifications/contacts"
@@ -45,12 +45,12 @@ KILLS = 7
 # The child: one apply (then the refresh of what it touched), as the pushback asset does it.
 APPLY = """
 import asyncio, sys
-from connector import pushback
+from connector.pipelines import pushback
 from connector.http import ClientLimits
-from connector.marketplace import MarketplaceClient
+from connector.marketplace.client import MarketplaceClient
 from connector.settings import SANDBOX_TOKEN, MarketplaceSettings, Secret
-from connector.sync import refresh_contacts
-from connector.warehouse import Warehouse
+from connector.pipelines.sync import refresh_contacts
+from connector.warehouse.engine import Warehouse
 
 url, warehouse_url, run_id = sys.argv[1:4]
 

@@ -27,16 +27,16 @@ import pytest
 import sqlalchemy as sa
 from conftest import fresh_postgres_database, make_sandbox
 
-from connector import pushback, reconcile
 from connector.crm import CrmFileError
 from connector.http import ClientLimits
-from connector.marketplace import MarketplaceClient
-from connector.sandbox.app import Sandbox
-from connector.sandbox.problems import problem_body
-from connector.sandbox.server import serve_in_thread
+from connector.marketplace.client import MarketplaceClient
+from connector.pipelines import pushback, reconcile
+from connector.pipelines.sync import refresh_contacts, sync_contacts
 from connector.settings import SANDBOX_TOKEN, MarketplaceSettings, Secret
-from connector.sync import refresh_contacts, sync_contacts
-from connector.warehouse import Warehouse, WarehouseBusyError
+from connector.warehouse.engine import Warehouse, WarehouseBusyError
+from sandbox.app import Sandbox
+from sandbox.problems import problem_body
+from sandbox.server import serve_in_thread
 
 FAST = {"backoff_base": 0.001, "backoff_max": 0.01}
 HEADER = ("Email", "Name", "Do Not Email", "Unsubscribed", "Hard Bounced")

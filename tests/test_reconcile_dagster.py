@@ -20,12 +20,12 @@ from conftest import RELOADED_MODULES, load_definitions, make_sandbox
 from dagster import DagsterInstance, Definitions, build_sensor_context
 
 from connector.http import ClientLimits
-from connector.marketplace import MarketplaceClient
-from connector.sandbox.app import Sandbox
-from connector.sandbox.server import serve_in_thread
+from connector.marketplace.client import MarketplaceClient
+from connector.pipelines.sync import sync_contacts
 from connector.settings import MarketplaceSettings, Secret
-from connector.sync import sync_contacts
-from connector.warehouse import Warehouse
+from connector.warehouse.engine import Warehouse
+from sandbox.app import Sandbox
+from sandbox.server import serve_in_thread
 
 PROJECT = Path(__file__).resolve().parent.parent
 SETTINGS = (

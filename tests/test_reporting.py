@@ -41,13 +41,13 @@ from assets.reporting import (
     rebuild,
 )
 from assets.resources import WarehouseResource
-from connector import pushback, reconcile, sync
-from connector.evinotice import EviNoticeClient
-from connector.sandbox.crm_export import write_sample_export
+from connector.evinotice.client import EviNoticeClient
+from connector.pipelines import pushback, reconcile, sync
 from connector.settings import EviNoticeSettings, Secret
-from connector.sql import read_sql
-from connector.tables import ALL_TABLE_NAMES, table
-from connector.warehouse import Warehouse
+from connector.warehouse.engine import Warehouse
+from connector.warehouse.sql_files import read_sql
+from connector.warehouse.tables import ALL_TABLE_NAMES, table
+from sandbox.crm_export import write_sample_export
 
 PG_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432"
 PG_SESSION = "options=-c%20timezone%3DAsia/Tokyo"
@@ -1067,7 +1067,7 @@ def run_row(
     dry_run: bool | None = False,
     applied: tuple[int, int, int, int] | None = None,
 ) -> dict[str, Any]:
-    """A reconciliation_runs row as connector.reconcile's record_* functions write it."""
+    """A reconciliation_runs row as connector.pipelines.reconcile's record_* functions write it."""
     recorded = planned is not None
     return {
         "run_id": run_id,

@@ -14,9 +14,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from connector import rql
 from connector.errors import RqlBuildError
-from connector.sandbox.rql import (
+from connector.marketplace import rql
+from sandbox.marketplace.rql import (
     FieldSet,
     ParsedQuery,
     RqlSyntaxError,

@@ -12,7 +12,7 @@ import pytest
 from conftest import make_sandbox
 from openapi import errors
 
-from connector.sandbox.app import Sandbox
+from sandbox.app import Sandbox
 
 API = "/public/v1/notifications"
 LISTS = {

@@ -6,7 +6,7 @@ import pytest
 
 from connector.errors import ConfigurationError
 from connector.settings import MPT_API_BASE_URL, MarketplaceSettings
-from connector.warehouse import Warehouse
+from connector.warehouse.engine import Warehouse
 
 TOKEN = "eyJhbGciOiJSUzI1NiJ9.SECRET-TOKEN-VALUE"
 

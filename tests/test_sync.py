@@ -20,17 +20,17 @@ import pytest
 import sqlalchemy as sa
 from conftest import ANCHOR, fresh_postgres_database, make_sandbox
 
-from connector import sync
 from connector.errors import ConnectorError
-from connector.evinotice import EviNoticeClient
+from connector.evinotice.client import EviNoticeClient
 from connector.http import ClientLimits
-from connector.marketplace import MarketplaceClient
-from connector.records import STATISTICS_PARTS, STATISTICS_WINDOWS
-from connector.sandbox.app import Sandbox
+from connector.marketplace.client import MarketplaceClient
+from connector.marketplace.records import STATISTICS_PARTS, STATISTICS_WINDOWS
+from connector.pipelines import sync
 from connector.settings import SANDBOX_TOKEN, EviNoticeSettings, MarketplaceSettings, Secret
-from connector.sql import read_sql
-from connector.tables import TABLE_NAMES, table
-from connector.warehouse import Warehouse
+from connector.warehouse.engine import Warehouse
+from connector.warehouse.sql_files import read_sql
+from connector.warehouse.tables import TABLE_NAMES, table
+from sandbox.app import Sandbox
 
 FAST = {"backoff_base": 0.001, "backoff_max": 0.01}
 # Every message the generator makes lies within 46 days before the anchor.

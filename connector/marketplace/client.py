@@ -31,9 +31,9 @@ from typing import Any, Literal
 import httpx
 import orjson
 
-from connector import rql
 from connector.errors import ConflictError, TransportError
 from connector.http import ClientLimits, ResilientClient
+from connector.marketplace import rql
 from connector.settings import MarketplaceSettings
 
 log = logging.getLogger(__name__)

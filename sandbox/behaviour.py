@@ -22,7 +22,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from connector.sandbox.problems import problem_body
+from sandbox.problems import problem_body
 
 FAULT_KINDS = ("error", "drop", "truncate", "slow")
 CONTROL_PREFIX = "/_sandbox"

@@ -48,14 +48,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from connector.sandbox.clock import SandboxClock, format_timestamp
-from connector.sandbox.evinotice_data import (
+from connector.settings import SANDBOX_EVINOTICE_SITE_ID
+from sandbox.clock import SandboxClock, format_timestamp
+from sandbox.evinotice.data import (
     QUEUE_DELAY_SECONDS,
     SeedBatch,
     batch_parameters,
     generate_batches,
 )
-from connector.settings import SANDBOX_EVINOTICE_SITE_ID
 
 BASE_PATH = "/v2/EviNotice/Batches"
 # The site the settings fall back to, so a client with default settings lists the seeded batches.

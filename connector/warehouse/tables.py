@@ -7,7 +7,7 @@ import functools
 import re
 from dataclasses import dataclass
 
-from connector.sql import read_sql
+from connector.warehouse.sql_files import read_sql
 
 _COLUMN = re.compile(
     r"^\s*(?P<name>[a-z_][a-z0-9_]*)\s+(?P<type>[a-z ]+?)(?:\s+not null)?(?:\s+primary key)?"

@@ -10,7 +10,7 @@ import functools
 import re
 from pathlib import Path
 
-SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
+SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
 # A plain identifier, or a comma-separated list of them (column lists).
 _IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]*(?:\s*,\s*[a-z_][a-z0-9_]*)*")
 

@@ -1,4 +1,4 @@
-"""Turns API records into warehouse rows: flattened references, typed values, the source
+"""Turns Marketplace records into warehouse rows: flattened references, typed values, the source
 record kept as JSON, and a hash of it so unchanged rows are left alone on the next load.
 
 Timestamps stay ISO 8601 text here; the warehouse writer casts them to timestamptz.
@@ -6,24 +6,17 @@ Timestamps stay ISO 8601 text here; the warehouse writer casts them to timestamp
 
 from __future__ import annotations
 
-import hashlib
-import math
 from collections.abc import Iterable
 from typing import Any
 
 import orjson
 
 from connector.crm.emails import normalize_email
+from connector.warehouse.rows import Row
+from connector.warehouse.rows import encoded as _encoded
 
-Row = dict[str, Any]
 STATISTICS_PARTS = ("sent", "bounced", "complained", "discarded", "failed")
 STATISTICS_WINDOWS = ("today", "week", "month")
-
-
-def _encoded(record: dict[str, Any]) -> tuple[str, str]:
-    """The record as JSON text and a hash of it (keys sorted, so the hash is stable)."""
-    data = orjson.dumps(record, option=orjson.OPT_SORT_KEYS)
-    return data.decode(), hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
 def _at(record: dict[str, Any], event: str) -> str | None:
@@ -167,45 +160,3 @@ def message_rows(records: Iterable[dict[str, Any]], synced_at: str) -> list[Row]
             }
         )
     return rows
-
-
-def evinotice_batch_rows(records: Iterable[dict[str, Any]], synced_at: str) -> list[Row]:
-    """Rows for ``evinotice_batches``, from the list (``QUERY``) shape."""
-    rows = []
-    for record in records:
-        raw, digest = _encoded(record)
-        total = record.get("TotalCount")
-        sent = record.get("TotalSent")
-        failed = record.get("TotalFailed")
-        progress = _progress(record.get("State"), total, (sent or 0) + (failed or 0))
-        rows.append(
-            {
-                "id": record["Id"],
-                "state": record.get("State"),
-                "description": record.get("Description"),
-                "site_id": record.get("SiteId"),
-                "site_name": record.get("SiteName"),
-                "submitter": record.get("Submitter"),
-                "total_count": total,
-                "sent_count": sent,
-                "failed_count": failed,
-                "progress_percentage": progress,
-                "created_at": record.get("CreationDate"),
-                "scheduled_for": record.get("ScheduledFor"),
-                "started_on": record.get("StartedOn"),
-                "processed_on": record.get("ProcessedOn"),
-                "synced_at": synced_at,
-                "row_hash": digest,
-                "raw": raw,
-            }
-        )
-    return rows
-
-
-def _progress(state: str | None, total: Any, done: int) -> float | None:
-    """Percent done as EviNotice reports it: floored to 0.01, 100 only once Processed."""
-    if state == "Processed":
-        return 100.0
-    if not isinstance(total, int) or total <= 0:
-        return 0.0 if total == 0 else None
-    return math.floor(min(done, total) * 10_000 / total) / 100

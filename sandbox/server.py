@@ -12,8 +12,8 @@ from collections.abc import Iterator
 
 import uvicorn
 
-from connector.sandbox.app import Sandbox
-from connector.sandbox.behaviour import QuietDroppedConnections
+from sandbox.app import Sandbox
+from sandbox.behaviour import QuietDroppedConnections
 
 
 def _config(sandbox: Sandbox, log_level: str) -> uvicorn.Config:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from connector.sandbox.clock import format_timestamp
+from sandbox.clock import format_timestamp
 
 FIRST_NAMES = [
     "Ana",

@@ -14,18 +14,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from connector import rql
-from connector.evinotice import EviNoticeClient
-from connector.marketplace import MarketplaceClient, ReadReport
-from connector.records import (
-    batch_rows,
-    category_rows,
-    contact_rows,
-    evinotice_batch_rows,
-    message_rows,
-)
-from connector.rql import format_datetime as format_timestamp
-from connector.warehouse import MergeCounts, Stage, Transaction, Warehouse
+from connector.evinotice.client import EviNoticeClient
+from connector.evinotice.records import evinotice_batch_rows
+from connector.marketplace import rql
+from connector.marketplace.client import MarketplaceClient, ReadReport
+from connector.marketplace.records import batch_rows, category_rows, contact_rows, message_rows
+from connector.marketplace.rql import format_datetime as format_timestamp
+from connector.warehouse.engine import MergeCounts, Stage, Transaction, Warehouse
 
 CONTACTS_CURSOR = "contacts.cursor"
 CONTACTS_LAST_FULL_REFRESH = "contacts.last_full_refresh"

@@ -31,8 +31,8 @@ from typing import Any
 import orjson
 
 from connector.errors import AmbiguousOutcomeError, ApiError, ConflictError, ConnectorError
-from connector.marketplace import MarketplaceClient
-from connector.warehouse import Transaction, Warehouse
+from connector.marketplace.client import MarketplaceClient
+from connector.warehouse.engine import Transaction, Warehouse
 
 log = logging.getLogger(__name__)
 

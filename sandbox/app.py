@@ -26,24 +26,24 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from connector.sandbox.behaviour import (
-    CONTROL_PREFIX,
-    Behaviour,
-    BehaviourMiddleware,
-    TrafficStats,
-    parse_faults,
-)
-from connector.sandbox.clock import SandboxClock
-from connector.sandbox.evinotice import EviNoticeStore, evinotice_routes
-from connector.sandbox.marketplace import MarketplaceApi
-from connector.sandbox.problems import problem_response
-from connector.sandbox.store import MarketplaceStore
 from connector.settings import (
     SANDBOX_EVINOTICE_PASSWORD,
     SANDBOX_EVINOTICE_SITE_ID,
     SANDBOX_EVINOTICE_USERNAME,
     SANDBOX_TOKEN,
 )
+from sandbox.behaviour import (
+    CONTROL_PREFIX,
+    Behaviour,
+    BehaviourMiddleware,
+    TrafficStats,
+    parse_faults,
+)
+from sandbox.clock import SandboxClock
+from sandbox.evinotice.routes import EviNoticeStore, evinotice_routes
+from sandbox.marketplace.routes import MarketplaceApi
+from sandbox.marketplace.store import MarketplaceStore
+from sandbox.problems import problem_response
 
 RESOURCES = ("contacts", "categories", "batches", "messages", "evinotice-batches")
 

@@ -25,9 +25,9 @@ from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.pool import NullPool
 
 from connector.errors import ConfigurationError, ConnectorError
-from connector.records import Row
-from connector.sql import statements
-from connector.tables import ALL_TABLE_NAMES, Table, table
+from connector.warehouse.rows import Row
+from connector.warehouse.sql_files import statements
+from connector.warehouse.tables import ALL_TABLE_NAMES, Table, table
 
 log = logging.getLogger(__name__)
 

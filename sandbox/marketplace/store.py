@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from connector.sandbox import marketplace_data as gen
-from connector.sandbox.clock import SandboxClock, format_timestamp
+from sandbox.clock import SandboxClock, format_timestamp
+from sandbox.marketplace import data as gen
 
 Record = dict[str, Any]
 Predicate = Callable[[Record], bool]

@@ -17,9 +17,9 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
-from connector.sandbox.problems import problem_response
-from connector.sandbox.rql import FieldSet, ParsedQuery, RqlSyntaxError, parse_query, sort_key
-from connector.sandbox.store import MarketplaceStore, Record, StoreError
+from sandbox.marketplace.rql import FieldSet, ParsedQuery, RqlSyntaxError, parse_query, sort_key
+from sandbox.marketplace.store import MarketplaceStore, Record, StoreError
+from sandbox.problems import problem_response
 
 PREFIX = "/public/v1/notifications"
 STREAM_CHUNK = 500

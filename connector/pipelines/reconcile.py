@@ -17,8 +17,8 @@ from typing import Any
 import orjson
 
 from connector.crm import CrmMapping, read_export
-from connector.sync import CONTACTS_SYNCED_AT
-from connector.warehouse import Warehouse
+from connector.pipelines.sync import CONTACTS_SYNCED_AT
+from connector.warehouse.engine import Warehouse
 
 ACTIONS = ("create", "block", "unblock", "update")
 
