@@ -31,7 +31,6 @@ with the delimiter) cut to 1,000 characters.
 """
 
 from connector.crm.columns import ResolvedColumns, detect_mapping, resolve_columns
-from connector.crm.emails import normalize_email
 from connector.crm.errors import CrmError, CrmFileError, CrmMappingError
 from connector.crm.mapping import (
     BUILTIN_NAMES,
@@ -55,6 +54,7 @@ from connector.crm.reader import (
     CrmSummary,
     read_export,
 )
+from connector.emails import normalize_email
 
 __all__ = [
     "BUILTIN_NAMES",

@@ -15,11 +15,11 @@ from types import TracebackType
 from typing import Any
 
 from connector.crm.columns import ResolvedColumns, detect_mapping, resolve_columns
-from connector.crm.emails import PLAIN_EMAIL, PLAIN_LENGTH, normalize_unusual
 from connector.crm.errors import CrmFileError
 from connector.crm.mapping import FALSE_VALUES, CrmMapping, load_mapping, value_key
 from connector.crm.sniff import DELIMITER_NAMES, FileFormat, detect_format
 from connector.crm.sources import CsvSource, XlsxSource, raw_text
+from connector.emails import PLAIN_EMAIL, PLAIN_LENGTH, normalize_unusual
 
 CONTACT_FIELDS = (
     "source_file",
