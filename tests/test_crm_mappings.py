@@ -195,17 +195,24 @@ def test_custom_yaml_mapping(tmp_path: Path) -> None:
     assert [(c["email"], c["opted_out_category_ids"]) for c in contacts] == [
         ("ann@example.com", ("NTC-1234-5678",)),
         ("bob@example.com", ("NTC-2222-3333",)),
-        ("dee@example.com", ()),
         ("eve@example.com", ()),
     ]
-    # "true" is not among this mapping's true values; "n/a" is not a bounce date.
+    # "n/a" is not a bounce date; "Subscribed" is a default false value.
     assert flags(contacts) == {
         "ann@example.com": (False, False, False, True),
         "bob@example.com": (True, True, False, False),
-        "dee@example.com": (False, False, True, False),
         "eve@example.com": (False, False, False, True),
     }
-    assert reasons(rejected) == [(4, "missing field: name")]
+    # "true" is not among this mapping's true values: fail closed, the row is rejected.
+    assert reasons(rejected) == [
+        (4, "missing field: name"),
+        (
+            5,
+            "unreadable flag: column 'No Mail' (do_not_email) holds 'true', neither a true "
+            "value (1, y, yes) nor a false value (0, allow, f, false, n, no, off, opted in, ...) "
+            "of mapping 'acme'",
+        ),
+    ]
 
 
 def test_mapping_from_dict_accepts_real_booleans() -> None:
@@ -226,7 +233,7 @@ def test_mapping_from_dict_accepts_real_booleans() -> None:
         ("colums: {email: E}\n", "acme.yaml: colums: unknown key (allowed: category_opt_outs, "),
         (
             "columns: {name: N}\n",
-            "acme.yaml: columns.email: required: the header name of the email",
+            "acme.yaml: columns.email: required",
         ),
         ("columns: {email: E, phone: P}\n", "acme.yaml: columns.phone: unknown key"),
         ("columns: {email: [E, '']}\n", "acme.yaml: columns.email: '' is not a column name"),
@@ -237,18 +244,22 @@ def test_mapping_from_dict_accepts_real_booleans() -> None:
         ),
         (
             "columns: {email: E}\ncategory_opt_outs:\n  - {column: X}\n",
-            "acme.yaml: category_opt_outs[0].category: None is not a category id",
+            "acme.yaml: category_opt_outs[0].category: required",
         ),
         ("columns: {email: E}\nflags: {bounced: [B]}\n", "acme.yaml: flags.bounced: unknown key"),
         (
             "columns: {email: E}\nflags:\n  hard_bounced:\n    - {column: B, when: always}\n",
-            "acme.yaml: flags.hard_bounced[0].when: 'always' is not one of nonempty, true_values",
+            "acme.yaml: flags.hard_bounced[0].when: 'always' is not allowed (allowed: "
+            "'true_values' or 'nonempty')",
         ),
         (
             "columns: {email: E}\nflags:\n  unsubscribed:\n    - {colum: B}\n",
             "acme.yaml: flags.unsubscribed[0].colum: unknown key",
         ),
-        ("columns: {email: E}\nrequired: [phone]\n", "acme.yaml: required: unknown field 'phone'"),
+        (
+            "columns: {email: E}\nrequired: [phone]\n",
+            "acme.yaml: required[0]: 'phone' is not allowed (allowed: 'email' or 'name')",
+        ),
         (
             "columns: {email: E}\nrequired: [name]\n",
             "acme.yaml: required: 'name' is required but no name column is mapped",

@@ -25,7 +25,9 @@ tracked by the garbage collector, which makes reading a million rows a third fas
 .xlsx, the sheet row). ``email`` is trimmed, case-folded and IDNA-encoded; ``email_original``
 is the cell as exported. ``mailable`` is ``not (do_not_email or unsubscribed or
 hard_bounced)``; category opt-outs do not change it. ``kind`` is one of ``missing email``,
-``invalid email``, ``missing field``, ``unreadable line`` and ``reason`` starts with it
+``invalid email``, ``missing field``, ``unreadable line``, ``unreadable flag`` (a
+do-not-email, unsubscribed, bounced or category cell that reads neither true nor false: the
+reason names the column and the value) and ``reason`` starts with it
 (``invalid email: no @ sign ('ann.example.com')``). ``raw`` is the line (or the fields joined
 with the delimiter) cut to 1,000 characters.
 """
@@ -48,6 +50,7 @@ from connector.crm.reader import (
     MISSING_EMAIL,
     MISSING_FIELD,
     REJECTED_FIELDS,
+    UNREADABLE_FLAG,
     UNREADABLE_LINE,
     CrmChunk,
     CrmRead,
@@ -63,6 +66,7 @@ __all__ = [
     "MISSING_EMAIL",
     "MISSING_FIELD",
     "REJECTED_FIELDS",
+    "UNREADABLE_FLAG",
     "UNREADABLE_LINE",
     "CategoryColumn",
     "CrmChunk",

@@ -14,9 +14,15 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from connector.crm.columns import ResolvedColumns, detect_mapping, resolve_columns
+from connector.crm.columns import FlagCell, ResolvedColumns, detect_mapping, resolve_columns
 from connector.crm.errors import CrmFileError
-from connector.crm.mapping import FALSE_VALUES, CrmMapping, load_mapping, value_key
+from connector.crm.mapping import (
+    CategoryColumn,
+    CrmMapping,
+    FlagColumn,
+    load_mapping,
+    value_key,
+)
 from connector.crm.sniff import DELIMITER_NAMES, FileFormat, detect_format
 from connector.crm.sources import CsvSource, XlsxSource, raw_text
 from connector.emails import PLAIN_EMAIL, PLAIN_LENGTH, normalize_unusual
@@ -40,6 +46,7 @@ MISSING_EMAIL = "missing email"
 INVALID_EMAIL = "invalid email"
 MISSING_FIELD = "missing field"
 UNREADABLE_LINE = "unreadable line"
+UNREADABLE_FLAG = "unreadable flag"
 
 DEFAULT_CHUNK_SIZE = 50_000
 _CACHE_LIMIT = 4096
@@ -262,7 +269,10 @@ class CrmRead:
                 hit = flag_cache.get(cells)
                 if hit is None:
                     hit = flags.read(cells)
-                do_not_email, unsubscribed, bounced, categories = hit
+                do_not_email, unsubscribed, bounced, categories, unreadable = hit
+                if unreadable is not None:
+                    reject(UNREADABLE_FLAG, unreadable, raw_text(delimiter.join(fields)))
+                    continue
             contacts.append(
                 {
                     "source_file": source_file,
@@ -285,49 +295,85 @@ class CrmRead:
             yield CrmChunk(contacts, rejected)
 
 
-_Flags = tuple[bool, bool, bool, tuple[str, ...]]
+# do_not_email, unsubscribed, hard_bounced, opted-out categories, why the flags are unreadable
+_Flags = tuple[bool, bool, bool, tuple[str, ...], str | None]
+_SLOTS = {"do_not_email": 0, "unsubscribed": 1, "hard_bounced": 2}
 
 
 class _FlagReader:
     """The flags and category opt-outs of a record, cached by the cells that decide them.
 
     Flag columns hold a handful of distinct values, so the tuple of a record's flag cells is
-    looked up in a dict; only a new combination is read cell by cell.
+    looked up in a dict; only a new combination is read cell by cell. A cell that reads
+    neither true nor false makes the record unreadable (fail closed: never guess "mailable").
     """
 
     def __init__(self, columns: ResolvedColumns) -> None:
-        self.specs: list[tuple[frozenset[str] | None, int | str]] = []
-        indexes: list[int] = []
-        for slot, flag in enumerate(("do_not_email", "unsubscribed", "hard_bounced")):
-            for index, values in columns.flags[flag]:
-                indexes.append(index)
-                self.specs.append((values, slot))
-        for index, values, category_id in columns.categories:
-            indexes.append(index)
-            self.specs.append((values, category_id))
+        self.cells: list[FlagCell] = [
+            *(
+                cell
+                for flag in ("do_not_email", "unsubscribed", "hard_bounced")
+                for cell in columns.flags[flag]
+            ),
+            *columns.categories,
+        ]
+        self.mapping = columns.mapping.name
+        indexes = [cell.index for cell in self.cells]
         self.key = operator.itemgetter(*indexes) if indexes else None
         self.cache: dict[Any, _Flags] = {}
 
     def read(self, cells: Any) -> _Flags:
         """Read one combination of flag cells (a tuple, or a string for a single column)."""
-        values = (cells,) if len(self.specs) == 1 else cells
+        values = (cells,) if len(self.cells) == 1 else cells
         flags = [False, False, False]
         categories: list[str] = []
-        for cell, (true_values, target) in zip(values, self.specs, strict=True):
-            if not (cell and _is_true(cell, true_values)):
+        problem: str | None = None
+        for value, cell in zip(values, self.cells, strict=True):
+            reading = _reading(value, cell.column) if value else False
+            if reading is None:
+                problem = problem or self._problem(value, cell)
                 continue
-            if isinstance(target, int):
-                flags[target] = True
-            elif target not in categories:
-                categories.append(target)
-        result = (flags[0], flags[1], flags[2], tuple(categories))
+            if not reading:
+                continue
+            slot = _SLOTS.get(cell.target)
+            if slot is not None:
+                flags[slot] = True
+            elif cell.target not in categories:
+                categories.append(cell.target)
+        result = (flags[0], flags[1], flags[2], tuple(categories), problem)
         # Bounce reasons or dates can make many combinations; stop caching past a limit.
         if len(self.cache) < _CACHE_LIMIT:
             self.cache[cells] = result
         return result
 
+    def _problem(self, value: str, cell: FlagCell) -> str:
+        what = cell.target if cell.target in _SLOTS else f"the opt-out of {cell.target}"
+        where = f"column {cell.label!r} ({what})"
+        if cell.column.nonempty:
+            return f"{where} holds {value.strip()[:100]!r}, punctuation only: not a value"
+        return (
+            f"{where} holds {value.strip()[:100]!r}, neither a true value "
+            f"({_listing(cell.column.true_values)}) nor a false value "
+            f"({_listing(cell.column.false_values)}) of mapping {self.mapping!r}"
+        )
 
-def _is_true(value: str, true_values: frozenset[str] | None) -> bool:
-    """Whether a flag cell reads true; ``true_values`` None means any non-false value does."""
+
+def _reading(value: str, column: FlagColumn | CategoryColumn) -> bool | None:
+    """True or false for a flag cell, or None when it reads as neither."""
     key = value_key(value)
-    return (key not in FALSE_VALUES) if true_values is None else (key in true_values)
+    if column.nonempty:
+        if not key or key in column.false_values:
+            return False
+        # "-" or "?" in a bounce-reason column is a placeholder, not a reason: do not guess.
+        return True if any(char.isalnum() for char in key) else None
+    if key in column.true_values:
+        return True
+    if not key or key in column.false_values:
+        return False
+    return None
+
+
+def _listing(values: frozenset[str], limit: int = 8) -> str:
+    items = sorted(values)
+    text = ", ".join(items[:limit])
+    return text + (", ..." if len(items) > limit else "") if items else "none"
