@@ -22,6 +22,8 @@ from connector.crm.errors import CrmFileError
 from connector.crm.sniff import FileFormat
 
 RAW_LIMIT = 1000
+NUL_SIGN = "\u2400"  # ␀, what a rejected line shows where the export held a NUL byte
+NUL_PROBLEM = "a NUL byte (\\x00) in the line"
 _CSV_PROBLEMS = {
     "unexpected end of data": "unterminated quote at the end of the file",
     "expected after": "misplaced quote",
@@ -31,8 +33,13 @@ _CSV_PROBLEMS = {
 
 
 def raw_text(text: str) -> str:
-    """A raw line for a rejected row: line ending removed, cut to a sane length."""
+    """A raw line for a rejected row: line ending removed, NUL shown as ␀, cut to a sane length.
+
+    PostgreSQL refuses NUL in text, so a stored raw line never holds one.
+    """
     text = text.rstrip("\r\n")
+    if "\x00" in text:
+        text = text.replace("\x00", NUL_SIGN)
     return text if len(text) <= RAW_LIMIT else text[:RAW_LIMIT] + "…"
 
 
@@ -50,8 +57,10 @@ class CsvSource:
         self.width = 0  # fields a record may have (the header's)
         self.min_width = 0  # fields it must have (up to the last named column)
         self._undecodable = [0]
+        self._nuls = [0]  # lines holding a NUL byte, read so far
         self._buffer: list[str] = []
         self._pending: deque[str] = deque()
+        self._split: deque[bytes] = deque()  # the rest of a line cut at a bare CR
         self._next_line = 1
         self._file: IO[Any] = self._open()
         self._lines = iter(self._file)
@@ -73,28 +82,53 @@ class CsvSource:
 
     def _source(self) -> Iterator[str]:
         """Physical lines, decoded, each remembered until its record is done."""
-        buffer, pending, undecodable = self._buffer, self._pending, self._undecodable
+        buffer, pending, split = self._buffer, self._pending, self._split
+        undecodable, nuls = self._undecodable, self._nuls
         encoding = None if self.format.text_stream else self.format.encoding
         while True:
             while pending:
                 line = pending.popleft()
                 buffer.append(line)
                 yield line
+            while split:
+                line = self._decode(split.popleft())
+                buffer.append(line)
+                yield line
             for item in self._lines:
                 if encoding is None:
                     line = item
                 else:
+                    cr = item.find(b"\r")
+                    if cr != -1 and cr < len(item) - 2:
+                        # A bare CR inside an LF (or CRLF) file ends a line, as in a text
+                        # editor: otherwise two people would merge into one broken record.
+                        item, *rest = item.splitlines(keepends=True)
+                        split.extend(rest)
                     try:
                         line = item.decode(encoding)
                     except UnicodeDecodeError:
                         undecodable[0] += 1
                         line = item.decode(encoding, "replace")
+                if "\x00" in line:
+                    nuls[0] += 1
                 buffer.append(line)
                 yield line
-                if pending:
+                if pending or split:
                     break
             else:
                 return
+
+    def _decode(self, item: bytes) -> str:
+        """One line of bytes as text, counted if it is not valid or holds a NUL."""
+        assert self.format.encoding is not None
+        try:
+            line = item.decode(self.format.encoding)
+        except UnicodeDecodeError:
+            self._undecodable[0] += 1
+            line = item.decode(self.format.encoding, "replace")
+        if "\x00" in line:
+            self._nuls[0] += 1
+        return line
 
     def _new_reader(self) -> Iterator[list[str]]:
         assert self.format.delimiter is not None
@@ -123,6 +157,8 @@ class CsvSource:
                 break
         if self._undecodable[0]:
             raise CrmFileError(name, f"the header line is not valid {self.format.encoding}")
+        if self._nuls[0]:
+            raise CrmFileError(name, "the header line holds a NUL byte")
         header = [field.strip() for field in record]
         named = [i for i, label in enumerate(header) if label]
         self.header, self.width, self.min_width = header, len(header), named[-1] + 1
@@ -131,10 +167,11 @@ class CsvSource:
 
     def records(self) -> Iterator[list[str] | None]:
         """Data records after the header (``None`` for an unreadable one, see ``problem``)."""
-        buffer, undecodable = self._buffer, self._undecodable
+        buffer, undecodable, nuls = self._buffer, self._undecodable, self._nuls
         width, min_width = self.width, self.min_width
         line = self._next_line
         seen_undecodable = undecodable[0]
+        seen_nuls = nuls[0]
         while True:
             try:
                 for fields in self._reader:
@@ -144,6 +181,13 @@ class CsvSource:
                     if undecodable[0] != seen_undecodable:
                         seen_undecodable = undecodable[0]
                         self.problem = f"undecodable bytes (not valid {self.format.encoding})"
+                        self.raw = raw_text("".join(buffer))
+                        buffer.clear()
+                        yield None
+                        continue
+                    if nuls[0] != seen_nuls:
+                        seen_nuls = nuls[0]
+                        self.problem = NUL_PROBLEM
                         self.raw = raw_text("".join(buffer))
                         buffer.clear()
                         yield None
@@ -189,6 +233,9 @@ class CsvSource:
                     self.problem = f"unterminated quote ({self.problem} {spread} lines later)"
                 if undecodable[0] != seen_undecodable:
                     seen_undecodable = undecodable[0]
+                if nuls[0] != seen_nuls:
+                    seen_nuls = nuls[0]
+                    self.problem = NUL_PROBLEM
                 line = self._reread(line + 1, new_reader=True)
                 yield None
 
@@ -280,6 +327,12 @@ class XlsxSource:
                 continue
             if not any(fields):
                 self.blank += 1
+                continue
+            if any("\x00" in f for f in fields):
+                # Excel writes control characters as _x0000_, which openpyxl decodes.
+                self.problem = NUL_PROBLEM
+                self.raw = raw_text("\t".join(fields))
+                yield None
                 continue
             if len(fields) < width:
                 fields.extend([""] * (width - len(fields)))
