@@ -38,15 +38,22 @@ def flags(contacts: list[dict[str, Any]]) -> dict[str, tuple[bool, bool, bool, b
     }
 
 
-def make_workbook(path: Path, rows: list[list[Any]], title: str = "Contacts") -> Path:
+def make_workbook(
+    path: Path,
+    rows: list[list[Any]],
+    title: str = "Contacts",
+    **more_sheets: list[list[Any]],
+) -> Path:
+    """An .xlsx workbook: the first sheet holds ``rows``, then one sheet per keyword."""
     book = openpyxl.Workbook()
     sheet = book.active
     sheet.title = title
     for row in rows:
         sheet.append(row)
-    other = book.create_sheet("Other")
-    other.append(["Email", "Name"])
-    other.append(["other@example.com", "Other"])
+    for name, sheet_rows in more_sheets.items():
+        other = book.create_sheet(name)
+        for row in sheet_rows:
+            other.append(row)
     book.save(path)
     return path
 

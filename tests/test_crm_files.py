@@ -48,9 +48,18 @@ def test_xlsx(tmp_path: Path) -> None:
 
 
 def test_xlsx_named_sheet_and_missing_sheet(tmp_path: Path) -> None:
-    path = make_workbook(tmp_path / "book.xlsx", [["Email"], ["a@example.com"]])
-    contacts, _, _ = read(path, sheet="Other")
+    path = make_workbook(
+        tmp_path / "book.xlsx",
+        [["Email"], ["a@example.com"]],
+        Other=[["Email", "Name"], ["other@example.com", "Other"]],
+    )
+    contacts, _, export = read(path, sheet="Other")
     assert brief(contacts) == [(2, "other@example.com", "Other")]
+    assert contacts[0]["source_file"] == "book.xlsx"
+    assert export.summary.sheets == ["Other"]
+    assert export.summary.warnings[0] == (
+        "read sheet 'Other' of 2; not read: 'Contacts' (the run names sheet 'Other')"
+    )
     with pytest.raises(CrmFileError, match=r"book\.xlsx: no sheet 'Missing'"):
         read_export(path, sheet="Missing")
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import csv
 import io
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import date, datetime, time
 from pathlib import Path
 from typing import IO, Any
@@ -22,6 +22,7 @@ from connector.crm.errors import CrmFileError
 from connector.crm.sniff import FileFormat
 
 RAW_LIMIT = 1000
+HEADER_SEARCH_ROWS = 20  # non-empty rows of a sheet searched for the header
 NUL_SIGN = "\u2400"  # ␀, what a rejected line shows where the export held a NUL byte
 NUL_PROBLEM = "a NUL byte (\\x00) in the line"
 _CSV_PROBLEMS = {
@@ -258,20 +259,13 @@ def _csv_problem(message: str) -> str:
     return f"unreadable CSV ({message})"
 
 
-class XlsxSource:
-    """Rows of one sheet of an .xlsx workbook, read in openpyxl's streaming mode."""
+class XlsxBook:
+    """An .xlsx workbook opened in openpyxl's streaming mode; its sheets are read one by one."""
 
-    def __init__(self, path: Path, sheet: str | None) -> None:
+    def __init__(self, path: Path) -> None:
         import openpyxl  # imported here: only .xlsx exports need it
 
         self.path = path
-        self.line = 0
-        self.problem = ""
-        self.raw = ""
-        self.blank = 0
-        self.header: list[str] = []
-        self.width = 0
-        self.min_width = 0
         # A file object, not the path: openpyxl refuses names not ending in .xlsx, and an
         # export renamed to .csv is still a workbook.
         self._file = path.open("rb")
@@ -280,36 +274,67 @@ class XlsxSource:
         except Exception as exc:  # openpyxl raises many kinds for a damaged workbook
             self._file.close()
             raise CrmFileError(str(path), f"not a readable .xlsx workbook ({exc})") from exc
-        if sheet is None:
-            if not self._book.worksheets:
-                raise CrmFileError(str(path), "the workbook has no sheets")
-            self._sheet = self._book.worksheets[0]
-        elif sheet in self._book.sheetnames:
-            self._sheet = self._book[sheet]
-        else:
-            raise CrmFileError(
-                str(path), f"no sheet {sheet!r} (the sheets are {self._book.sheetnames})"
-            )
-        # Dimensions written by other tools are often wrong; read every row there is.
-        self._sheet.reset_dimensions()
-        self._rows = enumerate(self._sheet.iter_rows(values_only=True), start=1)
+        self.sheet_names: list[str] = [sheet.title for sheet in self._book.worksheets]
+        if not self.sheet_names:
+            self.close()
+            raise CrmFileError(str(path), "the workbook has no sheets")
+
+    def sheet(self, name: str) -> XlsxSource:
+        """The rows of one sheet."""
+        return XlsxSource(self.path, self._book[name])
 
     def close(self) -> None:
         """Close the workbook."""
         self._book.close()
         self._file.close()
 
-    def read_header(self) -> list[str]:
-        """The first non-empty row; ``CrmFileError`` if the sheet has none."""
+
+class XlsxSource:
+    """Rows of one sheet of an .xlsx workbook (the workbook is closed by its ``XlsxBook``)."""
+
+    def __init__(self, path: Path, sheet: Any) -> None:
+        self.path = path
+        self.sheet_name: str = sheet.title
+        self.line = 0
+        self.problem = ""
+        self.raw = ""
+        self.blank = 0
+        self.skipped_above_header = 0  # non-empty rows before the header: a title, notes
+        self.header: list[str] = []
+        self.width = 0
+        self.min_width = 0
+        # Dimensions written by other tools are often wrong; read every row there is.
+        sheet.reset_dimensions()
+        self._rows = enumerate(sheet.iter_rows(values_only=True), start=1)
+
+    def close(self) -> None:
+        """Nothing to release per sheet."""
+
+    def find_header(
+        self, fits: Callable[[list[str]], bool], limit: int = HEADER_SEARCH_ROWS
+    ) -> list[str] | None:
+        """The first of the first ``limit`` non-empty rows that ``fits``; None if none does.
+
+        Rows above it (a report title, a note, the export date) are skipped and counted, as
+        people save exports from Excel with such lines on top.
+        """
+        seen = 0
         for number, row in self._rows:
             cells = [cell_text(value).strip() for value in row]
-            if any(cells):
-                named = [i for i, label in enumerate(cells) if label]
-                self.min_width = self.width = named[-1] + 1
-                self.header = cells[: self.width]
+            if not any(cells):
+                continue
+            named = [i for i, label in enumerate(cells) if label]
+            header = cells[: named[-1] + 1]
+            if fits(header):
+                self.min_width = self.width = len(header)
+                self.header = header
                 self.line = number
-                return self.header
-        raise CrmFileError(str(self.path), "the sheet is empty (no header row)")
+                return header
+            seen += 1
+            self.skipped_above_header = seen
+            if seen >= limit:
+                break
+        return None
 
     def records(self) -> Iterator[list[str] | None]:
         """Data rows after the header (``None`` for one with cells past the last column)."""
