@@ -235,3 +235,24 @@ def test_an_internationalised_local_part_is_planned(platform: Platform) -> None:
 
     assert platform.actions() == {("create", "jörg@xn--bcher-kva.de")}
     assert platform.rejected() == {}
+
+
+def test_an_email_with_an_unreadable_flag_line_is_not_created_from_another_line(
+    platform: Platform,
+) -> None:
+    first = platform.csv(
+        "a.csv",
+        ["Email", "Name", "Unsubscribed"],
+        [["new.doubt@example.org", "Doubt", "vielleicht"], ["new.sure@example.org", "Sure", "no"]],
+    )
+    second = platform.csv(
+        "b.csv", ["Email", "Name", "Unsubscribed"], [["New.Doubt@Example.org", "Doubt", "no"]]
+    )
+
+    platform.plan(first, second)
+
+    # b.csv alone says mailable, but a.csv holds a line nobody can read: when in doubt, no
+    # create. The line that could be read is still in crm_contacts.
+    assert platform.actions() == {("create", "new.sure@example.org")}
+    assert ("b.csv", 2) in platform.contacts()
+    assert platform.rejected()[("a.csv", 2)]["email"] == "new.doubt@example.org"

@@ -350,6 +350,7 @@ def test_every_record_lands_once(tmp_path: Path) -> None:
         "kind": "missing email",
         "reason": "missing email",
         "raw": ",No email",
+        "email": None,
     }
     summary = export.summary
     assert (summary.records, summary.contacts, summary.rejected) == (5, 2, 3)

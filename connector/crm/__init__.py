@@ -16,7 +16,8 @@ Row shapes (plain dicts; field order in ``CONTACT_FIELDS`` / ``REJECTED_FIELDS``
     contact  = {source_file: str, line: int, email: str, email_original: str,
                 name: str | None, do_not_email: bool, unsubscribed: bool, hard_bounced: bool,
                 opted_out_category_ids: tuple[str, ...], mailable: bool}
-    rejected = {source_file: str, line: int, kind: str, reason: str, raw: str}
+    rejected = {source_file: str, line: int, kind: str, reason: str, raw: str,
+                email: str | None}
     conflict = {email: str, lines: list[int], sources: list[str], resolution: str}
 
 ``opted_out_category_ids`` is a tuple, not a list: a row of only immutable values is not
@@ -29,7 +30,9 @@ hard_bounced)``; category opt-outs do not change it. ``kind`` is one of ``missin
 do-not-email, unsubscribed, bounced or category cell that reads neither true nor false: the
 reason names the column and the value) and ``reason`` starts with it
 (``invalid email: no @ sign ('ann.example.com')``). ``raw`` is the line (or the fields joined
-with the delimiter) cut to 1,000 characters.
+with the delimiter) cut to 1,000 characters, a NUL byte shown as ``␀``. ``email`` is the
+normalised email when the line had a valid one (``missing field``, ``unreadable flag``), else
+None: the plan creates and unblocks nothing for an email with an ``unreadable flag`` line.
 """
 
 from connector.crm.columns import ResolvedColumns, detect_mapping, resolve_columns

@@ -45,7 +45,7 @@ CONTACT_FIELDS = (
     "opted_out_category_ids",
     "mailable",
 )
-REJECTED_FIELDS = ("source_file", "line", "kind", "reason", "raw")
+REJECTED_FIELDS = ("source_file", "line", "kind", "reason", "raw", "email")
 
 # ``kind`` of a rejected row; ``reason`` starts with it and adds the detail.
 MISSING_EMAIL = "missing email"
@@ -315,7 +315,7 @@ class CrmRead:
         counted = blank = 0
         budget = chunk_size + 1  # records left before the next chunk goes out
 
-        def reject(kind: str, detail: str | None, raw: str) -> None:
+        def reject(kind: str, detail: str | None, raw: str, email: str | None = None) -> None:
             by_kind[kind] = by_kind.get(kind, 0) + 1
             rejected.append(
                 {
@@ -324,6 +324,7 @@ class CrmRead:
                     "kind": kind,
                     "reason": f"{kind}: {detail}" if detail else kind,
                     "raw": raw,
+                    "email": email,
                 }
             )
 
@@ -365,7 +366,7 @@ class CrmRead:
             if "\n" in name or "\r" in name:
                 name = " ".join(name.split())
             if not name and required_name:
-                reject(MISSING_FIELD, "name", raw_text(delimiter.join(fields)))
+                reject(MISSING_FIELD, "name", raw_text(delimiter.join(fields)), email)
                 continue
             if flag_key is None:
                 do_not_email = unsubscribed = bounced = False
@@ -377,7 +378,7 @@ class CrmRead:
                     hit = flags.read(cells)
                 do_not_email, unsubscribed, bounced, categories, unreadable = hit
                 if unreadable is not None:
-                    reject(UNREADABLE_FLAG, unreadable, raw_text(delimiter.join(fields)))
+                    reject(UNREADABLE_FLAG, unreadable, raw_text(delimiter.join(fields)), email)
                     continue
             contacts.append(
                 {
