@@ -266,3 +266,22 @@ def test_a_workbook_without_the_mapped_header_names_its_sheets(tmp_path: Path) -
     )
     with pytest.raises(CrmFileError, match="sheet 'Notes' has no header with an email column"):
         read_export(path, "generic", sheet="Notes")
+
+
+def test_two_names_of_one_flag_column_are_both_read(tmp_path: Path) -> None:
+    text = (
+        "Email,HasOptedOutOfEmail,Email Opt Out\n"
+        "ann@example.com,false,1\n"
+        "bob@example.com,true,0\n"
+        "cy@example.com,false,0\n"
+    )
+    contacts, _, export = read(write(tmp_path, "sf.csv", text), "salesforce")
+    assert {c["email"]: c["mailable"] for c in contacts} == {
+        "ann@example.com": False,
+        "bob@example.com": False,
+        "cy@example.com": True,
+    }
+    assert (
+        "do_not_email is read from 2 columns ('HasOptedOutOfEmail', 'Email Opt Out': columns "
+        "2, 3); the most restrictive reading wins"
+    ) in export.summary.warnings

@@ -265,6 +265,26 @@ def test_mapping_from_dict_accepts_real_booleans() -> None:
             "acme.yaml: required: 'name' is required but no name column is mapped",
         ),
         ("columns: {email: E}\ntrue_values: []\n", "acme.yaml: true_values: must list at least"),
+        ("columns: {email: E}\nfalse_values: []\n", "acme.yaml: false_values: must list at least"),
+        (
+            "columns: {email: E}\ntrue_values: [Yes, '1']\nfalse_values: [no, YES]\n",
+            "acme.yaml: false_values: 'yes' is listed both as a true and as a false value",
+        ),
+        (
+            "columns: {email: E}\nflags:\n  hard_bounced:\n"
+            "    - {column: B, when: nonempty, true_values: [x]}\n",
+            "acme.yaml: flags.hard_bounced[0].true_values: not used with 'when: nonempty'",
+        ),
+        (
+            "columns: {email: E}\nflags:\n  unsubscribed:\n"
+            "    - {column: U, true_values: [out], false_values: [OUT]}\n",
+            "acme.yaml: flags.unsubscribed[0].false_values: 'out' is listed both as a true and",
+        ),
+        (
+            "columns: {email: E}\nflags:\n  do_not_email: {column: D, colour: red}\n",
+            "acme.yaml: flags.do_not_email[0].colour: unknown key (allowed: column, false_values, "
+            "true_values, when)",
+        ),
         ("- just a list\n", "acme.yaml: a mapping must be a YAML mapping of keys"),
         ("columns: {email: [E\n", "acme.yaml: not valid YAML"),
     ],

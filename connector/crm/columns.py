@@ -150,15 +150,20 @@ def resolve_columns(mapping: CrmMapping, header: Sequence[str], path: str) -> Re
 
 
 def _warn_repeated(cells: list[FlagCell], what: str, warnings: list[str]) -> None:
-    labels = [cell.label for cell in cells]
-    for label in dict.fromkeys(labels):
-        same = [cell.index + 1 for cell in cells if cell.label == label]
-        if len(same) > 1:
-            columns = ", ".join(str(i) for i in same)
-            warnings.append(
-                f"column {label!r} appears {len(same)} times (columns {columns}); all are read "
-                f"for {what} and the most restrictive reading wins"
-            )
+    if len(cells) < 2:
+        return
+    labels = list(dict.fromkeys(cell.label for cell in cells))
+    columns = ", ".join(str(cell.index + 1) for cell in cells)
+    if len(labels) == 1:
+        warnings.append(
+            f"column {labels[0]!r} appears {len(cells)} times (columns {columns}); all are read "
+            f"for {what} and the most restrictive reading wins"
+        )
+    else:
+        warnings.append(
+            f"{what} is read from {len(cells)} columns ({', '.join(map(repr, labels))}: "
+            f"columns {columns}); the most restrictive reading wins"
+        )
 
 
 def detect_mapping(header: Sequence[str], path: str) -> CrmMapping:

@@ -356,7 +356,7 @@ def _disjoint(true_values: frozenset[str] | None, false_values: frozenset[str] |
         raise PydanticCustomError(
             "values",
             "{value} is listed both as a true and as a false value",
-            {"value": repr(both[0])},
+            {"value": repr(both[0]), "key": "false_values"},
         )
 
 
