@@ -16,7 +16,8 @@ Row shapes (plain dicts; field order in ``CONTACT_FIELDS`` / ``REJECTED_FIELDS``
     contact  = {source_file: str, line: int, email: str, email_original: str,
                 name: str | None, do_not_email: bool, unsubscribed: bool, hard_bounced: bool,
                 opted_out_category_ids: tuple[str, ...], mailable: bool}
-    rejected = {source_file: str, line: int, kind: str, reason: str, raw: str}
+    rejected = {source_file: str, line: int, kind: str, reason: str, raw: str,
+                email: str | None}
     conflict = {email: str, lines: list[int], sources: list[str], resolution: str}
 
 ``opted_out_category_ids`` is a tuple, not a list: a row of only immutable values is not
@@ -25,13 +26,16 @@ tracked by the garbage collector, which makes reading a million rows a third fas
 .xlsx, the sheet row). ``email`` is trimmed, case-folded and IDNA-encoded; ``email_original``
 is the cell as exported. ``mailable`` is ``not (do_not_email or unsubscribed or
 hard_bounced)``; category opt-outs do not change it. ``kind`` is one of ``missing email``,
-``invalid email``, ``missing field``, ``unreadable line`` and ``reason`` starts with it
+``invalid email``, ``missing field``, ``unreadable line``, ``unreadable flag`` (a
+do-not-email, unsubscribed, bounced or category cell that reads neither true nor false: the
+reason names the column and the value) and ``reason`` starts with it
 (``invalid email: no @ sign ('ann.example.com')``). ``raw`` is the line (or the fields joined
-with the delimiter) cut to 1,000 characters.
+with the delimiter) cut to 1,000 characters, a NUL byte shown as ``␀``. ``email`` is the
+normalised email when the line had a valid one (``missing field``, ``unreadable flag``), else
+None: the plan creates and unblocks nothing for an email with an ``unreadable flag`` line.
 """
 
 from connector.crm.columns import ResolvedColumns, detect_mapping, resolve_columns
-from connector.crm.emails import normalize_email
 from connector.crm.errors import CrmError, CrmFileError, CrmMappingError
 from connector.crm.mapping import (
     BUILTIN_NAMES,
@@ -49,12 +53,14 @@ from connector.crm.reader import (
     MISSING_EMAIL,
     MISSING_FIELD,
     REJECTED_FIELDS,
+    UNREADABLE_FLAG,
     UNREADABLE_LINE,
     CrmChunk,
     CrmRead,
     CrmSummary,
     read_export,
 )
+from connector.emails import normalize_email
 
 __all__ = [
     "BUILTIN_NAMES",
@@ -63,6 +69,7 @@ __all__ = [
     "MISSING_EMAIL",
     "MISSING_FIELD",
     "REJECTED_FIELDS",
+    "UNREADABLE_FLAG",
     "UNREADABLE_LINE",
     "CategoryColumn",
     "CrmChunk",

@@ -1,7 +1,9 @@
 """Matching a mapping against an export's header, and choosing a built-in mapping for it.
 
-Header names compare case- and whitespace-insensitively; when a name appears more than once
-the first column is used and a warning says so.
+Header names compare case- and whitespace-insensitively. When the email or a name column
+appears more than once the first is used; a flag or category column is read from every
+column that matches (two "Email Opt Out" columns), the most restrictive reading winning. A
+warning in the summary says either.
 """
 
 from __future__ import annotations
@@ -13,10 +15,22 @@ from connector.crm.errors import CrmFileError
 from connector.crm.mapping import (
     BUILTIN_NAMES,
     FLAG_NAMES,
+    CategoryColumn,
     CrmMapping,
+    FlagColumn,
     builtin_mappings,
     header_key,
 )
+
+
+@dataclass(frozen=True)
+class FlagCell:
+    """One header column read for a flag or a category opt-out, and how to read it."""
+
+    index: int
+    label: str
+    column: FlagColumn | CategoryColumn
+    target: str  # the flag name, or the category id
 
 
 @dataclass(frozen=True)
@@ -29,9 +43,8 @@ class ResolvedColumns:
     full_name: int | None
     first_name: int | None
     last_name: int | None
-    # Per flag: (column index, true values as value_key, or None when any non-empty value counts)
-    flags: dict[str, tuple[tuple[int, frozenset[str] | None], ...]]
-    categories: tuple[tuple[int, frozenset[str] | None, str], ...]
+    flags: dict[str, tuple[FlagCell, ...]]  # per flag, every column read for it
+    categories: tuple[FlagCell, ...]
     used: dict[str, str] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
 
@@ -90,28 +103,38 @@ def resolve_columns(mapping: CrmMapping, header: Sequence[str], path: str) -> Re
             f"mapping {mapping.name!r} requires a name but no name column is in the header "
             f"(looked for {_quoted(names)}); the header is {_quoted(header)}",
         )
-    flags: dict[str, tuple[tuple[int, frozenset[str] | None], ...]] = {}
+
+    def find_all(
+        column: FlagColumn | CategoryColumn, field_name: str, target: str
+    ) -> list[FlagCell]:
+        # Every column that carries one of the names: reading only the first of two "Email Opt
+        # Out" columns would ignore an opt-out the other one holds.
+        indexes = sorted({i for name in column.names for i in positions.get(header_key(name), ())})
+        if indexes:
+            used.setdefault(field_name, header[indexes[0]])
+        return [FlagCell(i, header[i], column, target) for i in indexes]
+
+    flags: dict[str, tuple[FlagCell, ...]] = {}
     for flag in FLAG_NAMES:
-        found: list[tuple[int, frozenset[str] | None]] = []
-        for n, column in enumerate(mapping.flags(flag)):
-            index = find(column.names, f"{flag}[{n}]" if len(mapping.flags(flag)) > 1 else flag)
-            if index is not None:
-                found.append((index, None if column.nonempty else column.true_values))
-        if mapping.flags(flag) and not found:
-            names = [name for column in mapping.flags(flag) for name in column.names]
+        entries = mapping.flags(flag)
+        found: list[FlagCell] = []
+        for n, column in enumerate(entries):
+            found.extend(find_all(column, f"{flag}[{n}]" if len(entries) > 1 else flag, flag))
+        if entries and not found:
+            names = [name for column in entries for name in column.names]
             warnings.append(f"no {flag} column in the header (looked for {_quoted(names)})")
+        _warn_repeated(found, flag, warnings)
         flags[flag] = tuple(found)
-    categories: list[tuple[int, frozenset[str] | None, str]] = []
+    categories: list[FlagCell] = []
     for category in mapping.category_opt_outs:
-        index = find(category.names, f"opt-out {category.category_id}")
-        if index is None:
+        cells = find_all(category, f"opt-out {category.category_id}", category.category_id)
+        if not cells:
             warnings.append(
                 f"no opt-out column for category {category.category_id} "
                 f"(looked for {_quoted(category.names)})"
             )
-        else:
-            values = None if category.nonempty else category.true_values
-            categories.append((index, values, category.category_id))
+        _warn_repeated(cells, f"the opt-out of {category.category_id}", warnings)
+        categories.extend(cells)
     return ResolvedColumns(
         mapping=mapping,
         width=len(header),
@@ -124,6 +147,23 @@ def resolve_columns(mapping: CrmMapping, header: Sequence[str], path: str) -> Re
         used=used,
         warnings=tuple(warnings),
     )
+
+
+def _warn_repeated(cells: list[FlagCell], what: str, warnings: list[str]) -> None:
+    if len(cells) < 2:
+        return
+    labels = list(dict.fromkeys(cell.label for cell in cells))
+    columns = ", ".join(str(cell.index + 1) for cell in cells)
+    if len(labels) == 1:
+        warnings.append(
+            f"column {labels[0]!r} appears {len(cells)} times (columns {columns}); all are read "
+            f"for {what} and the most restrictive reading wins"
+        )
+    else:
+        warnings.append(
+            f"{what} is read from {len(cells)} columns ({', '.join(map(repr, labels))}: "
+            f"columns {columns}); the most restrictive reading wins"
+        )
 
 
 def detect_mapping(header: Sequence[str], path: str) -> CrmMapping:

@@ -1,10 +1,12 @@
 """Column mappings: which export columns hold the email, the name and the opt-out flags.
 
-A mapping is a ``CrmMapping`` validated on load, from a built-in YAML file
-(``connector/crm/mappings/*.yaml``: salesforce, hubspot, dynamics365, generic), a YAML file of
-the user's, or a dict (run configuration). ``resolve_columns`` matches it against a file's
-header (case- and whitespace-insensitive) and ``detect_mapping`` picks the built-in that fits a
-header best (both in ``columns.py``). The YAML format::
+A mapping is a ``CrmMapping`` validated on load by a typed model (``MappingFile``, pydantic),
+from a built-in YAML file (``connector/crm/mappings/*.yaml``: salesforce, hubspot, dynamics365,
+generic), a YAML file of the user's, or a dict (run configuration). An invalid mapping raises
+``CrmMappingError`` naming the file, the field and what is allowed. ``resolve_columns``
+matches a mapping against a file's header (case- and whitespace-insensitive) and
+``detect_mapping`` picks the built-in that fits a header best (both in ``columns.py``). The
+YAML format::
 
     name: acme-crm                       # optional; defaults to the file name
     description: ACME CRM contact export # optional
@@ -13,25 +15,30 @@ header best (both in ``columns.py``). The YAML format::
       name: Full Name                    # optional full-name column ...
       first_name: First Name             # ... or first + last, used when the full name is empty
       last_name: Last Name
-    true_values: [true, "1", yes, y, opted out, unsubscribed]  # optional; replaces the default
+    true_values: [true, "1", yes]        # optional; replaces DEFAULT_TRUE_VALUES
+    false_values: [false, "0", no]       # optional; replaces DEFAULT_FALSE_VALUES
     flags:                               # any entry reading true sets the flag
       do_not_email: [Do Not Email]       # an entry: a column name, a list of names, or a mapping
       unsubscribed:
         - column: Subscription
-          true_values: [Unsubscribed, Opted Out]   # this column's own true values
+          true_values: [Unsubscribed, Opted Out]   # this column's own true values ...
+          false_values: [Subscribed]               # ... and false values
       hard_bounced:
         - column: [Bounce Reason, Hard Bounce Reason]
-          when: nonempty                 # any value but a blank or false-like one (0, no, n/a)
+          when: nonempty                 # any value but a blank or "no value" one (0, no, n/a)
     category_opt_outs:                   # optional per-category opt-outs
       - column: "Opted out: Invoices"
         category: NTC-1234-5678
     required: [name]                     # optional; email is always required
     recognise: [Contact ID]              # optional; more columns that identify this export
 
-Every scalar in a YAML mapping reads as a string (``yes`` stays ``"yes"``), so true values are
-written as they appear in the export. Values are compared case- and whitespace-insensitively;
-any other value, or an empty cell, reads false. The default true values are in
-``DEFAULT_TRUE_VALUES`` (true, 1, yes, y, x, opted out, unsubscribed, do not allow, ...).
+Every scalar in a YAML mapping reads as a string (``yes`` stays ``"yes"``), so values are
+written as they appear in the export. Values are compared case- and whitespace-insensitively.
+Fail closed: a flag cell is read true only for a true value and false only for a false value
+or an empty cell; any other value (``Ja``, ``✓``, ``-``) makes the row rejected, naming the
+column and the value, since guessing would email someone who asked not to be. A ``nonempty``
+column reads any text as set, except the "no value" words in ``NONEMPTY_FALSE_VALUES``; a cell
+of punctuation only (``-``, ``?``) is rejected too.
 """
 
 from __future__ import annotations
@@ -40,9 +47,18 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from connector.crm.errors import CrmMappingError
 
@@ -56,26 +72,15 @@ DEFAULT_TRUE_VALUES = frozenset({
     "true", "t", "1", "yes", "y", "x", "on", "checked", "opted out", "opt out", "opted-out",
     "unsubscribed", "do not allow", "do not email", "bounced", "hard bounce", "hard bounced",
 })
+# The opposites of the true values above. "-" is not one: no preset's CRM documents it, and a
+# dash in an opt-out column is as likely "not asked" as "no"; such a row is rejected.
+DEFAULT_FALSE_VALUES = frozenset({
+    "false", "f", "0", "no", "n", "off", "unchecked", "opted in", "subscribed", "allow",
+})
 # fmt: on
 # Read as "not set" by a ``when: nonempty`` column, which otherwise counts any value.
-FALSE_VALUES = frozenset({"", "false", "f", "0", "no", "n", "none", "null", "n/a", "-", "off"})
+NONEMPTY_FALSE_VALUES = frozenset({"false", "f", "0", "no", "n", "none", "null", "n/a", "off"})
 CATEGORY_ID = re.compile(r"NTC-\d{4}-\d{4}")
-
-_TOP_KEYS = {
-    "name",
-    "description",
-    "columns",
-    "flags",
-    "category_opt_outs",
-    "true_values",
-    "required",
-    "recognise",
-}
-_COLUMN_KEYS = {"email", "name", "first_name", "last_name"}
-_ENTRY_KEYS = {"column", "true_values", "when"}
-_CATEGORY_KEYS = {"column", "category", "true_values", "when"}
-_WHEN = {"true_values", "nonempty"}
-_REQUIRABLE = {"email", "name"}
 
 
 def header_key(label: str) -> str:
@@ -95,6 +100,7 @@ class FlagColumn:
     names: tuple[str, ...]
     true_values: frozenset[str]
     nonempty: bool = False  # any non-empty value sets the flag (bounce reasons, dates)
+    false_values: frozenset[str] = DEFAULT_FALSE_VALUES
 
 
 @dataclass(frozen=True)
@@ -105,6 +111,7 @@ class CategoryColumn:
     category_id: str
     true_values: frozenset[str]
     nonempty: bool = False
+    false_values: frozenset[str] = DEFAULT_FALSE_VALUES
 
 
 @dataclass(frozen=True)
@@ -125,6 +132,7 @@ class CrmMapping:
     recognise: tuple[str, ...] = ()
     description: str = ""
     true_values: frozenset[str] = DEFAULT_TRUE_VALUES
+    false_values: frozenset[str] = DEFAULT_FALSE_VALUES
 
     def flags(self, flag: str) -> tuple[FlagColumn, ...]:
         """The columns of one flag (``do_not_email``, ``unsubscribed``, ``hard_bounced``)."""
@@ -140,6 +148,223 @@ class CrmMapping:
             names.extend(category.names)
         names.extend(self.recognise)
         return {header_key(n) for n in names}
+
+
+# -- the typed model of a mapping file ---------------------------------------------------------
+
+
+def _names(value: Any) -> Any:
+    """A header name or a list of them, as a list; anything else is left for the type check."""
+    if isinstance(value, str):
+        value = [value]
+    if isinstance(value, list):
+        if not value:
+            raise PydanticCustomError("names", "must name at least one column")
+        for item in value:
+            if not isinstance(item, str) or not item.strip():
+                raise PydanticCustomError(
+                    "names", "{item} is not a column name", {"item": repr(item)}
+                )
+    return value
+
+
+def _optional_names(value: Any) -> Any:
+    """As ``_names``, and nothing (a blank YAML key) is no column."""
+    return [] if value is None or value == [] else _names(value)
+
+
+def _values(value: Any) -> Any:
+    """Cell values (strings, or booleans and numbers from run config) as ``value_key`` forms."""
+    items = value if isinstance(value, list) else [value]
+    out: list[str] = []
+    for item in items:
+        if isinstance(item, bool):
+            item = "true" if item else "false"
+        elif isinstance(item, (int, float)):
+            item = str(item)
+        if not isinstance(item, str) or not item.strip():
+            raise PydanticCustomError("values", "{item} is not a value", {"item": repr(item)})
+        out.append(value_key(item))
+    if not out:
+        raise PydanticCustomError("values", "must list at least one value")
+    return out
+
+
+def _listed(value: Any) -> Any:
+    """One entry or a list of entries, as a list."""
+    if value is None:
+        return []
+    return value if isinstance(value, list) else [value]
+
+
+def _as_entry(value: Any) -> Any:
+    """A bare column name or list of names is an entry with only ``column``."""
+    return {"column": value} if isinstance(value, (str, list)) else value
+
+
+Names = Annotated[tuple[str, ...], BeforeValidator(_names)]
+OptionalNames = Annotated[tuple[str, ...], BeforeValidator(_optional_names)]
+Values = Annotated[frozenset[str], BeforeValidator(_values)]
+
+
+class _Model(BaseModel):
+    """Unknown keys are errors that list the allowed ones; models are immutable."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, data: Any) -> Any:
+        if isinstance(data, Mapping):
+            allowed = sorted(cls.model_fields)
+            for key in data:
+                if key not in cls.model_fields:
+                    raise PydanticCustomError(
+                        "unknown_key",
+                        "unknown key (allowed: {allowed})",
+                        {"key": str(key), "allowed": ", ".join(allowed)},
+                    )
+        return data
+
+
+class ColumnsModel(_Model):
+    """``columns:`` which header holds the email and the name."""
+
+    email: Names
+    name: OptionalNames = ()
+    first_name: OptionalNames = ()
+    last_name: OptionalNames = ()
+
+
+class FlagEntryModel(_Model):
+    """One entry under ``flags.<flag>``: a column and how its values read."""
+
+    column: Names
+    true_values: Values | None = None
+    false_values: Values | None = None
+    when: Literal["true_values", "nonempty"] = "true_values"
+
+    @model_validator(mode="after")
+    def _consistent(self) -> FlagEntryModel:
+        if self.when == "nonempty" and self.true_values is not None:
+            raise PydanticCustomError(
+                "when", "not used with 'when: nonempty'", {"key": "true_values"}
+            )
+        _disjoint(self.true_values, self.false_values)
+        return self
+
+
+class CategoryEntryModel(FlagEntryModel):
+    """One entry under ``category_opt_outs``: a column and the category it opts out of."""
+
+    category: str
+
+    @field_validator("category")
+    @classmethod
+    def _category_id(cls, value: str) -> str:
+        if not CATEGORY_ID.fullmatch(value.strip()):
+            raise PydanticCustomError(
+                "category", "{value} is not a category id (NTC-####-####)", {"value": repr(value)}
+            )
+        return value.strip()
+
+
+FlagEntries = Annotated[
+    tuple[Annotated[FlagEntryModel, BeforeValidator(_as_entry)], ...], BeforeValidator(_listed)
+]
+
+
+class FlagsModel(_Model):
+    """``flags:`` the columns of each flag."""
+
+    do_not_email: FlagEntries = ()
+    unsubscribed: FlagEntries = ()
+    hard_bounced: FlagEntries = ()
+
+
+class MappingFile(_Model):
+    """A mapping document as written in YAML or given as run config."""
+
+    name: str | None = None
+    description: str | None = None
+    columns: ColumnsModel
+    true_values: Values | None = None
+    false_values: Values | None = None
+    flags: Annotated[FlagsModel, BeforeValidator(lambda v: {} if v is None else v)] = FlagsModel()
+    category_opt_outs: Annotated[tuple[CategoryEntryModel, ...], BeforeValidator(_listed)] = ()
+    required: Annotated[tuple[Literal["email", "name"], ...], BeforeValidator(_listed)] = ()
+    recognise: OptionalNames = ()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> MappingFile:
+        _disjoint(self.true_values, self.false_values)
+        columns = self.columns
+        if "name" in self.required and not (
+            columns.name or columns.first_name or columns.last_name
+        ):
+            raise PydanticCustomError(
+                "name_required",
+                "'name' is required but no name column is mapped",
+                {"key": "required"},
+            )
+        return self
+
+    def to_mapping(self, source: str, default_name: str) -> CrmMapping:
+        """The ``CrmMapping`` the readers use, defaults filled in."""
+        true_values = self.true_values if self.true_values is not None else DEFAULT_TRUE_VALUES
+        false_values = _false_values(true_values, self.false_values, DEFAULT_FALSE_VALUES)
+
+        def column(entry: FlagEntryModel) -> tuple[tuple[str, ...], frozenset[str], bool, Any]:
+            nonempty = entry.when == "nonempty"
+            if nonempty:
+                own_false = entry.false_values or NONEMPTY_FALSE_VALUES
+                return entry.column, frozenset(), True, own_false
+            own_true = entry.true_values if entry.true_values is not None else true_values
+            own_false = _false_values(own_true, entry.false_values, false_values)
+            return entry.column, own_true, False, own_false
+
+        flags = {
+            flag: tuple(FlagColumn(*column(e)) for e in getattr(self.flags, flag))
+            for flag in FLAG_NAMES
+        }
+        categories = []
+        for entry in self.category_opt_outs:
+            names, values, nonempty, false = column(entry)
+            categories.append(CategoryColumn(names, entry.category, values, nonempty, false))
+        return CrmMapping(
+            name=self.name or default_name,
+            source=source,
+            email=self.columns.email,
+            full_name=self.columns.name,
+            first_name=self.columns.first_name,
+            last_name=self.columns.last_name,
+            do_not_email=flags["do_not_email"],
+            unsubscribed=flags["unsubscribed"],
+            hard_bounced=flags["hard_bounced"],
+            category_opt_outs=tuple(categories),
+            required=frozenset({*self.required, "email"}),
+            recognise=self.recognise,
+            description=self.description or "",
+            true_values=true_values,
+            false_values=false_values,
+        )
+
+
+def _disjoint(true_values: frozenset[str] | None, false_values: frozenset[str] | None) -> None:
+    both = sorted((true_values or frozenset()) & (false_values or frozenset()))
+    if both:
+        raise PydanticCustomError(
+            "values",
+            "{value} is listed both as a true and as a false value",
+            {"value": repr(both[0]), "key": "false_values"},
+        )
+
+
+def _false_values(
+    true_values: frozenset[str], own: frozenset[str] | None, default: frozenset[str]
+) -> frozenset[str]:
+    # A default false value a mapping lists as true (an inverted "0") reads true.
+    return own if own is not None else default - true_values
 
 
 # -- loading -------------------------------------------------------------------------------
@@ -184,20 +409,61 @@ def load_mapping(name_or_path: str | Path | CrmMapping | Mapping[str, Any]) -> C
             f"unknown mapping {text!r}: use one of {', '.join(BUILTIN_NAMES)}, 'auto', "
             "or the path of a YAML mapping file"
         )
+    return mapping_from_dict(read_mapping_file(path), source=str(path), default_name=path.stem)
+
+
+def read_mapping_file(path: Path) -> Any:
+    """A mapping file's YAML document, every scalar a string; ``CrmMappingError`` if unreadable."""
     try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_StringLoader)
+        return yaml.load(path.read_text(encoding="utf-8"), Loader=_StringLoader)
     except OSError as exc:
         raise CrmMappingError(f"{path}: cannot read the mapping file ({exc})") from exc
     except yaml.YAMLError as exc:
         raise CrmMappingError(f"{path}: not valid YAML ({exc})") from exc
-    return mapping_from_dict(data, source=str(path), default_name=path.stem)
 
 
 def mapping_from_dict(
     data: Any, source: str = "mapping", default_name: str = "custom"
 ) -> CrmMapping:
     """Validate a mapping given as a dict (parsed YAML or run configuration)."""
-    return _Parser(source).mapping(data, default_name)
+    if not isinstance(data, Mapping):
+        raise CrmMappingError(f"{source}: a mapping must be a YAML mapping of keys")
+    try:
+        model = MappingFile.model_validate(data)
+    except ValidationError as exc:
+        raise CrmMappingError(_describe(source, exc)) from None
+    return model.to_mapping(source, default_name)
+
+
+def _describe(source: str, exc: ValidationError) -> str:
+    """``<file>: <field>: <problem>`` for the first error, then how many more there are."""
+    errors = exc.errors(include_url=False)
+    first = errors[0]
+    ctx = first.get("ctx", {})
+    where = _location(first["loc"], ctx.get("key"))
+    if first["type"] == "missing":
+        problem = "required"
+    elif first["type"] == "literal_error":
+        problem = f"{first['input']!r} is not allowed (allowed: {ctx['expected']})"
+    else:
+        problem = first["msg"]
+    text = f"{source}: {where}: {problem}" if where else f"{source}: {problem}"
+    if len(errors) > 1:
+        text += f" (and {len(errors) - 1} more error{'s' if len(errors) > 2 else ''})"
+    return text
+
+
+def _location(loc: tuple[int | str, ...], key: str | None) -> str:
+    parts = [*loc, key] if key is not None else list(loc)
+    out = ""
+    for part in parts:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part.startswith("function-") or part in {"tuple[...]"}:
+            continue  # pydantic's name for a validator step, not a key the user wrote
+        else:
+            out += f".{part}" if out else part
+    return out
 
 
 _BUILTINS: dict[str, CrmMapping] = {}
@@ -205,8 +471,7 @@ _BUILTINS: dict[str, CrmMapping] = {}
 
 def _builtin(name: str) -> CrmMapping:
     if name not in _BUILTINS:
-        path = BUILTIN_DIR / f"{name}.yaml"
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_StringLoader)
+        data = read_mapping_file(BUILTIN_DIR / f"{name}.yaml")
         _BUILTINS[name] = mapping_from_dict(data, source=f"built-in:{name}", default_name=name)
     return _BUILTINS[name]
 
@@ -214,156 +479,3 @@ def _builtin(name: str) -> CrmMapping:
 def builtin_mappings() -> list[CrmMapping]:
     """Every ready-made mapping, in auto-detection priority order."""
     return [_builtin(name) for name in BUILTIN_NAMES]
-
-
-class _Parser:
-    """Turns a parsed mapping document into a ``CrmMapping``, naming the key of any error."""
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-
-    def fail(self, key: str, problem: str) -> CrmMappingError:
-        return CrmMappingError(f"{self.source}: {key}: {problem}")
-
-    def mapping(self, data: Any, default_name: str) -> CrmMapping:
-        if not isinstance(data, Mapping):
-            raise CrmMappingError(f"{self.source}: a mapping must be a YAML mapping of keys")
-        self.check_keys(data, _TOP_KEYS, "")
-        true_values = (
-            self.values(data["true_values"], "true_values")
-            if data.get("true_values") is not None
-            else DEFAULT_TRUE_VALUES
-        )
-        columns = data.get("columns")
-        if not isinstance(columns, Mapping):
-            raise self.fail("columns", "required: a mapping with at least 'email'")
-        self.check_keys(columns, _COLUMN_KEYS, "columns.")
-        if columns.get("email") in (None, "", []):
-            raise self.fail("columns.email", "required: the header name of the email column")
-        flags = data.get("flags") or {}
-        if not isinstance(flags, Mapping):
-            raise self.fail("flags", "must be a mapping of flag name to columns")
-        self.check_keys(flags, set(FLAG_NAMES), "flags.")
-        parsed_flags = {
-            flag: tuple(
-                self.flag_entry(entry, f"flags.{flag}[{i}]", true_values)
-                for i, entry in enumerate(self.as_list(flags.get(flag), f"flags.{flag}"))
-            )
-            for flag in FLAG_NAMES
-        }
-        categories = tuple(
-            self.category(entry, f"category_opt_outs[{i}]", true_values)
-            for i, entry in enumerate(
-                self.as_list(data.get("category_opt_outs"), "category_opt_outs")
-            )
-        )
-        required = set(self.names(data.get("required") or None, "required"))
-        unknown = required - _REQUIRABLE
-        if unknown:
-            raise self.fail(
-                "required", f"unknown field {sorted(unknown)[0]!r} (allowed: email, name)"
-            )
-        if "name" in required and not (
-            columns.get("name") or columns.get("first_name") or columns.get("last_name")
-        ):
-            raise self.fail("required", "'name' is required but no name column is mapped")
-        name = data.get("name") or default_name
-        if not isinstance(name, str):
-            raise self.fail("name", "must be a string")
-        description = data.get("description") or ""
-        if not isinstance(description, str):
-            raise self.fail("description", "must be a string")
-        return CrmMapping(
-            name=name,
-            source=self.source,
-            email=self.names(columns["email"], "columns.email"),
-            full_name=self.names(columns.get("name"), "columns.name"),
-            first_name=self.names(columns.get("first_name"), "columns.first_name"),
-            last_name=self.names(columns.get("last_name"), "columns.last_name"),
-            do_not_email=parsed_flags["do_not_email"],
-            unsubscribed=parsed_flags["unsubscribed"],
-            hard_bounced=parsed_flags["hard_bounced"],
-            category_opt_outs=categories,
-            required=frozenset(required | {"email"}),
-            recognise=self.names(data.get("recognise"), "recognise"),
-            description=description,
-            true_values=true_values,
-        )
-
-    def check_keys(self, data: Mapping[Any, Any], allowed: set[str], prefix: str) -> None:
-        for key in data:
-            if key not in allowed:
-                raise self.fail(
-                    f"{prefix}{key}", f"unknown key (allowed: {', '.join(sorted(allowed))})"
-                )
-
-    def as_list(self, value: Any, key: str) -> list[Any]:
-        if value is None:
-            return []
-        if isinstance(value, list):
-            return value
-        if isinstance(value, (str, Mapping)):
-            return [value]
-        raise self.fail(key, "must be a list")
-
-    def names(self, value: Any, key: str) -> tuple[str, ...]:
-        """Header names: a string or a list of non-empty strings."""
-        if value is None:
-            return ()
-        items = [value] if isinstance(value, str) else value
-        if not isinstance(items, list) or not items:
-            raise self.fail(key, "must be a column name or a non-empty list of column names")
-        for item in items:
-            if not isinstance(item, str) or not item.strip():
-                raise self.fail(key, f"{item!r} is not a column name")
-        return tuple(items)
-
-    def values(self, value: Any, key: str) -> frozenset[str]:
-        items = value if isinstance(value, list) else [value]
-        out: set[str] = set()
-        for item in items:
-            if isinstance(item, bool):  # dict mappings from run config may hold real booleans
-                item = "true" if item else "false"
-            elif isinstance(item, (int, float)):
-                item = str(item)
-            if not isinstance(item, str) or not item.strip():
-                raise self.fail(key, f"{item!r} is not a value")
-            out.add(value_key(item))
-        if not out:
-            raise self.fail(key, "must list at least one value")
-        return frozenset(out)
-
-    def column_spec(
-        self, entry: Any, key: str, allowed: set[str], true_values: frozenset[str]
-    ) -> tuple[tuple[str, ...], frozenset[str], bool, Mapping[str, Any]]:
-        if isinstance(entry, (str, list)):
-            return self.names(entry, key), true_values, False, {}
-        if not isinstance(entry, Mapping):
-            raise self.fail(key, "must be a column name, a list of names or a mapping")
-        self.check_keys(entry, allowed, f"{key}.")
-        if entry.get("column") is None:
-            raise self.fail(f"{key}.column", "required: the header name of the column")
-        when = entry.get("when", "true_values")
-        if when not in _WHEN:
-            raise self.fail(f"{key}.when", f"{when!r} is not one of {', '.join(sorted(_WHEN))}")
-        if when == "nonempty" and entry.get("true_values") is not None:
-            raise self.fail(f"{key}.true_values", "not used with 'when: nonempty'")
-        own = (
-            self.values(entry["true_values"], f"{key}.true_values")
-            if entry.get("true_values") is not None
-            else true_values
-        )
-        return self.names(entry["column"], f"{key}.column"), own, when == "nonempty", entry
-
-    def flag_entry(self, entry: Any, key: str, true_values: frozenset[str]) -> FlagColumn:
-        names, values, nonempty, _ = self.column_spec(entry, key, _ENTRY_KEYS, true_values)
-        return FlagColumn(names, values, nonempty)
-
-    def category(self, entry: Any, key: str, true_values: frozenset[str]) -> CategoryColumn:
-        if not isinstance(entry, Mapping):
-            raise self.fail(key, "must be a mapping with 'column' and 'category'")
-        names, values, nonempty, _ = self.column_spec(entry, key, _CATEGORY_KEYS, true_values)
-        category = entry.get("category")
-        if not isinstance(category, str) or not CATEGORY_ID.fullmatch(category.strip()):
-            raise self.fail(f"{key}.category", f"{category!r} is not a category id (NTC-####-####)")
-        return CategoryColumn(names, category.strip(), values, nonempty)

@@ -14,12 +14,24 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from connector.crm.columns import ResolvedColumns, detect_mapping, resolve_columns
-from connector.crm.emails import PLAIN_EMAIL, PLAIN_LENGTH, normalize_unusual
+from connector.crm.columns import FlagCell, ResolvedColumns, detect_mapping, resolve_columns
 from connector.crm.errors import CrmFileError
-from connector.crm.mapping import FALSE_VALUES, CrmMapping, load_mapping, value_key
+from connector.crm.mapping import (
+    CategoryColumn,
+    CrmMapping,
+    FlagColumn,
+    load_mapping,
+    value_key,
+)
 from connector.crm.sniff import DELIMITER_NAMES, FileFormat, detect_format
-from connector.crm.sources import CsvSource, XlsxSource, raw_text
+from connector.crm.sources import (
+    HEADER_SEARCH_ROWS,
+    CsvSource,
+    XlsxBook,
+    XlsxSource,
+    raw_text,
+)
+from connector.emails import PLAIN_EMAIL, PLAIN_LENGTH, normalize_unusual
 
 CONTACT_FIELDS = (
     "source_file",
@@ -33,13 +45,14 @@ CONTACT_FIELDS = (
     "opted_out_category_ids",
     "mailable",
 )
-REJECTED_FIELDS = ("source_file", "line", "kind", "reason", "raw")
+REJECTED_FIELDS = ("source_file", "line", "kind", "reason", "raw", "email")
 
 # ``kind`` of a rejected row; ``reason`` starts with it and adds the detail.
 MISSING_EMAIL = "missing email"
 INVALID_EMAIL = "invalid email"
 MISSING_FIELD = "missing field"
 UNREADABLE_LINE = "unreadable line"
+UNREADABLE_FLAG = "unreadable flag"
 
 DEFAULT_CHUNK_SIZE = 50_000
 _CACHE_LIMIT = 4096
@@ -72,6 +85,7 @@ class CrmSummary:
     blank: int = 0  # empty lines / rows of empty cells, skipped
     rejected_by_kind: dict[str, int] = field(default_factory=dict)
     complete: bool = False
+    sheets: list[str] = field(default_factory=list)  # .xlsx: the sheets read, in order
 
 
 def read_export(
@@ -85,22 +99,34 @@ def read_export(
     """Open and check one export; iterate the result for ``CrmChunk``s.
 
     ``mapping`` is ``"auto"`` (the built-in that fits the header best), a built-in name, the
-    path of a YAML mapping, a ``CrmMapping`` or a dict in the YAML format. ``sheet`` picks an
-    .xlsx sheet by name (default: the first). ``source_name`` replaces the file name in rows.
+    path of a YAML mapping, a ``CrmMapping`` or a dict in the YAML format. For an .xlsx
+    workbook, ``sheet`` names the one sheet to read; without it every sheet whose header has
+    the mapping's email column is read, and ``summary.sheets`` / ``summary.warnings`` say which
+    were read and which were not (``sheet`` is ignored for CSV files). ``source_name``
+    replaces the file name in rows; rows of a workbook read from several sheets name the file
+    and the sheet: ``book.xlsx[Leads]``.
     """
     path = Path(path)
     chosen = None if mapping == "auto" else load_mapping(mapping)
     if not path.is_file():
         raise CrmFileError(str(path), "no such file")
     fmt = detect_format(path)
-    source: CsvSource | XlsxSource = (
-        XlsxSource(path, sheet) if fmt.kind == "xlsx" else CsvSource(path, fmt)
-    )
+    name = source_name or path.name
+    if fmt.kind == "xlsx":
+        book = XlsxBook(path)
+        try:
+            parts, warnings = _open_sheets(book, path, chosen, sheet, name)
+        except BaseException:
+            book.close()
+            raise
+        return CrmRead(path, fmt, parts, name, chunk_size, closer=book, warnings=warnings)
+    source = CsvSource(path, fmt)
     try:
         header = source.read_header()
         try:
-            chosen = chosen or detect_mapping(header, str(path))
-            resolved = resolve_columns(chosen, header, str(path))
+            resolved = resolve_columns(
+                chosen or detect_mapping(header, str(path)), header, str(path)
+            )
         except CrmFileError:
             if any("@" in label for label in header):
                 raise CrmFileError(
@@ -112,7 +138,79 @@ def read_export(
     except BaseException:
         source.close()
         raise
-    return CrmRead(path, fmt, source, resolved, source_name or path.name, chunk_size)
+    return CrmRead(path, fmt, [_Part(source, resolved, name)], name, chunk_size, closer=source)
+
+
+@dataclass
+class _Part:
+    """One run of records with one header: a CSV file, or one sheet of a workbook."""
+
+    source: CsvSource | XlsxSource
+    columns: ResolvedColumns
+    source_file: str
+
+
+def _open_sheets(
+    book: XlsxBook, path: Path, chosen: CrmMapping | None, sheet: str | None, name: str
+) -> tuple[list[_Part], list[str]]:
+    """The sheets to read (the named one, or every one with the mapped header) and warnings."""
+    if sheet is not None and sheet not in book.sheet_names:
+        raise CrmFileError(str(path), f"no sheet {sheet!r} (the sheets are {book.sheet_names})")
+    wanted = [sheet] if sheet is not None else book.sheet_names
+    found: list[tuple[XlsxSource, ResolvedColumns]] = []
+    skipped: list[str] = []
+    for sheet_name in wanted:
+        source = book.sheet(sheet_name)
+        resolved: list[ResolvedColumns] = []
+
+        def fits(
+            header: list[str],
+            sheet_name: str = sheet_name,
+            resolved: list[ResolvedColumns] = resolved,
+        ) -> bool:
+            try:
+                mapping = chosen or detect_mapping(header, str(path))
+                resolved.append(resolve_columns(mapping, header, f"{path}[{sheet_name}]"))
+            except CrmFileError:
+                return False
+            return True
+
+        if source.find_header(fits) is None:
+            skipped.append(sheet_name)
+        else:
+            found.append((source, resolved[-1]))
+    what = f"mapping {chosen.name!r}" if chosen else "any built-in mapping"
+    if not found:
+        if sheet is not None:
+            problem = f"sheet {sheet!r} has no header with an email column for {what}"
+        else:
+            problem = (
+                f"no sheet has a header with an email column for {what} "
+                f"(the sheets are {book.sheet_names})"
+            )
+        raise CrmFileError(str(path), f"{problem} in its first {HEADER_SEARCH_ROWS} rows")
+    several = len(found) > 1
+    parts = [
+        _Part(source, columns, f"{name}[{source.sheet_name}]" if several else name)
+        for source, columns in found
+    ]
+    warnings: list[str] = []
+    if len(book.sheet_names) > 1:
+        read = ", ".join(repr(source.sheet_name) for source, _ in found)
+        text = f"read sheet{'s' if several else ''} {read} of {len(book.sheet_names)}"
+        if skipped:
+            text += f"; not read: {', '.join(map(repr, skipped))} (no email column for {what})"
+        elif sheet is not None:
+            others = [n for n in book.sheet_names if n != sheet]
+            text += f"; not read: {', '.join(map(repr, others))} (the run names sheet {sheet!r})"
+        warnings.append(text)
+    for source, _ in found:
+        if source.skipped_above_header:
+            warnings.append(
+                f"sheet {source.sheet_name!r}: {source.skipped_above_header} row(s) above the "
+                f"header skipped (a title or notes); the header is row {source.line}"
+            )
+    return parts, warnings
 
 
 class CrmRead:
@@ -122,33 +220,47 @@ class CrmRead:
         self,
         path: Path,
         fmt: FileFormat,
-        source: CsvSource | XlsxSource,
-        columns: ResolvedColumns,
+        parts: list[_Part],
         source_file: str,
         chunk_size: int,
+        *,
+        closer: CsvSource | XlsxBook,
+        warnings: list[str] | None = None,
     ) -> None:
         self.path = path
         self.format = fmt
-        self.columns = columns
+        self.columns = parts[0].columns
         self.source_file = source_file
         self.chunk_size = max(1, chunk_size)
-        self._source = source
+        self._parts = parts
+        self._closer = closer
         self._started = False
+        mappings = list(dict.fromkeys(part.columns.mapping.name for part in parts))
         self.summary = CrmSummary(
             path=str(path),
             source_file=source_file,
             format=fmt.kind,
             encoding=fmt.encoding,
             delimiter=DELIMITER_NAMES.get(fmt.delimiter or "", fmt.delimiter),
-            mapping=columns.mapping.name,
-            header=list(source.header),
-            columns=dict(columns.used),
-            warnings=list(columns.warnings),
+            mapping=", ".join(mappings),
+            header=list(parts[0].source.header),
+            columns=dict(self.columns.used),
+            warnings=[
+                *(warnings or []),
+                *(
+                    f"sheet {part.source.sheet_name!r}: {w}"
+                    if len(parts) > 1 and isinstance(part.source, XlsxSource)
+                    else w
+                    for part in parts
+                    for w in part.columns.warnings
+                ),
+            ],
+            sheets=[p.source.sheet_name for p in parts if isinstance(p.source, XlsxSource)],
         )
 
     @property
     def mapping(self) -> CrmMapping:
-        """The mapping used (the detected one when ``auto``)."""
+        """The mapping used (the detected one when ``auto``; the first sheet's)."""
         return self.columns.mapping
 
     def __enter__(self) -> CrmRead:
@@ -164,14 +276,15 @@ class CrmRead:
 
     def close(self) -> None:
         """Release the file; iteration closes it too when it finishes."""
-        self._source.close()
+        self._closer.close()
 
     def __iter__(self) -> Iterator[CrmChunk]:
         if self._started:
             raise RuntimeError(f"{self.path}: a CrmRead can be iterated only once")
         self._started = True
         try:
-            yield from self._chunks()
+            for part in self._parts:
+                yield from self._chunks(part)
             self.summary.complete = True
         finally:
             self.close()
@@ -185,9 +298,9 @@ class CrmRead:
             rejected.extend(chunk.rejected)
         return contacts, rejected
 
-    def _chunks(self) -> Iterator[CrmChunk]:
-        source, columns, summary = self._source, self.columns, self.summary
-        source_file, chunk_size = self.source_file, self.chunk_size
+    def _chunks(self, part: _Part) -> Iterator[CrmChunk]:
+        source, columns, summary = part.source, part.columns, self.summary
+        source_file, chunk_size = part.source_file, self.chunk_size
         required_name = "name" in columns.mapping.required
         email_at, name_at = columns.email, columns.full_name
         first_at, last_at = columns.first_name, columns.last_name
@@ -202,7 +315,7 @@ class CrmRead:
         counted = blank = 0
         budget = chunk_size + 1  # records left before the next chunk goes out
 
-        def reject(kind: str, detail: str | None, raw: str) -> None:
+        def reject(kind: str, detail: str | None, raw: str, email: str | None = None) -> None:
             by_kind[kind] = by_kind.get(kind, 0) + 1
             rejected.append(
                 {
@@ -211,6 +324,7 @@ class CrmRead:
                     "kind": kind,
                     "reason": f"{kind}: {detail}" if detail else kind,
                     "raw": raw,
+                    "email": email,
                 }
             )
 
@@ -252,7 +366,7 @@ class CrmRead:
             if "\n" in name or "\r" in name:
                 name = " ".join(name.split())
             if not name and required_name:
-                reject(MISSING_FIELD, "name", raw_text(delimiter.join(fields)))
+                reject(MISSING_FIELD, "name", raw_text(delimiter.join(fields)), email)
                 continue
             if flag_key is None:
                 do_not_email = unsubscribed = bounced = False
@@ -262,7 +376,10 @@ class CrmRead:
                 hit = flag_cache.get(cells)
                 if hit is None:
                     hit = flags.read(cells)
-                do_not_email, unsubscribed, bounced, categories = hit
+                do_not_email, unsubscribed, bounced, categories, unreadable = hit
+                if unreadable is not None:
+                    reject(UNREADABLE_FLAG, unreadable, raw_text(delimiter.join(fields)), email)
+                    continue
             contacts.append(
                 {
                     "source_file": source_file,
@@ -277,57 +394,93 @@ class CrmRead:
                     "mailable": not (do_not_email or unsubscribed or bounced),
                 }
             )
-        summary.contacts = counted + len(contacts)
+        summary.contacts += counted + len(contacts)
         summary.rejected = sum(by_kind.values())
         summary.records = summary.contacts + summary.rejected
-        summary.blank = source.blank + blank
+        summary.blank += source.blank + blank
         if contacts or rejected:
             yield CrmChunk(contacts, rejected)
 
 
-_Flags = tuple[bool, bool, bool, tuple[str, ...]]
+# do_not_email, unsubscribed, hard_bounced, opted-out categories, why the flags are unreadable
+_Flags = tuple[bool, bool, bool, tuple[str, ...], str | None]
+_SLOTS = {"do_not_email": 0, "unsubscribed": 1, "hard_bounced": 2}
 
 
 class _FlagReader:
     """The flags and category opt-outs of a record, cached by the cells that decide them.
 
     Flag columns hold a handful of distinct values, so the tuple of a record's flag cells is
-    looked up in a dict; only a new combination is read cell by cell.
+    looked up in a dict; only a new combination is read cell by cell. A cell that reads
+    neither true nor false makes the record unreadable (fail closed: never guess "mailable").
     """
 
     def __init__(self, columns: ResolvedColumns) -> None:
-        self.specs: list[tuple[frozenset[str] | None, int | str]] = []
-        indexes: list[int] = []
-        for slot, flag in enumerate(("do_not_email", "unsubscribed", "hard_bounced")):
-            for index, values in columns.flags[flag]:
-                indexes.append(index)
-                self.specs.append((values, slot))
-        for index, values, category_id in columns.categories:
-            indexes.append(index)
-            self.specs.append((values, category_id))
+        self.cells: list[FlagCell] = [
+            *(
+                cell
+                for flag in ("do_not_email", "unsubscribed", "hard_bounced")
+                for cell in columns.flags[flag]
+            ),
+            *columns.categories,
+        ]
+        self.mapping = columns.mapping.name
+        indexes = [cell.index for cell in self.cells]
         self.key = operator.itemgetter(*indexes) if indexes else None
         self.cache: dict[Any, _Flags] = {}
 
     def read(self, cells: Any) -> _Flags:
         """Read one combination of flag cells (a tuple, or a string for a single column)."""
-        values = (cells,) if len(self.specs) == 1 else cells
+        values = (cells,) if len(self.cells) == 1 else cells
         flags = [False, False, False]
         categories: list[str] = []
-        for cell, (true_values, target) in zip(values, self.specs, strict=True):
-            if not (cell and _is_true(cell, true_values)):
+        problem: str | None = None
+        for value, cell in zip(values, self.cells, strict=True):
+            reading = _reading(value, cell.column) if value else False
+            if reading is None:
+                problem = problem or self._problem(value, cell)
                 continue
-            if isinstance(target, int):
-                flags[target] = True
-            elif target not in categories:
-                categories.append(target)
-        result = (flags[0], flags[1], flags[2], tuple(categories))
+            if not reading:
+                continue
+            slot = _SLOTS.get(cell.target)
+            if slot is not None:
+                flags[slot] = True
+            elif cell.target not in categories:
+                categories.append(cell.target)
+        result = (flags[0], flags[1], flags[2], tuple(categories), problem)
         # Bounce reasons or dates can make many combinations; stop caching past a limit.
         if len(self.cache) < _CACHE_LIMIT:
             self.cache[cells] = result
         return result
 
+    def _problem(self, value: str, cell: FlagCell) -> str:
+        what = cell.target if cell.target in _SLOTS else f"the opt-out of {cell.target}"
+        where = f"column {cell.label!r} ({what})"
+        if cell.column.nonempty:
+            return f"{where} holds {value.strip()[:100]!r}, punctuation only: not a value"
+        return (
+            f"{where} holds {value.strip()[:100]!r}, neither a true value "
+            f"({_listing(cell.column.true_values)}) nor a false value "
+            f"({_listing(cell.column.false_values)}) of mapping {self.mapping!r}"
+        )
 
-def _is_true(value: str, true_values: frozenset[str] | None) -> bool:
-    """Whether a flag cell reads true; ``true_values`` None means any non-false value does."""
+
+def _reading(value: str, column: FlagColumn | CategoryColumn) -> bool | None:
+    """True or false for a flag cell, or None when it reads as neither."""
     key = value_key(value)
-    return (key not in FALSE_VALUES) if true_values is None else (key in true_values)
+    if column.nonempty:
+        if not key or key in column.false_values:
+            return False
+        # "-" or "?" in a bounce-reason column is a placeholder, not a reason: do not guess.
+        return True if any(char.isalnum() for char in key) else None
+    if key in column.true_values:
+        return True
+    if not key or key in column.false_values:
+        return False
+    return None
+
+
+def _listing(values: frozenset[str], limit: int = 8) -> str:
+    items = sorted(values)
+    text = ", ".join(items[:limit])
+    return text + (", ..." if len(items) > limit else "") if items else "none"

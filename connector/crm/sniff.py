@@ -19,6 +19,7 @@ from typing import BinaryIO, Literal
 from connector.crm.errors import CrmFileError
 
 HEAD_BYTES = 64 * 1024
+SAMPLE_BYTES = 1 << 20  # how much text decides between UTF-8 and Windows-1252
 DELIMITERS = (",", ";", "\t", "|")
 DELIMITER_NAMES = {",": "comma", ";": "semicolon", "\t": "tab", "|": "pipe"}
 
@@ -125,16 +126,19 @@ def _text_encoding(raw: BinaryIO, head: bytes, name: str) -> tuple[str, int]:
             return "utf-16-le", 0
         if even > len(head) // 4 and odd == 0:
             return "utf-16-be", 0
-        raise CrmFileError(name, "binary data (NUL bytes), not a text export")
+        # A stray NUL or two in a text export rejects only the lines holding them.
+        if nuls > max(4, len(head) // 1000):
+            raise CrmFileError(name, "binary data (NUL bytes), not a text export")
     return _utf8_or_cp1252(raw, head), 0
 
 
 def _utf8_or_cp1252(raw: BinaryIO, head: bytes) -> str:
-    """UTF-8 unless the first non-ASCII bytes are not UTF-8, then Windows-1252.
+    """UTF-8 when most lines with non-ASCII bytes are valid UTF-8, else Windows-1252.
 
-    Only the first non-ASCII stretch decides: an all-ASCII file reads the same either way, and
-    a UTF-8 file with a few corrupt lines should stay UTF-8 (those lines are rejected) rather
-    than turn every accented name into mojibake.
+    Counted per line over the first megabyte from the first non-ASCII byte: a UTF-8 file with
+    a few lines pasted from another encoding stays UTF-8 (those lines are rejected) rather than
+    turn every accented name into mojibake. A tie goes to UTF-8: text in Windows-1252 almost
+    never forms valid multi-byte UTF-8 sequences, so any valid one is strong evidence.
     """
     chunk = head
     while chunk.isascii():
@@ -143,13 +147,24 @@ def _utf8_or_cp1252(raw: BinaryIO, head: bytes) -> str:
             return "utf-8"
     match = _NON_ASCII.search(chunk)
     assert match is not None
-    window = chunk[match.start() : match.start() + HEAD_BYTES]
-    if len(window) < HEAD_BYTES:
-        window += raw.read(HEAD_BYTES - len(window))
-    text = codecs.getincrementaldecoder("utf-8")("replace").decode(window, final=False)
-    invalid = text.count("\ufffd") - window.count(b"\xef\xbf\xbd")
-    valid = len(text) - len(text.encode("ascii", "ignore").decode()) - text.count("\ufffd")
-    return "utf-8" if invalid == 0 or valid > invalid else "cp1252"
+    start = chunk.rfind(b"\n", 0, match.start()) + 1
+    sample = chunk[start : start + SAMPLE_BYTES]
+    if len(sample) < SAMPLE_BYTES:
+        sample += raw.read(SAMPLE_BYTES - len(sample))
+    lines = sample.split(b"\n")
+    if len(lines) > 1 and len(sample) >= SAMPLE_BYTES:
+        lines.pop()  # possibly cut in the middle of a character
+    valid = invalid = 0
+    for line in lines:
+        if line.isascii():
+            continue
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError:
+            invalid += 1
+        else:
+            valid += 1
+    return "utf-8" if valid and valid >= invalid else "cp1252"
 
 
 def sniff_delimiter(text: str) -> tuple[str, bool]:

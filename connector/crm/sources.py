@@ -13,7 +13,7 @@ from __future__ import annotations
 import csv
 import io
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import date, datetime, time
 from pathlib import Path
 from typing import IO, Any
@@ -22,6 +22,9 @@ from connector.crm.errors import CrmFileError
 from connector.crm.sniff import FileFormat
 
 RAW_LIMIT = 1000
+HEADER_SEARCH_ROWS = 20  # non-empty rows of a sheet searched for the header
+NUL_SIGN = "\u2400"  # ␀, what a rejected line shows where the export held a NUL byte
+NUL_PROBLEM = "a NUL byte (\\x00) in the line"
 _CSV_PROBLEMS = {
     "unexpected end of data": "unterminated quote at the end of the file",
     "expected after": "misplaced quote",
@@ -31,8 +34,13 @@ _CSV_PROBLEMS = {
 
 
 def raw_text(text: str) -> str:
-    """A raw line for a rejected row: line ending removed, cut to a sane length."""
+    """A raw line for a rejected row: line ending removed, NUL shown as ␀, cut to a sane length.
+
+    PostgreSQL refuses NUL in text, so a stored raw line never holds one.
+    """
     text = text.rstrip("\r\n")
+    if "\x00" in text:
+        text = text.replace("\x00", NUL_SIGN)
     return text if len(text) <= RAW_LIMIT else text[:RAW_LIMIT] + "…"
 
 
@@ -50,8 +58,10 @@ class CsvSource:
         self.width = 0  # fields a record may have (the header's)
         self.min_width = 0  # fields it must have (up to the last named column)
         self._undecodable = [0]
+        self._nuls = [0]  # lines holding a NUL byte, read so far
         self._buffer: list[str] = []
         self._pending: deque[str] = deque()
+        self._split: deque[bytes] = deque()  # the rest of a line cut at a bare CR
         self._next_line = 1
         self._file: IO[Any] = self._open()
         self._lines = iter(self._file)
@@ -73,28 +83,53 @@ class CsvSource:
 
     def _source(self) -> Iterator[str]:
         """Physical lines, decoded, each remembered until its record is done."""
-        buffer, pending, undecodable = self._buffer, self._pending, self._undecodable
+        buffer, pending, split = self._buffer, self._pending, self._split
+        undecodable, nuls = self._undecodable, self._nuls
         encoding = None if self.format.text_stream else self.format.encoding
         while True:
             while pending:
                 line = pending.popleft()
                 buffer.append(line)
                 yield line
+            while split:
+                line = self._decode(split.popleft())
+                buffer.append(line)
+                yield line
             for item in self._lines:
                 if encoding is None:
                     line = item
                 else:
+                    cr = item.find(b"\r")
+                    if cr != -1 and cr < len(item) - 2:
+                        # A bare CR inside an LF (or CRLF) file ends a line, as in a text
+                        # editor: otherwise two people would merge into one broken record.
+                        item, *rest = item.splitlines(keepends=True)
+                        split.extend(rest)
                     try:
                         line = item.decode(encoding)
                     except UnicodeDecodeError:
                         undecodable[0] += 1
                         line = item.decode(encoding, "replace")
+                if "\x00" in line:
+                    nuls[0] += 1
                 buffer.append(line)
                 yield line
-                if pending:
+                if pending or split:
                     break
             else:
                 return
+
+    def _decode(self, item: bytes) -> str:
+        """One line of bytes as text, counted if it is not valid or holds a NUL."""
+        assert self.format.encoding is not None
+        try:
+            line = item.decode(self.format.encoding)
+        except UnicodeDecodeError:
+            self._undecodable[0] += 1
+            line = item.decode(self.format.encoding, "replace")
+        if "\x00" in line:
+            self._nuls[0] += 1
+        return line
 
     def _new_reader(self) -> Iterator[list[str]]:
         assert self.format.delimiter is not None
@@ -123,6 +158,8 @@ class CsvSource:
                 break
         if self._undecodable[0]:
             raise CrmFileError(name, f"the header line is not valid {self.format.encoding}")
+        if self._nuls[0]:
+            raise CrmFileError(name, "the header line holds a NUL byte")
         header = [field.strip() for field in record]
         named = [i for i, label in enumerate(header) if label]
         self.header, self.width, self.min_width = header, len(header), named[-1] + 1
@@ -131,10 +168,11 @@ class CsvSource:
 
     def records(self) -> Iterator[list[str] | None]:
         """Data records after the header (``None`` for an unreadable one, see ``problem``)."""
-        buffer, undecodable = self._buffer, self._undecodable
+        buffer, undecodable, nuls = self._buffer, self._undecodable, self._nuls
         width, min_width = self.width, self.min_width
         line = self._next_line
         seen_undecodable = undecodable[0]
+        seen_nuls = nuls[0]
         while True:
             try:
                 for fields in self._reader:
@@ -144,6 +182,13 @@ class CsvSource:
                     if undecodable[0] != seen_undecodable:
                         seen_undecodable = undecodable[0]
                         self.problem = f"undecodable bytes (not valid {self.format.encoding})"
+                        self.raw = raw_text("".join(buffer))
+                        buffer.clear()
+                        yield None
+                        continue
+                    if nuls[0] != seen_nuls:
+                        seen_nuls = nuls[0]
+                        self.problem = NUL_PROBLEM
                         self.raw = raw_text("".join(buffer))
                         buffer.clear()
                         yield None
@@ -189,6 +234,9 @@ class CsvSource:
                     self.problem = f"unterminated quote ({self.problem} {spread} lines later)"
                 if undecodable[0] != seen_undecodable:
                     seen_undecodable = undecodable[0]
+                if nuls[0] != seen_nuls:
+                    seen_nuls = nuls[0]
+                    self.problem = NUL_PROBLEM
                 line = self._reread(line + 1, new_reader=True)
                 yield None
 
@@ -211,20 +259,13 @@ def _csv_problem(message: str) -> str:
     return f"unreadable CSV ({message})"
 
 
-class XlsxSource:
-    """Rows of one sheet of an .xlsx workbook, read in openpyxl's streaming mode."""
+class XlsxBook:
+    """An .xlsx workbook opened in openpyxl's streaming mode; its sheets are read one by one."""
 
-    def __init__(self, path: Path, sheet: str | None) -> None:
+    def __init__(self, path: Path) -> None:
         import openpyxl  # imported here: only .xlsx exports need it
 
         self.path = path
-        self.line = 0
-        self.problem = ""
-        self.raw = ""
-        self.blank = 0
-        self.header: list[str] = []
-        self.width = 0
-        self.min_width = 0
         # A file object, not the path: openpyxl refuses names not ending in .xlsx, and an
         # export renamed to .csv is still a workbook.
         self._file = path.open("rb")
@@ -233,36 +274,67 @@ class XlsxSource:
         except Exception as exc:  # openpyxl raises many kinds for a damaged workbook
             self._file.close()
             raise CrmFileError(str(path), f"not a readable .xlsx workbook ({exc})") from exc
-        if sheet is None:
-            if not self._book.worksheets:
-                raise CrmFileError(str(path), "the workbook has no sheets")
-            self._sheet = self._book.worksheets[0]
-        elif sheet in self._book.sheetnames:
-            self._sheet = self._book[sheet]
-        else:
-            raise CrmFileError(
-                str(path), f"no sheet {sheet!r} (the sheets are {self._book.sheetnames})"
-            )
-        # Dimensions written by other tools are often wrong; read every row there is.
-        self._sheet.reset_dimensions()
-        self._rows = enumerate(self._sheet.iter_rows(values_only=True), start=1)
+        self.sheet_names: list[str] = [sheet.title for sheet in self._book.worksheets]
+        if not self.sheet_names:
+            self.close()
+            raise CrmFileError(str(path), "the workbook has no sheets")
+
+    def sheet(self, name: str) -> XlsxSource:
+        """The rows of one sheet."""
+        return XlsxSource(self.path, self._book[name])
 
     def close(self) -> None:
         """Close the workbook."""
         self._book.close()
         self._file.close()
 
-    def read_header(self) -> list[str]:
-        """The first non-empty row; ``CrmFileError`` if the sheet has none."""
+
+class XlsxSource:
+    """Rows of one sheet of an .xlsx workbook (the workbook is closed by its ``XlsxBook``)."""
+
+    def __init__(self, path: Path, sheet: Any) -> None:
+        self.path = path
+        self.sheet_name: str = sheet.title
+        self.line = 0
+        self.problem = ""
+        self.raw = ""
+        self.blank = 0
+        self.skipped_above_header = 0  # non-empty rows before the header: a title, notes
+        self.header: list[str] = []
+        self.width = 0
+        self.min_width = 0
+        # Dimensions written by other tools are often wrong; read every row there is.
+        sheet.reset_dimensions()
+        self._rows = enumerate(sheet.iter_rows(values_only=True), start=1)
+
+    def close(self) -> None:
+        """Nothing to release per sheet."""
+
+    def find_header(
+        self, fits: Callable[[list[str]], bool], limit: int = HEADER_SEARCH_ROWS
+    ) -> list[str] | None:
+        """The first of the first ``limit`` non-empty rows that ``fits``; None if none does.
+
+        Rows above it (a report title, a note, the export date) are skipped and counted, as
+        people save exports from Excel with such lines on top.
+        """
+        seen = 0
         for number, row in self._rows:
             cells = [cell_text(value).strip() for value in row]
-            if any(cells):
-                named = [i for i, label in enumerate(cells) if label]
-                self.min_width = self.width = named[-1] + 1
-                self.header = cells[: self.width]
+            if not any(cells):
+                continue
+            named = [i for i, label in enumerate(cells) if label]
+            header = cells[: named[-1] + 1]
+            if fits(header):
+                self.min_width = self.width = len(header)
+                self.header = header
                 self.line = number
-                return self.header
-        raise CrmFileError(str(self.path), "the sheet is empty (no header row)")
+                return header
+            seen += 1
+            self.skipped_above_header = seen
+            if seen >= limit:
+                break
+        return None
 
     def records(self) -> Iterator[list[str] | None]:
         """Data rows after the header (``None`` for one with cells past the last column)."""
@@ -280,6 +352,12 @@ class XlsxSource:
                 continue
             if not any(fields):
                 self.blank += 1
+                continue
+            if any("\x00" in f for f in fields):
+                # Excel writes control characters as _x0000_, which openpyxl decodes.
+                self.problem = NUL_PROBLEM
+                self.raw = raw_text("\t".join(fields))
+                yield None
                 continue
             if len(fields) < width:
                 fields.extend([""] * (width - len(fields)))

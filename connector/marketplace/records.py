@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from connector.crm.emails import normalize_email
+from connector.emails import normalize_email
 from connector.warehouse.rows import Row
 from connector.warehouse.rows import encoded as _encoded
 

@@ -86,16 +86,26 @@ blocked_by_connector as (
       and platform.blocked_reason is not distinct from own.contact_blocked_reason
 ),
 
+-- When in doubt, do not email: an email with a line whose do-not-email, unsubscribed or
+-- bounced cell could not be read gets no create and no unblock, whatever its other lines say.
+doubtful as (
+    select distinct email
+    from crm_rejected_rows
+    where kind = 'unreadable flag' and email is not null
+),
+
 matched as (
     select
         crm.*,
         platform.id as contact_id,
         platform.name as platform_name,
         platform.status as platform_status,
-        case when blocked_by_connector.contact_id is null then 0 else 1 end as blocked_by_us
+        case when blocked_by_connector.contact_id is null then 0 else 1 end as blocked_by_us,
+        case when doubtful.email is null then 0 else 1 end as in_doubt
     from crm
     left join platform on platform.email_key = crm.email
     left join blocked_by_connector on blocked_by_connector.contact_id = platform.id
+    left join doubtful on doubtful.email = crm.email
 ),
 
 actions as (
@@ -103,7 +113,7 @@ actions as (
         'create' as action, email, contact_id, name, source_file, line,
         'mailable in the CRM, no platform contact has this email' as reason
     from matched
-    where mailable and contact_id is null
+    where mailable and contact_id is null and in_doubt = 0
 
     union all
 
@@ -119,7 +129,7 @@ actions as (
         'unblock', email, contact_id, name, source_file, line,
         'mailable in the CRM again, and this connector blocked the contact earlier'
     from matched
-    where mailable and platform_status = 'Blocked' and blocked_by_us = 1
+    where mailable and platform_status = 'Blocked' and blocked_by_us = 1 and in_doubt = 0
 
     union all
 

@@ -1,18 +1,21 @@
-"""Email address normalisation and validation for CRM exports.
+"""The project's one email rule: normalising and validating an address, wherever it comes from.
 
-``normalize_email`` turns what a CRM cell holds (``" John.Smith@Example.COM "``,
+CRM exports, the Marketplace row builders (``email_key``) and EviNotice recipients all use it.
+``normalize_email`` turns what a cell or field holds (``" John.Smith@Example.COM "``,
 ``"mailto:ann@x.org"``, ``"Ann Lee <ann@bücher.de>"``) into the form the platform compares
-on: trimmed, case-folded, the domain in IDNA ASCII form (``ann@xn--bcher-kva.de``). The rule is
-deliberately strict enough to keep junk out of a bulk create, not a full RFC 5322 parser:
-one ``@``, a dot-atom local part of ASCII characters up to 64 long, a domain of at least two
-valid labels with a non-numeric top-level label, 254 characters at most, no spaces.
-Quoted local parts and IP-literal domains are rejected; CRMs do not hold such addresses in
-practice and the platform's mail path would not deliver them.
+on: trimmed, case-folded, the domain in IDNA ASCII form (``ann@xn--bcher-kva.de``);
+``is_valid_email`` answers yes or no. The rule is deliberately strict enough to keep junk out
+of a bulk create, not a full RFC 5322 parser: one ``@``, a dot-atom local part up to 64 octets
+(ASCII atext, or letters, digits and marks of any script as RFC 6531 allows: ``jörg@…``), a
+domain of at least two valid labels with a non-numeric top-level label, 254 characters at most,
+no spaces. Quoted local parts and IP-literal domains are rejected; CRMs do not hold such
+addresses in practice and the platform's mail path would not deliver them.
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
 
 import idna
 
@@ -32,6 +35,7 @@ PLAIN_EMAIL = re.compile(
     r"(?:[A-Za-z0-9][A-Za-z0-9-]*+(?<!-)\.)++[A-Za-z]{2,63}+"
 )
 _DOT_ATOM = re.compile(rf"{_ATOM}(?:\.{_ATOM})*")
+_ATOM_CHAR_RE = re.compile(_ATOM_CHAR)
 _ASCII_LABEL = re.compile(_LABEL)
 # Characters that survive str.strip() but are invisible in a spreadsheet cell.
 _INVISIBLE = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff\u00ad"))
@@ -75,10 +79,11 @@ def normalize_unusual(value: str) -> tuple[str | None, str | None]:
     if not domain:
         return None, "nothing after the @"
     if not local.isascii():
-        return None, "non-ASCII characters before the @"
-    if len(local) > MAX_LOCAL_LENGTH:
+        # RFC 6531: a UTF-8 local part. NFC so that "jörg" typed two ways compares equal.
+        local = unicodedata.normalize("NFC", local)
+    if len(local.encode()) > MAX_LOCAL_LENGTH:
         return None, f"part before the @ is longer than {MAX_LOCAL_LENGTH} characters"
-    if not _DOT_ATOM.fullmatch(local):
+    if not _valid_local(local):
         return None, "invalid characters or dots before the @"
     ascii_domain, problem = _normalize_domain(domain)
     if ascii_domain is None:
@@ -87,6 +92,28 @@ def normalize_unusual(value: str) -> tuple[str | None, str | None]:
     if len(email) > MAX_LENGTH:
         return None, f"longer than {MAX_LENGTH} characters"
     return email, None
+
+
+def is_valid_email(value: str) -> bool:
+    """Whether ``normalize_email`` accepts the value."""
+    return normalize_email(value)[0] is not None
+
+
+def _valid_local(local: str) -> bool:
+    if local.isascii():
+        return _DOT_ATOM.fullmatch(local) is not None
+    for atom in local.split("."):
+        if not atom:
+            return False
+        for char in atom:
+            if char.isascii():
+                if not _ATOM_CHAR_RE.fullmatch(char):
+                    return False
+            # Letters, digits and combining marks of any script; not symbols, spaces or
+            # invisible format characters, which would only hide junk.
+            elif unicodedata.category(char)[0] not in "LMN":
+                return False
+    return True
 
 
 def _normalize_domain(domain: str) -> tuple[str | None, str | None]:
