@@ -40,7 +40,8 @@ from sandbox.behaviour import (
     parse_faults,
 )
 from sandbox.clock import SandboxClock
-from sandbox.evinotice.routes import EviNoticeStore, evinotice_routes
+from sandbox.evinotice.routes import evinotice_routes
+from sandbox.evinotice.store import EviNoticeStore
 from sandbox.marketplace.routes import MarketplaceApi
 from sandbox.marketplace.store import MarketplaceStore
 from sandbox.problems import problem_response

@@ -1,0 +1,314 @@
+"""What the EviNotice sandbox accepts: request payloads checked and parsed as the service does.
+
+Problem details (``SandboxProblem``), batch options, timestamps, the ``|``-separated recipients
+text, attachments and list cursors. Nothing here holds state; the store calls these.
+"""
+
+import base64
+import binascii
+import csv
+import hashlib
+import io
+import re
+import uuid
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from connector.settings import SANDBOX_EVINOTICE_SITE_ID
+
+BASE_PATH = "/v2/EviNotice/Batches"
+# The site the settings fall back to, so a client with default settings lists the seeded batches.
+DEFAULT_SITE_ID = SANDBOX_EVINOTICE_SITE_ID
+DEFAULT_SITE_NAME = "Sandbox Site"
+MAX_RECIPIENTS_PER_REQUEST = 500
+MAX_PAGE_SIZE = 100
+DEFAULT_PAGE_SIZE = 50
+MAX_ATTACHMENT_BYTES = 10 * 1024 * 1024
+STATES = ("Draft", "Submitted", "Scheduled", "Processing", "Processed")
+
+_EMAIL = re.compile(r"^[^@\s|\"]+@[^@\s|\"]+\.[^@\s|\".]+$")
+# E.164: a plus, a country code, at most 15 digits in all; spaces, dots, dashes and parentheses
+# are accepted as separators and dropped.
+_PHONE = re.compile(r"^\+[1-9]\d{6,14}$")
+_PHONE_SEPARATORS = re.compile(r"[\s.\-()]")
+
+
+class SandboxProblem(Exception):
+    """An error the sandbox answers as problem details."""
+
+    def __init__(
+        self, status: int, detail: str, errors: Mapping[str, list[str]] | None = None
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.errors = dict(errors or {})
+
+    def body(self) -> dict[str, Any]:
+        """The RFC 9110 problem-details document for this error."""
+        return {
+            "type": _RFC_TYPES.get(self.status, _RFC_TYPES[400]),
+            "title": _TITLES.get(self.status, "Error"),
+            "status": self.status,
+            "detail": self.detail,
+            "traceId": f"00-{uuid.uuid4().hex}-{uuid.uuid4().hex[:16]}-00",
+            "errors": self.errors,
+        }
+
+
+_TITLES = {400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 409: "Conflict"}
+_RFC_TYPES = {
+    status: f"https://tools.ietf.org/html/rfc9110#section-15.5.{section}"
+    for status, section in ((400, 1), (401, 2), (404, 5), (409, 10))
+}
+
+
+def bad(field_name: str, message: str) -> SandboxProblem:
+    return SandboxProblem(400, message, {field_name: [message]})
+
+
+# --- option schema -------------------------------------------------------------------------
+
+_COMMITMENT_OPTIONS = ("Disabled", "Accept", "Reject", "AcceptOrReject")
+
+
+def _is_str(value: Any) -> bool:
+    return isinstance(value, str)
+
+
+def _is_bool(value: Any) -> bool:
+    return isinstance(value, bool)
+
+
+def _is_non_negative_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _is_str_list(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def _is_url(value: Any) -> bool:
+    return isinstance(value, str) and re.match(r"^https?://[^\s/]+", value) is not None
+
+
+def _is_commitment(value: Any) -> bool:
+    return value in _COMMITMENT_OPTIONS
+
+
+# name -> (check, what the check wants); the names and types of the vendor's PATCH page.
+_OPTIONS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "Description": (_is_str, "a string"),
+    "Subject": (_is_str, "a string"),
+    "IssuerName": (_is_str, "a string"),
+    "CostCentre": (_is_str, "a string"),
+    "AffidavitKinds": (_is_str_list, "a list of strings"),
+    "Language": (_is_str, "a string"),
+    "AffidavitLanguage": (_is_str, "a string"),
+    "OnlineRetentionPeriod": (_is_non_negative_int, "a non-negative integer"),
+    "LtaStorage": (_is_bool, "a boolean"),
+    "PushNotificationUrl": (_is_url, "an http(s) URL"),
+    "PushNotificationFilter": (_is_str_list, "a list of strings"),
+    "PushNotificationExtraData": (_is_str, "a string"),
+    "CommitmentOptions": (_is_commitment, f"one of {', '.join(_COMMITMENT_OPTIONS)}"),
+    "CommitmentCommentsAllowed": (_is_bool, "a boolean"),
+    "RejectReasons": (_is_str_list, "a list of strings"),
+    "AcceptReasons": (_is_str_list, "a list of strings"),
+    "RequireRejectReason": (_is_bool, "a boolean"),
+    "RequireAcceptReason": (_is_bool, "a boolean"),
+    "BatchPushNotificationUrl": (_is_url, "an http(s) URL"),
+    "AllowRefusal": (_is_bool, "a boolean"),
+}
+# Kept on the batch itself rather than among the options; never null.
+CORE_FIELDS = ("Description", "Subject", "IssuerName")
+
+
+def validate_options(payload: Mapping[str, Any], *, allowed_extra: tuple[str, ...]) -> None:
+    errors: dict[str, list[str]] = {}
+    for name, value in payload.items():
+        if name in allowed_extra:
+            continue
+        spec = _OPTIONS.get(name)
+        if spec is None:
+            errors[name] = ["Unknown field."]
+            continue
+        check, wanted = spec
+        if value is None and name not in CORE_FIELDS:
+            continue  # null clears an optional setting
+        if not check(value):
+            errors[name] = [f"Must be {wanted}."]
+    if errors:
+        raise SandboxProblem(400, "One or more validation errors occurred.", errors)
+
+
+def parse_timestamp(value: Any, field_name: str) -> datetime:
+    if not isinstance(value, str):
+        raise bad(field_name, "Must be an ISO 8601 date and time.")
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise bad(field_name, "Must be an ISO 8601 date and time.") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)  # no offset given: read as UTC
+    return moment.astimezone(UTC)
+
+
+# --- recipients ----------------------------------------------------------------------------
+
+_RECIPIENT_COLUMNS = ("Address", "DisplayName", "LegalName", "LookupKey")
+
+
+def valid_address(address: str) -> bool:
+    """An email address, or a phone number with its country code (``+34 600 000 000``)."""
+    if _EMAIL.match(address):
+        return True
+    return _PHONE.match(_PHONE_SEPARATORS.sub("", address)) is not None
+
+
+def parse_recipients(text: str) -> list[dict[str, Any]]:
+    """Parse the ``|``-separated recipients text; ``SandboxProblem(400)`` names the bad line."""
+    if not text.strip():
+        raise bad("Recipients", "The recipients text is empty.")
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter="|", quotechar='"', strict=True)
+    line = 1  # physical line where the next record starts
+    try:
+        header = next(reader)
+    except csv.Error as exc:
+        raise bad("Recipients", f"Line 1: malformed header ({exc}).") from None
+    line = reader.line_num + 1
+    columns = [name.strip() for name in header]
+    canonical = {c.lower(): c for c in _RECIPIENT_COLUMNS}
+    columns = [canonical.get(name.lower(), name) for name in columns]
+    problems = [
+        f"missing required column {c}" for c in ("Address", "DisplayName") if c not in columns
+    ]
+    if any(not name for name in columns):
+        problems.append("empty column name")
+    if len(set(columns)) != len(columns):
+        problems.append("duplicate column name")
+    if problems:
+        raise bad("Recipients", f"Line 1: {'; '.join(problems)}.")
+    rows: list[dict[str, Any]] = []
+    while True:
+        start = line
+        try:
+            record = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            raise bad("Recipients", f"Line {start}: malformed quoting ({exc}).") from None
+        line = reader.line_num + 1
+        if not record or record == [""]:
+            continue  # blank line
+        if len(record) != len(columns):
+            raise bad(
+                "Recipients",
+                f"Line {start}: expected {len(columns)} fields, found {len(record)}.",
+            )
+        values = dict(zip(columns, record, strict=True))
+        address = values["Address"].strip()
+        if not valid_address(address):
+            raise bad(
+                "Recipients",
+                f"Line {start}: Address {address!r} is neither an email address nor a phone "
+                "number with country code.",
+            )
+        if not values["DisplayName"].strip():
+            raise bad("Recipients", f"Line {start}: DisplayName is empty.")
+        if len(rows) == MAX_RECIPIENTS_PER_REQUEST:
+            raise bad(
+                "Recipients",
+                f"At most {MAX_RECIPIENTS_PER_REQUEST} recipients per request; line {start} "
+                "is one too many.",
+            )
+        rows.append(
+            {
+                "Address": address,
+                "DisplayName": values["DisplayName"],
+                "LegalName": values.get("LegalName") or None,
+                "LookupKey": values.get("LookupKey") or None,
+                "Variables": {k: v for k, v in values.items() if k not in _RECIPIENT_COLUMNS},
+            }
+        )
+    if not rows:
+        raise bad("Recipients", "No recipient lines after the header.")
+    return rows
+
+
+def recipient_fails(batch_id: str, address: str, fail_permille: int) -> bool:
+    local = address.split("@", 1)[0].lower()
+    if local.startswith(("fail", "bounce")):
+        return True  # lets a user see failures on purpose
+    digest = hashlib.blake2b(f"{batch_id}|{address}".encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "big") % 1000 < fail_permille
+
+
+def parse_attachments(files: Any) -> list[dict[str, Any]]:
+    if not isinstance(files, list):
+        raise bad("Attachments", "Must be a list of {FileName, Content} objects.")
+    parsed: list[dict[str, Any]] = []
+    total = 0
+    names: set[str] = set()
+    for i, item in enumerate(files):
+        where = f"[{i}]"
+        if not isinstance(item, dict):
+            raise bad(where, "Must be an object with FileName and Content.")
+        name, content = item.get("FileName"), item.get("Content")
+        content_type = item.get("ContentType", "application/octet-stream")
+        if not isinstance(name, str) or not name.strip():
+            raise bad(f"{where}.FileName", "Required.")
+        if name in names:
+            raise bad(f"{where}.FileName", f"Duplicate file name {name!r}.")
+        if not isinstance(content_type, str):
+            raise bad(f"{where}.ContentType", "Must be a string.")
+        unknown = set(item) - {"FileName", "Content", "ContentType"}
+        if unknown:
+            raise bad(f"{where}.{sorted(unknown)[0]}", "Unknown field.")
+        if not isinstance(content, str):
+            raise bad(f"{where}.Content", "Must be a Base64 string.")
+        try:
+            # Python tolerates surplus padding; .NET's Base64 decoder does not, so neither do we.
+            if len(content) % 4:
+                raise ValueError("length is not a multiple of 4")
+            data = base64.b64decode(content, validate=True)
+        except (binascii.Error, ValueError):
+            raise bad(f"{where}.Content", f"{name}: not valid Base64.") from None
+        total += len(data)
+        if total > MAX_ATTACHMENT_BYTES:
+            raise bad(f"{where}.Content", f"Attachments exceed {MAX_ATTACHMENT_BYTES} bytes.")
+        names.add(name)
+        parsed.append(
+            {
+                "FileName": name,
+                "ContentType": content_type,
+                "Size": len(data),
+                "Content": base64.b64encode(data).decode("ascii"),
+            }
+        )
+    return parsed
+
+
+# --- cursors -------------------------------------------------------------------------------
+
+
+def encode_cursor(key: tuple[datetime, str], order: int) -> str:
+    """An opaque cursor: the sort order and the last row seen, ``(CreationDate, Id)``."""
+    raw = orjson.dumps({"o": order, "t": key[0].isoformat(), "i": key[1]})
+    return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
+
+
+def decode_cursor(cursor: str, order: int) -> tuple[datetime, str]:
+    """The position a cursor points at; ``SandboxProblem(400)`` for anything not ours."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        data = orjson.loads(raw)
+        key = (datetime.fromisoformat(data["t"]).astimezone(UTC), str(data["i"]))
+        cursor_order = data["o"]
+    except (ValueError, TypeError, KeyError, binascii.Error, orjson.JSONDecodeError):
+        raise bad("Cursor", "Not a cursor this API issued.") from None
+    if cursor_order != order:
+        raise bad("Cursor", "The cursor was issued for the other sort order.")
+    return key

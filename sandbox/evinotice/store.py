@@ -1,0 +1,493 @@
+"""The EviNotice sandbox's batches in memory, with their progress derived from sandbox time."""
+
+import math
+import random
+import threading
+import uuid
+from bisect import bisect_left, bisect_right, insort
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sandbox.clock import SandboxClock, format_timestamp
+from sandbox.evinotice.data import (
+    QUEUE_DELAY_SECONDS,
+    SeedBatch,
+    batch_parameters,
+    generate_batches,
+)
+from sandbox.evinotice.payloads import (
+    CORE_FIELDS,
+    DEFAULT_PAGE_SIZE,
+    DEFAULT_SITE_ID,
+    DEFAULT_SITE_NAME,
+    MAX_PAGE_SIZE,
+    STATES,
+    SandboxProblem,
+    bad,
+    decode_cursor,
+    encode_cursor,
+    parse_attachments,
+    parse_recipients,
+    parse_timestamp,
+    recipient_fails,
+    validate_options,
+)
+
+# --- the store -----------------------------------------------------------------------------
+
+
+@dataclass
+class _Batch:
+    id: str
+    site_id: str
+    site_name: str
+    submitter: str
+    created: datetime
+    updated: datetime
+    description: str
+    subject: str
+    issuer_name: str
+    body: str
+    options: dict[str, Any]
+    rate: float
+    fail_permille: int
+    synthetic_recipients: int = 0  # seeded batches: counted, not listed
+    recipients: list[dict[str, Any]] = field(default_factory=list)
+    fail_prefix: list[int] = field(default_factory=list)  # failures among the first i+1 uploaded
+    attachments: list[dict[str, Any]] = field(default_factory=list)
+    submitted_at: datetime | None = None
+    scheduled_for: datetime | None = None
+
+    @property
+    def total(self) -> int:
+        return self.synthetic_recipients + len(self.recipients)
+
+    def failed_among(self, done: int) -> int:
+        synthetic = min(done, self.synthetic_recipients)
+        failed = synthetic * self.fail_permille // 1000
+        uploaded = done - synthetic
+        if uploaded > 0:
+            failed += self.fail_prefix[uploaded - 1]
+        return failed
+
+
+@dataclass(frozen=True)
+class _Progress:
+    state: str
+    started_on: datetime | None
+    processed_on: datetime | None
+    sent: int
+    failed: int
+    percentage: float
+    last_update: datetime
+
+    @property
+    def outcome(self) -> str | None:
+        if self.state != "Processed":
+            return None
+        if self.failed == 0:
+            return "Completed"
+        return "Failed" if self.sent == 0 else "CompletedWithErrors"
+
+
+class EviNoticeStore:
+    """Every EviNotice batch of the sandbox, in memory; progress follows the sandbox clock."""
+
+    def __init__(
+        self,
+        clock: SandboxClock,
+        *,
+        seed: int = 1,
+        batches: int = 50,
+        site_id: str = DEFAULT_SITE_ID,
+        site_name: str = DEFAULT_SITE_NAME,
+        queue_delay: float = QUEUE_DELAY_SECONDS,
+    ) -> None:
+        self.clock = clock
+        self.site_id = site_id
+        self.site_name = site_name
+        self.queue_delay = queue_delay
+        # One lock for reads and writes: every operation is short and synchronous, so holding it
+        # never blocks the event loop for long, and a threaded server stays consistent too.
+        self._lock = threading.RLock()
+        self._ids = random.Random(f"evinotice-ids-{seed}")
+        self._batches: dict[str, _Batch] = {}
+        # Per site, (created, id) in ascending order: the key cursors point into.
+        self._order: dict[str, list[tuple[datetime, str]]] = {}
+        anchor = clock.now()
+        for seeded in generate_batches(
+            seed=seed, count=batches, anchor=anchor, site_id=site_id, site_name=site_name
+        ):
+            self._insert(_from_seed(seeded))
+
+    # -- writes --
+
+    def create_batch(self, payload: Mapping[str, Any], *, submitter: str) -> str:
+        """Create a Draft batch from the POST body; returns its id."""
+        for name in ("ScheduledDate", "State"):
+            if name in payload:
+                raise bad(name, f"{name} is set with PATCH once the batch is configured.")
+        validate_options(payload, allowed_extra=())
+        missing = {
+            name: ["Required."]
+            for name in CORE_FIELDS
+            if not isinstance(payload.get(name), str) or not payload[name].strip()
+        }
+        if missing:
+            raise SandboxProblem(400, "One or more validation errors occurred.", missing)
+        with self._lock:
+            batch_id = str(uuid.UUID(int=self._ids.getrandbits(128), version=4))
+            rate, fail_permille = batch_parameters(batch_id)
+            now = self.clock.now()
+            options = {k: v for k, v in payload.items() if k not in CORE_FIELDS and v is not None}
+            self._insert(
+                _Batch(
+                    id=batch_id,
+                    site_id=self.site_id,
+                    site_name=self.site_name,
+                    submitter=submitter,
+                    created=now,
+                    updated=now,
+                    description=payload["Description"],
+                    subject=payload["Subject"],
+                    issuer_name=payload["IssuerName"],
+                    body="",
+                    options=options,
+                    rate=rate,
+                    fail_permille=fail_permille,
+                )
+            )
+        return batch_id
+
+    def set_body(self, batch_id: str, body: str) -> None:
+        """Replace the message body of a Draft batch."""
+        with self._lock:
+            batch = self._editable(batch_id)
+            batch.body = body
+            batch.updated = self.clock.now()
+
+    def set_attachments(self, batch_id: str, files: Any) -> None:
+        """Replace the attachments of a Draft batch (``[]`` clears them)."""
+        attachments = parse_attachments(files)
+        with self._lock:
+            batch = self._editable(batch_id)
+            batch.attachments = attachments
+            batch.updated = self.clock.now()
+
+    def add_recipients(self, batch_id: str, text: str) -> int:
+        """Append recipients from the ``|``-separated text to a Draft batch; returns how many."""
+        rows = parse_recipients(text)
+        with self._lock:
+            batch = self._editable(batch_id)
+            failed = batch.fail_prefix[-1] if batch.fail_prefix else 0
+            for row in rows:
+                failed += recipient_fails(batch.id, row["Address"], batch.fail_permille)
+                batch.fail_prefix.append(failed)
+            batch.recipients.extend(rows)
+            batch.updated = self.clock.now()
+        return len(rows)
+
+    def clear_recipients(self, batch_id: str) -> None:
+        """Remove every recipient of a Draft batch."""
+        with self._lock:
+            batch = self._editable(batch_id)
+            batch.recipients = []
+            batch.fail_prefix = []
+            batch.synthetic_recipients = 0
+            batch.updated = self.clock.now()
+
+    def configure(self, batch_id: str, payload: Mapping[str, Any]) -> None:
+        """Apply a PATCH: options, then ``State`` (``Draft`` reverts, ``Submitted`` finalises)."""
+        validate_options(payload, allowed_extra=("State", "ScheduledDate"))
+        state = payload.get("State")
+        if "State" in payload and state not in ("Draft", "Submitted"):
+            raise bad("State", "Must be Draft or Submitted.")
+        scheduled: datetime | None = None
+        if payload.get("ScheduledDate") is not None:
+            if state == "Draft":
+                raise bad("ScheduledDate", "State Draft cannot come with a ScheduledDate.")
+            if state != "Submitted":
+                raise bad("ScheduledDate", "ScheduledDate needs State Submitted.")
+            scheduled = parse_timestamp(payload["ScheduledDate"], "ScheduledDate")
+        options = {k: v for k, v in payload.items() if k not in ("State", "ScheduledDate")}
+        with self._lock:
+            batch = self._get(batch_id)
+            now = self.clock.now()
+            progress = self._progress(batch, now)
+            started = progress.state in ("Processing", "Processed")
+            changes = {k: v for k, v in options.items() if _current_option(batch, k) != v}
+            for name in CORE_FIELDS:
+                if name in changes and (not isinstance(changes[name], str) or not changes[name]):
+                    raise bad(name, "Must not be empty.")
+            # Decide everything before touching the batch, so a refused PATCH changes nothing.
+            revert = state == "Draft" and progress.state != "Draft"
+            if revert and started:
+                raise SandboxProblem(
+                    409, f"Batch {batch_id} is {progress.state}; it can no longer go back to Draft."
+                )
+            draft_after = progress.state == "Draft" or revert
+            if changes and not draft_after:
+                raise SandboxProblem(
+                    409,
+                    f"Batch {batch_id} is {progress.state}; revert it to Draft to change "
+                    f"{', '.join(sorted(changes))}.",
+                )
+            submit = False
+            if state == "Submitted":
+                if draft_after:
+                    submit = True
+                elif started:
+                    if scheduled is not None and scheduled != batch.scheduled_for:
+                        raise SandboxProblem(
+                            409, f"Batch {batch_id} is {progress.state}; it cannot be rescheduled."
+                        )
+                elif scheduled != batch.scheduled_for:
+                    submit = True  # not started yet: a new date (or none: send now) reschedules
+            if submit:
+                subject = changes.get("Subject", batch.subject)
+                missing = {}
+                if not batch.body.strip():
+                    missing["Body"] = ["A batch needs a body before it is submitted."]
+                if batch.total == 0:
+                    missing["Recipients"] = ["A batch needs recipients before it is submitted."]
+                if not subject:
+                    missing["Subject"] = ["A batch needs a subject before it is submitted."]
+                if missing:
+                    raise SandboxProblem(400, "The batch is not ready to be submitted.", missing)
+            # Apply.
+            if revert:
+                batch.submitted_at = None
+                batch.scheduled_for = None
+            for name, value in changes.items():
+                if name == "Description":
+                    batch.description = value
+                elif name == "Subject":
+                    batch.subject = value
+                elif name == "IssuerName":
+                    batch.issuer_name = value
+                elif value is None:
+                    batch.options.pop(name, None)
+                else:
+                    batch.options[name] = value
+            if submit:
+                batch.submitted_at = now
+                batch.scheduled_for = scheduled
+            if revert or changes or submit:
+                batch.updated = now
+
+    # -- reads --
+
+    def get_batch(
+        self,
+        batch_id: str,
+        *,
+        include_recipients_count: bool = False,
+        include_attachments: bool = False,
+    ) -> dict[str, Any]:
+        """One batch as ``GET /v2/EviNotice/Batches/{id}`` answers it."""
+        with self._lock:
+            batch = self._get(batch_id)
+            progress = self._progress(batch, self.clock.now())
+            notice: dict[str, Any] = {
+                "Subject": batch.subject,
+                "Body": batch.body,
+                "IssuerName": batch.issuer_name,
+                **batch.options,
+                "ScheduledDate": _ts(batch.scheduled_for),
+            }
+            if include_attachments:
+                notice["Attachments"] = [dict(a) for a in batch.attachments]
+            return {
+                "Id": batch.id,
+                "State": progress.state,
+                "Description": batch.description,
+                "CreationDate": _ts(batch.created),
+                "LastUpdate": _ts(progress.last_update),
+                "SentCount": progress.sent,
+                "FailedCount": progress.failed,
+                "ProgressPercentage": progress.percentage,
+                "Outcome": progress.outcome,
+                "TotalCount": batch.total if include_recipients_count else None,
+                "EviNotice": notice,
+            }
+
+    def query(
+        self,
+        *,
+        owner_site_id: str,
+        state: str | None = None,
+        cursor: str | None = None,
+        limit: int = DEFAULT_PAGE_SIZE,
+        order: int = 0,
+    ) -> dict[str, Any]:
+        """One page of a site's batches, oldest first (``order=0``) or newest first (``1``)."""
+        if not 1 <= limit <= MAX_PAGE_SIZE:
+            raise bad("Limit", f"Must be between 1 and {MAX_PAGE_SIZE}.")
+        if order not in (0, 1):
+            raise bad("Order", "Must be 0 (ascending) or 1 (descending).")
+        if state is not None and state not in STATES:
+            raise bad("State", f"Must be one of {', '.join(STATES)}.")
+        after = decode_cursor(cursor, order) if cursor else None
+        with self._lock:
+            now = self.clock.now()
+            keys = self._order.get(owner_site_id, [])
+            if order == 0:
+                start = bisect_right(keys, after) if after else 0
+                candidates = (keys[i] for i in range(start, len(keys)))
+            else:
+                end = bisect_left(keys, after) if after else len(keys)
+                candidates = (keys[i] for i in range(end - 1, -1, -1))
+            page: list[tuple[tuple[datetime, str], dict[str, Any]]] = []
+            more = False
+            for key in candidates:
+                batch = self._batches[key[1]]
+                progress = self._progress(batch, now)
+                if state is not None and progress.state != state:
+                    continue
+                if len(page) == limit:
+                    more = True
+                    break
+                page.append((key, _summary(batch, progress)))
+        last = page[-1][0] if page else after
+        return {
+            "Cursor": encode_cursor(last, order) if last else None,
+            "HasMoreResults": more,
+            "Results": [row for _, row in page],
+        }
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        """The true current state of every batch, oldest first (for tests and the control API)."""
+        with self._lock:
+            now = self.clock.now()
+            rows = []
+            for batch in sorted(self._batches.values(), key=lambda b: (b.created, b.id)):
+                progress = self._progress(batch, now)
+                rows.append(
+                    {
+                        **_summary(batch, progress),
+                        "LastUpdate": _ts(progress.last_update),
+                        "SentCount": progress.sent,
+                        "FailedCount": progress.failed,
+                        "ProgressPercentage": progress.percentage,
+                        "Outcome": progress.outcome,
+                        "Subject": batch.subject,
+                        "Attachments": len(batch.attachments),
+                    }
+                )
+            return rows
+
+    def recipients(self, batch_id: str) -> list[dict[str, Any]]:
+        """The recipients uploaded to a batch, as parsed (seeded batches only count theirs)."""
+        with self._lock:
+            return [dict(r) for r in self._get(batch_id).recipients]
+
+    # -- internals --
+
+    def _insert(self, batch: _Batch) -> None:
+        with self._lock:
+            self._batches[batch.id] = batch
+            insort(self._order.setdefault(batch.site_id, []), (batch.created, batch.id))
+
+    def _get(self, batch_id: str) -> _Batch:
+        batch = self._batches.get(batch_id)
+        if batch is None:
+            raise SandboxProblem(404, f"Batch {batch_id} does not exist.")
+        return batch
+
+    def _editable(self, batch_id: str) -> _Batch:
+        batch = self._get(batch_id)
+        state = self._progress(batch, self.clock.now()).state
+        if state != "Draft":
+            raise SandboxProblem(
+                409, f"Batch {batch_id} is {state}; only a Draft batch can be changed."
+            )
+        return batch
+
+    def _progress(self, batch: _Batch, now: datetime) -> _Progress:
+        if batch.submitted_at is None:
+            return _Progress("Draft", None, None, 0, 0, 0.0, batch.updated)
+        start = batch.submitted_at + timedelta(seconds=self.queue_delay)
+        if batch.scheduled_for is not None and batch.scheduled_for > start:
+            start = batch.scheduled_for
+        if now < start:
+            waiting = batch.scheduled_for is not None and now < batch.scheduled_for
+            state = "Scheduled" if waiting else "Submitted"
+            return _Progress(state, None, None, 0, 0, 0.0, batch.updated)
+        total = batch.total
+        duration = total / batch.rate
+        elapsed = (now - start).total_seconds()
+        if elapsed >= duration:
+            done = total
+            finished: datetime | None = start + timedelta(seconds=duration)
+            percentage = 100.0
+        else:
+            # Never report every recipient done while the batch still says Processing.
+            done = min(total - 1, int(elapsed * batch.rate))
+            finished = None
+            percentage = math.floor(done * 10_000 / total) / 100
+        failed = batch.failed_among(done)
+        return _Progress(
+            "Processed" if finished else "Processing",
+            start,
+            finished,
+            done - failed,
+            failed,
+            percentage,
+            max(batch.updated, finished or now),
+        )
+
+
+def _from_seed(seed: SeedBatch) -> _Batch:
+    return _Batch(
+        id=seed.id,
+        site_id=seed.site_id,
+        site_name=seed.site_name,
+        submitter=seed.submitter,
+        created=seed.created,
+        updated=seed.submitted_at or seed.created,
+        description=seed.description,
+        subject=seed.subject,
+        issuer_name=seed.issuer_name,
+        body=seed.body,
+        options=dict(seed.options),
+        rate=seed.rate,
+        fail_permille=seed.fail_permille,
+        synthetic_recipients=seed.recipients,
+        attachments=list(seed.attachments),
+        submitted_at=seed.submitted_at,
+        scheduled_for=seed.scheduled_for,
+    )
+
+
+def _current_option(batch: _Batch, name: str) -> Any:
+    if name == "Description":
+        return batch.description
+    if name == "Subject":
+        return batch.subject
+    if name == "IssuerName":
+        return batch.issuer_name
+    return batch.options.get(name)
+
+
+def _summary(batch: _Batch, progress: _Progress) -> dict[str, Any]:
+    return {
+        "Id": batch.id,
+        "State": progress.state,
+        "Description": batch.description,
+        "TotalCount": batch.total,
+        "ScheduledFor": _ts(batch.scheduled_for),
+        "StartedOn": _ts(progress.started_on),
+        "ProcessedOn": _ts(progress.processed_on),
+        "CreationDate": _ts(batch.created),
+        "TotalSent": progress.sent,
+        "TotalFailed": progress.failed,
+        "SiteId": batch.site_id,
+        "SiteName": batch.site_name,
+        "Submitter": batch.submitter,
+    }
+
+
+def _ts(moment: datetime | None) -> str | None:
+    return None if moment is None else format_timestamp(moment)
