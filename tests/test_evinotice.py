@@ -230,7 +230,7 @@ async def test_configure_schedule_revert_and_server_side_rules(
     await client.configure(batch_id, state="Submitted", scheduled_date=when)
     batch = await client.get_batch(batch_id)
     assert batch["State"] == "Scheduled"
-    assert batch["EviNotice"]["ScheduledDate"] == "2026-03-02T14:00:00.000Z"
+    assert batch["EviNotice"]["ScheduledDate"] == "2026-03-02T14:00:00.0000000+00:00"
     # Sending the same PATCH again is harmless (that is why the client may retry it).
     await client.configure(batch_id, state="Submitted", scheduled_date=when)
     with pytest.raises(ConflictError):

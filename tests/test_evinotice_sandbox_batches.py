@@ -14,6 +14,7 @@ from evinotice_api import (
     NEW_BATCH,
     PASSWORD,
     SOME_ID,
+    TEXT,
     USER,
     assert_problem,
     create,
@@ -22,7 +23,7 @@ from evinotice_api import (
 )
 
 from sandbox.clock import SandboxClock
-from sandbox.evinotice.payloads import BASE_PATH, DEFAULT_SITE_ID, parse_recipients
+from sandbox.evinotice.payloads import BASE_PATH, DEFAULT_SITE_ID, SandboxProblem, parse_recipients
 from sandbox.evinotice.store import EviNoticeStore
 
 pytestmark = pytest.mark.anyio
@@ -45,10 +46,10 @@ def test_seeded_batches_cover_every_state_and_are_deterministic(clock: SandboxCl
         assert batch["TotalSent"] + batch["TotalFailed"] <= batch["TotalCount"]
         if batch["State"] == "Processed":
             assert batch["TotalSent"] + batch["TotalFailed"] == batch["TotalCount"]
-            assert batch["StartedOn"] <= batch["ProcessedOn"] <= "2026-03-02T12:00:00.000Z"
+            assert batch["StartedOn"] <= batch["ProcessedOn"] <= "2026-03-02T12:00:00.0000000+00:00"
             assert batch["Outcome"] in ("Completed", "CompletedWithErrors", "Failed")
         elif batch["State"] == "Scheduled":
-            assert batch["ScheduledFor"] > "2026-03-02T12:00:00.000Z"
+            assert batch["ScheduledFor"] > "2026-03-02T12:00:00.0000000+00:00"
     assert any(b["SiteId"] != DEFAULT_SITE_ID for b in first)  # OwnerSiteId filtering matters
     assert sum(b["TotalFailed"] for b in first) > 0  # a small share fails
     assert sum(b["TotalFailed"] for b in first) < sum(b["TotalSent"] for b in first) / 10
@@ -120,7 +121,7 @@ async def test_create_gives_a_draft_batch(api: httpx.AsyncClient, store: EviNoti
     batch = await get(api, batch_id, IncludeRecipientsCount="true")
     assert batch["State"] == "Draft"
     assert batch["Description"] == "Renewal notice"
-    assert batch["CreationDate"] == batch["LastUpdate"] == "2026-03-02T12:00:00.000Z"
+    assert batch["CreationDate"] == batch["LastUpdate"] == "2026-03-02T12:00:00.0000000+00:00"
     assert (batch["SentCount"], batch["FailedCount"], batch["ProgressPercentage"]) == (0, 0, 0.0)
     assert batch["Outcome"] is None and batch["TotalCount"] == 0
     assert batch["EviNotice"]["Subject"] == "Your renewal"
@@ -158,42 +159,61 @@ async def test_create_rejects_a_body_that_is_not_json(api: httpx.AsyncClient) ->
     assert_problem(await api.post(BASE_PATH, content=b"{not json"), 400, "body")
 
 
-async def test_body_as_json_string_or_text(api: httpx.AsyncClient) -> None:
+async def test_the_body_is_raw_text_with_placeholders(
+    api: httpx.AsyncClient, store: EviNoticeStore
+) -> None:
     batch_id = await create(api)
-    assert (await api.put(f"{BASE_PATH}/{batch_id}/Body", json="<b>json</b>")).status_code == 200
-    assert (await get(api, batch_id))["EviNotice"]["Body"] == "<b>json</b>"
-    response = await api.put(
-        f"{BASE_PATH}/{batch_id}/Body",
-        content="<i>ünïcode</i>",
-        headers={"Content-Type": "text/html"},
-    )
+    path = f"{BASE_PATH}/{batch_id}/Body"
+    body = "<p>Dear {{DisplayName}}, your plan {{ Plan }} renews; {{Unknown}} stays.</p>"
+    assert (await api.put(path, content=body, headers=TEXT)).status_code == 200
+    assert (await get(api, batch_id))["EviNotice"]["Body"] == body
+    # Raw text whatever the content type: a JSON string keeps its quotes.
+    assert (await api.put(path, json="<b>json</b>")).status_code == 200
+    assert (await get(api, batch_id))["EviNotice"]["Body"] == '"<b>json</b>"'
+    response = await api.put(path, content="<i>ünïcode</i>", headers={"Content-Type": "text/html"})
     assert response.status_code == 200
     assert (await get(api, batch_id))["EviNotice"]["Body"] == "<i>ünïcode</i>"
-    assert_problem(await api.put(f"{BASE_PATH}/{batch_id}/Body", json=[1]), 400, "Body")
-    assert_problem(await api.put(f"{BASE_PATH}/{SOME_ID}/Body", json="x"), 404)
+    assert_problem(await api.put(path, content=b"\xff\xfe", headers=TEXT), 400, "Body")
+    assert_problem(await api.put(f"{BASE_PATH}/{SOME_ID}/Body", content="x"), 404)
+    assert (await api.put(path, content=body, headers=TEXT)).status_code == 200
+    text = "Address|DisplayName|Plan\nann@example.com|Ann|Gold\n"
+    assert (await api.post(f"{BASE_PATH}/{batch_id}/Recipients", content=text)).status_code == 200
+    assert store.bodies(batch_id) == ["<p>Dear Ann, your plan Gold renews; {{Unknown}} stays.</p>"]
 
 
-async def test_attachments_put_list_and_clear(api: httpx.AsyncClient) -> None:
+def attachment(name: str, data: bytes, **extra: Any) -> dict[str, Any]:
+    return {"FileName": name, "Data": base64.b64encode(data).decode(), **extra}
+
+
+async def test_attachments_put_replaces_the_whole_set(api: httpx.AsyncClient) -> None:
     batch_id = await create(api)
     path = f"{BASE_PATH}/{batch_id}/Attachments"
     files = [
-        {
-            "FileName": "terms.pdf",
-            "Content": base64.b64encode(b"%PDF-1.7 ...").decode(),
-            "ContentType": "application/pdf",
-        },
-        {"FileName": "logo.png", "Content": base64.b64encode(bytes(range(256))).decode()},
+        attachment(
+            "terms.pdf",
+            b"%PDF-1.7 ...",
+            DisplayName="Terms and conditions",
+            Attributes=[{"Key": "kind", "Value": "contract"}, {"Key": "tags", "Values": ["a"]}],
+        ),
+        attachment("logo.png", bytes(range(256))),
     ]
-    assert (await api.put(path, json=files)).status_code == 200
+    assert (await api.put(path, json={"Attachments": files})).status_code == 200
     without = await get(api, batch_id)
     assert "Attachments" not in without["EviNotice"]
     listed = (await get(api, batch_id, IncludeAttachments="true"))["EviNotice"]["Attachments"]
-    assert [(a["FileName"], a["Size"]) for a in listed] == [("terms.pdf", 12), ("logo.png", 256)]
-    assert base64.b64decode(listed[1]["Content"]) == bytes(range(256))
-    assert listed[0]["ContentType"] == "application/pdf"
-    assert (await api.put(path, json=[])).status_code == 200
+    assert [(a["DisplayName"], a["FileName"]) for a in listed] == [
+        ("Terms and conditions", "terms.pdf"),
+        ("logo.png", "logo.png"),
+    ]
+    assert base64.b64decode(listed[1]["Data"]) == bytes(range(256))
+    assert listed[0]["Attributes"] == files[0]["Attributes"]
+    # Each PUT replaces the set: the second one leaves only its own file.
+    assert (await api.put(path, json={"Attachments": files[1:]})).status_code == 200
+    listed = (await get(api, batch_id, IncludeAttachments="true"))["EviNotice"]["Attachments"]
+    assert [a["FileName"] for a in listed] == ["logo.png"]
+    assert (await api.put(path, json={"Attachments": []})).status_code == 200
     assert (await get(api, batch_id, IncludeAttachments="true"))["EviNotice"]["Attachments"] == []
-    assert (await api.put(path, json=files[:1])).status_code == 200
+    assert (await api.put(path, json={"Attachments": files[:1]})).status_code == 200
     assert (await api.delete(path)).status_code == 200
     assert (await get(api, batch_id, IncludeAttachments="true"))["EviNotice"]["Attachments"] == []
 
@@ -201,15 +221,24 @@ async def test_attachments_put_list_and_clear(api: httpx.AsyncClient) -> None:
 @pytest.mark.parametrize(
     ("files", "field"),
     [
-        ([{"FileName": "a.txt", "Content": "not base64!"}], "[0].Content"),
-        ([{"FileName": "a.txt", "Content": "QUJD="}], "[0].Content"),  # bad padding
-        ([{"FileName": "a.txt"}], "[0].Content"),
-        ([{"Content": "QUJD"}], "[0].FileName"),
+        ([{"FileName": "a.txt", "Data": "not base64!"}], "Attachments[0].Data"),
+        ([{"FileName": "a.txt", "Data": "QUJD="}], "Attachments[0].Data"),  # bad padding
+        ([{"FileName": "a.txt"}], "Attachments[0].Data"),
+        ([{"Data": "QUJD"}], "Attachments[0].FileName"),
+        ([{"FileName": "a.txt", "Content": "QUJD"}], "Attachments[0].Content"),  # old shape
         (
-            [{"FileName": "a", "Content": "QUJD"}, {"FileName": "a", "Content": "QUJD"}],
-            "[1].FileName",
+            [{"FileName": "a", "Data": "QUJD"}, {"FileName": "a", "Data": "QUJD"}],
+            "Attachments[1].FileName",
         ),
-        ({"FileName": "a", "Content": "QUJD"}, "Attachments"),
+        (
+            [{"FileName": "a", "Data": "QUJD", "Attributes": [{"Key": "k"}]}],
+            "Attachments[0].Attributes[0]",
+        ),
+        (
+            [{"FileName": "a", "Data": "QUJD", "Attributes": [{"Key": "k", "Values": "v"}]}],
+            "Attachments[0].Attributes[0].Values",
+        ),
+        ({"FileName": "a", "Data": "QUJD"}, "Attachments"),
     ],
 )
 async def test_attachments_reject_invalid_files(
@@ -217,16 +246,20 @@ async def test_attachments_reject_invalid_files(
 ) -> None:
     batch_id = await create(api)
     path = f"{BASE_PATH}/{batch_id}/Attachments"
-    assert (
-        await api.put(path, json=[{"FileName": "keep.txt", "Content": "QUJD"}])
-    ).status_code == 200
-    assert_problem(await api.put(path, json=files), 400, field)
+    keep = {"Attachments": [{"FileName": "keep.txt", "Data": "QUJD"}]}
+    assert (await api.put(path, json=keep)).status_code == 200
+    payload = {"Attachments": files} if isinstance(files, list) else files
+    assert_problem(await api.put(path, json=payload), 400, field)
     kept = (await get(api, batch_id, IncludeAttachments="true"))["EviNotice"]["Attachments"]
     assert [a["FileName"] for a in kept] == ["keep.txt"]  # a refused PUT changes nothing
+    # The bare list of the old shape is refused too.
+    assert_problem(await api.put(path, json=keep["Attachments"]), 400, "Attachments")
 
 
 async def test_attachments_of_unknown_batch(api: httpx.AsyncClient) -> None:
-    assert_problem(await api.put(f"{BASE_PATH}/{SOME_ID}/Attachments", json=[]), 404)
+    assert_problem(
+        await api.put(f"{BASE_PATH}/{SOME_ID}/Attachments", json={"Attachments": []}), 404
+    )
     assert_problem(await api.delete(f"{BASE_PATH}/{SOME_ID}/Attachments"), 404)
 
 
@@ -308,6 +341,17 @@ async def test_recipients_cap_is_500_per_request(
     assert (await api.post(path, json=recipients_text(500))).status_code == 200
     assert (await api.post(path, json=recipients_text(500, start=500))).status_code == 200
     assert len(store.recipients(batch_id)) == 1000
+
+
+def test_a_batch_holds_at_most_100000_recipients(store: EviNoticeStore) -> None:
+    batch_id = store.create_batch(NEW_BATCH, submitter=USER)
+    for start in range(0, 100_000, 500):
+        store.add_recipients(batch_id, recipients_text(500, start=start))
+    with pytest.raises(SandboxProblem) as refused:
+        store.add_recipients(batch_id, recipients_text(1, start=100_000))
+    assert refused.value.status == 400 and "100000" in refused.value.detail
+    assert "Recipients" in refused.value.errors
+    assert len(store.recipients(batch_id)) == 100_000
 
 
 async def test_delete_recipients_removes_all(api: httpx.AsyncClient, store: EviNoticeStore) -> None:

@@ -4,8 +4,10 @@ flags, the QUERY list and a real server."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import re
 import socket
-from datetime import datetime, timedelta
+from datetime import datetime
 from itertools import pairwise
 from typing import Any
 
@@ -110,11 +112,13 @@ async def test_schedule_revert_and_reschedule(api: httpx.AsyncClient, clock: San
     ).status_code == 200
     batch = await get(api, batch_id)
     assert batch["State"] == "Scheduled"
-    assert batch["EviNotice"]["ScheduledDate"] == "2026-03-05T08:00:00.000Z"  # read with its offset
+    assert (
+        batch["EviNotice"]["ScheduledDate"] == "2026-03-05T08:00:00.0000000+00:00"
+    )  # read with its offset
     # Content cannot change while scheduled...
     assert_problem(await api.put(f"{path}/Body", json="changed"), 409)
     assert_problem(await api.post(f"{path}/Recipients", json=recipients_text(1)), 409)
-    assert_problem(await api.patch(path, json={"Language": "fr"}), 409)
+    assert_problem(await api.patch(path, json={"Language": "fr"}), 400, "Language")
     # ...but the same PATCH again is a no-op, and a revert (with options) works.
     assert (
         await api.patch(path, json={"State": "Submitted", "ScheduledDate": when})
@@ -131,7 +135,7 @@ async def test_schedule_revert_and_reschedule(api: httpx.AsyncClient, clock: San
     assert (await get(api, batch_id))["State"] in ("Processing", "Processed")
 
 
-async def test_no_way_back_to_draft_once_processing(
+async def test_a_revert_after_start_is_a_400_and_changes_nothing(
     api: httpx.AsyncClient, clock: SandboxClock
 ) -> None:
     batch_id = await ready_batch(api, recipients=400)
@@ -139,15 +143,17 @@ async def test_no_way_back_to_draft_once_processing(
     assert (await api.patch(path, json={"State": "Submitted"})).status_code == 200
     clock.advance(12)
     assert (await get(api, batch_id))["State"] == "Processing"
-    body = assert_problem(await api.patch(path, json={"State": "Draft"}), 409)
+    body = assert_problem(await api.patch(path, json={"State": "Draft"}), 400, "State")
     assert "Draft" in body["detail"]
     assert_problem(
         await api.patch(path, json={"State": "Submitted", "ScheduledDate": "2027-01-01T00:00:00Z"}),
-        409,
+        400,
+        "ScheduledDate",
     )
     # Repeating the submit that got it here is harmless.
     assert (await api.patch(path, json={"State": "Submitted"})).status_code == 200
-    assert (await get(api, batch_id))["State"] == "Processing"
+    after = await get(api, batch_id)
+    assert after["State"] == "Processing" and after["SentCount"] + after["FailedCount"] > 0
 
 
 async def test_schedule_in_the_past_starts_right_away(
@@ -202,7 +208,7 @@ async def test_counts_move_with_time_until_processed(
     assert final["ProgressPercentage"] == 100.0
     assert final["Outcome"] == "CompletedWithErrors"
     summary = next(b for b in store.snapshot() if b["Id"] == batch_id)
-    assert summary["StartedOn"] == "2026-03-02T12:00:10.000Z"  # queue delay
+    assert summary["StartedOn"] == "2026-03-02T12:00:10.0000000+00:00"  # queue delay
     assert summary["ProcessedOn"] is not None and summary["ProcessedOn"] <= final["LastUpdate"]
     # Same seed, same clock: a second store answers the same.
     twin_clock = SandboxClock(start=START, speed=0.0)
@@ -235,6 +241,29 @@ async def test_get_flags(api: httpx.AsyncClient) -> None:
         "IncludeRecipientsCount",
     )
     assert_problem(await api.get(f"{BASE_PATH}/{SOME_ID}"), 404)
+
+
+async def test_get_one_batch_carries_its_submitter_and_site(api: httpx.AsyncClient) -> None:
+    batch = await get(api, await create(api))
+    assert (batch["Submitter"], batch["SiteId"], batch["SiteName"]) == (
+        USER,
+        DEFAULT_SITE_ID,
+        "Sandbox Site",
+    )
+
+
+async def test_vendor_spellings_of_two_fields(clock: SandboxClock) -> None:
+    store = EviNoticeStore(clock, seed=7, batches=5, vendor_spellings=True)
+    page = store.query(owner_site_id=DEFAULT_SITE_ID, limit=1)
+    assert "HashMoreResults" in page and "HasMoreResults" not in page
+    one = store.get_batch(page["Results"][0]["Id"])
+    assert "ProgessPercentage" in one and "ProgressPercentage" not in one
+
+
+@pytest.mark.parametrize("state", ["Sent", "Completed"])
+async def test_every_documented_state_filters(api: httpx.AsyncClient, state: str) -> None:
+    response = await query(api, body={"OwnerSiteId": DEFAULT_SITE_ID, "State": state})
+    assert response.status_code == 200 and response.json()["Results"] == []
 
 
 # --- QUERY -----------------------------------------------------------------------------------
@@ -285,10 +314,15 @@ async def test_query_rejects_invalid_parameters(
     assert_problem(await query(api, body=body), 400, field)
 
 
-async def test_query_cursor_is_bound_to_its_order(api: httpx.AsyncClient) -> None:
-    cursor = encode_cursor((START, SOME_ID), order=0)
-    response = await query(api, body={"OwnerSiteId": DEFAULT_SITE_ID, "Cursor": cursor, "Order": 1})
-    assert_problem(response, 400, "Cursor")
+async def test_the_cursor_is_a_position(api: httpx.AsyncClient) -> None:
+    first = (await query(api, body={"OwnerSiteId": DEFAULT_SITE_ID, "Limit": 3})).json()
+    assert base64.b64decode(first["Cursor"]) == b'{"position":3}'
+    skip = {"OwnerSiteId": DEFAULT_SITE_ID, "Limit": 2, "Cursor": encode_cursor(1)}
+    second = (await query(api, body=skip)).json()
+    assert [r["Id"] for r in second["Results"]] == [r["Id"] for r in first["Results"][1:3]]
+    for bad_cursor in ("not a cursor", encode_cursor(0)[:-2], "eyJwb3NpdGlvbiI6LTF9"):
+        body = {"OwnerSiteId": DEFAULT_SITE_ID, "Cursor": bad_cursor}
+        assert_problem(await query(api, body=body), 400, "Cursor")
 
 
 async def test_query_filters_by_site_and_state_and_sorts_both_ways(
@@ -311,11 +345,11 @@ async def test_query_filters_by_site_and_state_and_sorts_both_ways(
     ]
     assert [r["Id"] for r in processed] == expected and expected
     nobody = (await query(api, body={"OwnerSiteId": "SITE-NOBODY"})).json()
-    assert nobody == {"Cursor": None, "HasMoreResults": False, "Results": []}
+    assert nobody == {"Cursor": encode_cursor(0), "HasMoreResults": False, "Results": []}
 
 
 @pytest.mark.parametrize("order", [0, 1])
-async def test_cursor_paging_sees_every_batch_once_despite_inserts(
+async def test_batches_created_while_paging_shift_the_pages(
     api: httpx.AsyncClient, store: EviNoticeStore, clock: SandboxClock, order: int
 ) -> None:
     existing = {b["Id"] for b in store.snapshot() if b["SiteId"] == DEFAULT_SITE_ID}
@@ -335,11 +369,12 @@ async def test_cursor_paging_sees_every_batch_once_despite_inserts(
         if not page["HasMoreResults"]:
             break
         cursor = page["Cursor"]
-    assert len(seen) == len(set(seen))  # nothing twice
     assert existing <= set(seen)  # nothing that existed before was skipped
     assert set(seen) - existing <= set(created)
-    if order == 0:  # ascending reaches the new batches at the end
-        assert set(seen) - existing
+    if order == 0:  # oldest first: new batches land at the end, nothing repeats
+        assert len(seen) == len(set(seen)) and set(seen) - existing
+    else:  # newest first: each new batch pushes the rows down, so pages repeat rows
+        assert len(seen) > len(set(seen))
 
 
 async def test_empty_final_page_keeps_the_cursor(
@@ -391,13 +426,12 @@ async def test_query_method_through_uvicorn(store: EviNoticeStore) -> None:
         sock.close()
 
 
-def test_timestamps_are_utc_with_milliseconds(store: EviNoticeStore) -> None:
+def test_timestamps_have_seven_fractional_digits_and_an_offset(store: EviNoticeStore) -> None:
     for batch in store.snapshot():
         for name in ("CreationDate", "LastUpdate", "StartedOn", "ProcessedOn", "ScheduledFor"):
             value = batch[name]
             if value is not None:
-                parsed = datetime.strptime(value, "%Y-%m-%dT%H:%M:%S.%fZ")
-                assert len(value) == 24 and parsed.year == 2026
-    assert max(b["CreationDate"] for b in store.snapshot()) <= (START + timedelta(0)).strftime(
-        "%Y-%m-%dT%H:%M:%S.000Z"
-    )
+                assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{7}\+00:00", value), value
+                assert datetime.fromisoformat(value).tzinfo is not None
+    newest = max(datetime.fromisoformat(b["CreationDate"]) for b in store.snapshot())
+    assert newest <= START

@@ -27,7 +27,9 @@ MAX_RECIPIENTS_PER_REQUEST = 500
 MAX_PAGE_SIZE = 100
 DEFAULT_PAGE_SIZE = 50
 MAX_ATTACHMENT_BYTES = 10 * 1024 * 1024
-STATES = ("Draft", "Submitted", "Scheduled", "Processing", "Processed")
+MAX_RECIPIENTS_PER_BATCH = 100_000
+# Every state the vendor's pages use; the sandbox itself moves batches through the first five.
+STATES = ("Draft", "Scheduled", "Submitted", "Processing", "Processed", "Sent", "Completed")
 
 _EMAIL = re.compile(r"^[^@\s|\"]+@[^@\s|\"]+\.[^@\s|\".]+$")
 # E.164: a plus, a country code, at most 15 digits in all; spaces, dots, dashes and parentheses
@@ -238,6 +240,22 @@ def parse_recipients(text: str) -> list[dict[str, Any]]:
     return rows
 
 
+_PLACEHOLDER = re.compile(r"\{\{\s*([^{}]+?)\s*\}\}")
+
+
+def fill_placeholders(body: str, recipient: Mapping[str, Any]) -> str:
+    """The body one recipient receives: each ``{{Variable}}`` filled from the recipient's extra
+    columns (or its fixed ones, such as ``DisplayName``); names match case-insensitively, and
+    a placeholder no column fills stays as written."""
+    values = {k.lower(): v for k, v in recipient.items() if isinstance(v, str)}
+    values.update({k.lower(): v for k, v in (recipient.get("Variables") or {}).items()})
+
+    def fill(match: re.Match[str]) -> str:
+        return values.get(match.group(1).lower(), match.group(0))
+
+    return _PLACEHOLDER.sub(fill, body)
+
+
 def recipient_fails(batch_id: str, address: str, fail_permille: int) -> bool:
     local = address.split("@", 1)[0].lower()
     if local.startswith(("fail", "bounce")):
@@ -246,69 +264,97 @@ def recipient_fails(batch_id: str, address: str, fail_permille: int) -> bool:
     return int.from_bytes(digest, "big") % 1000 < fail_permille
 
 
-def parse_attachments(files: Any) -> list[dict[str, Any]]:
+def parse_attachments(payload: Any) -> list[dict[str, Any]]:
+    """The attachments of ``{"Attachments": [...]}``, checked; the set replaces the batch's."""
+    if not isinstance(payload, dict) or set(payload) != {"Attachments"}:
+        raise bad("Attachments", 'Must be an object {"Attachments": [...]}.')
+    files = payload["Attachments"]
     if not isinstance(files, list):
-        raise bad("Attachments", "Must be a list of {FileName, Content} objects.")
+        raise bad("Attachments", "Must be a list of {DisplayName, FileName, Data} objects.")
     parsed: list[dict[str, Any]] = []
     total = 0
     names: set[str] = set()
     for i, item in enumerate(files):
-        where = f"[{i}]"
+        where = f"Attachments[{i}]"
         if not isinstance(item, dict):
-            raise bad(where, "Must be an object with FileName and Content.")
-        name, content = item.get("FileName"), item.get("Content")
-        content_type = item.get("ContentType", "application/octet-stream")
+            raise bad(where, "Must be an object with FileName and Data.")
+        unknown = set(item) - {"DisplayName", "FileName", "Data", "Attributes"}
+        if unknown:
+            raise bad(f"{where}.{sorted(unknown)[0]}", "Unknown field.")
+        name, content = item.get("FileName"), item.get("Data")
+        display = item.get("DisplayName", name)
         if not isinstance(name, str) or not name.strip():
             raise bad(f"{where}.FileName", "Required.")
         if name in names:
             raise bad(f"{where}.FileName", f"Duplicate file name {name!r}.")
-        if not isinstance(content_type, str):
-            raise bad(f"{where}.ContentType", "Must be a string.")
-        unknown = set(item) - {"FileName", "Content", "ContentType"}
-        if unknown:
-            raise bad(f"{where}.{sorted(unknown)[0]}", "Unknown field.")
+        if display is not None and not isinstance(display, str):
+            raise bad(f"{where}.DisplayName", "Must be a string.")
         if not isinstance(content, str):
-            raise bad(f"{where}.Content", "Must be a Base64 string.")
+            raise bad(f"{where}.Data", "Must be a Base64 string.")
         try:
             # Python tolerates surplus padding; .NET's Base64 decoder does not, so neither do we.
             if len(content) % 4:
                 raise ValueError("length is not a multiple of 4")
             data = base64.b64decode(content, validate=True)
         except (binascii.Error, ValueError):
-            raise bad(f"{where}.Content", f"{name}: not valid Base64.") from None
+            raise bad(f"{where}.Data", f"{name}: not valid Base64.") from None
         total += len(data)
         if total > MAX_ATTACHMENT_BYTES:
-            raise bad(f"{where}.Content", f"Attachments exceed {MAX_ATTACHMENT_BYTES} bytes.")
+            raise bad(f"{where}.Data", f"Attachments exceed {MAX_ATTACHMENT_BYTES} bytes.")
         names.add(name)
         parsed.append(
             {
+                "DisplayName": display,
                 "FileName": name,
-                "ContentType": content_type,
-                "Size": len(data),
-                "Content": base64.b64encode(data).decode("ascii"),
+                "Data": base64.b64encode(data).decode("ascii"),
+                "Attributes": _attributes(item.get("Attributes"), f"{where}.Attributes"),
             }
         )
+    return parsed
+
+
+def _attributes(value: Any, where: str) -> list[dict[str, Any]]:
+    """``[{"Key", "Value"}]`` or ``[{"Key", "Values": [...]}]``: one of the two per key."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise bad(where, "Must be a list of {Key, Value | Values} objects.")
+    parsed = []
+    for j, attribute in enumerate(value):
+        at = f"{where}[{j}]"
+        if not isinstance(attribute, dict) or not isinstance(attribute.get("Key"), str):
+            raise bad(f"{at}.Key", "Required.")
+        given = {"Value", "Values"} & attribute.keys()
+        if len(given) != 1 or set(attribute) - {"Key", "Value", "Values"}:
+            raise bad(at, "Give Key and exactly one of Value or Values.")
+        if "Value" in given and not isinstance(attribute["Value"], str):
+            raise bad(f"{at}.Value", "Must be a string.")
+        values = attribute.get("Values")
+        if "Values" in given and not (
+            isinstance(values, list) and all(isinstance(v, str) for v in values)
+        ):
+            raise bad(f"{at}.Values", "Must be a list of strings.")
+        parsed.append(dict(attribute))
     return parsed
 
 
 # --- cursors -------------------------------------------------------------------------------
 
 
-def encode_cursor(key: tuple[datetime, str], order: int) -> str:
-    """An opaque cursor: the sort order and the last row seen, ``(CreationDate, Id)``."""
-    raw = orjson.dumps({"o": order, "t": key[0].isoformat(), "i": key[1]})
-    return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
+def encode_cursor(position: int) -> str:
+    """An opaque cursor holding a position in the ordered result, as the service's do
+    (the vendor's example cursor decodes to ``{"position":70}``)."""
+    raw = orjson.dumps({"position": position})
+    return base64.b64encode(raw).decode("ascii")
 
 
-def decode_cursor(cursor: str, order: int) -> tuple[datetime, str]:
+def decode_cursor(cursor: str) -> int:
     """The position a cursor points at; ``SandboxProblem(400)`` for anything not ours."""
     try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        data = orjson.loads(raw)
-        key = (datetime.fromisoformat(data["t"]).astimezone(UTC), str(data["i"]))
-        cursor_order = data["o"]
+        data = orjson.loads(base64.b64decode(cursor, validate=True))
+        position = data["position"]
     except (ValueError, TypeError, KeyError, binascii.Error, orjson.JSONDecodeError):
         raise bad("Cursor", "Not a cursor this API issued.") from None
-    if cursor_order != order:
-        raise bad("Cursor", "The cursor was issued for the other sort order.")
-    return key
+    if not isinstance(position, int) or isinstance(position, bool) or position < 0:
+        raise bad("Cursor", "Not a cursor this API issued.")
+    return position

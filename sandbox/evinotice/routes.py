@@ -1,25 +1,19 @@
-"""The EviNotice part of the sandbox: an in-memory batch store and the routes serving it.
+"""The EviNotice sandbox's HTTP face: ``/v2/EviNotice/Batches`` and the evidence query over
+``EviNoticeStore``, behind HTTP Basic authentication, with problem-details errors and the literal
+``QUERY`` method.
 
-``EviNoticeStore`` holds batches and derives their progress from sandbox time, so the same seed
-and clock always give the same state: a submitted batch starts ``queue_delay`` seconds later (or
-at its ``ScheduledDate`` if that is later), then processes a fixed number of recipients a second;
-a small deterministic share of recipients fails, and so does every address whose local part starts
-with ``fail`` or ``bounce``. ``evinotice_routes`` serves the store under ``/v2/EviNotice/Batches``
-with HTTP Basic authentication and problem-details errors, including the literal ``QUERY`` method.
-
-Decisions where the vendor's documentation is silent:
+Behaviour follows ``../shared/api/README.md``; decisions where the vendor's pages are silent:
 
 - ``QUERY`` takes its parameters from the query string, a JSON object body, or both (body wins);
   names match case-insensitively.
-- Cursors are opaque URL-safe strings encoding the sort order and the last row seen
-  ``(CreationDate, Id)``, so rows created between pages never shift the next page.
-- Reverting to ``Draft`` once processing started answers ``409 Conflict``; so does changing the
-  content (body, attachments, recipients, options) of a batch that is not a ``Draft``. A PATCH
-  that changes nothing (same options, the state the batch is already in) is a ``200`` no-op, which
-  makes a repeated PATCH safe.
+- The list cursor is a position (``{"position": n}`` in Base64), as the vendor's example shows.
+- A PATCH the service refuses answers ``400`` (the page lists only 200, 400 and 404): a revert to
+  ``Draft`` or a new date once processing started, an option changed on a batch that is not a
+  ``Draft``. Changing the body, attachments or recipients of a non-Draft batch is a ``409``.
+  A PATCH that changes nothing is a ``200`` no-op, which makes a repeated PATCH safe.
 - Submitting needs a subject, a body and at least one recipient (``400`` otherwise).
-- The body and the recipients text may be sent raw (``text/*``) or as a JSON string; attachments
-  are a JSON list of ``{FileName, Content (Base64), ContentType?}``.
+- The body is raw text whatever the content type (``PUT .../Body``); the recipients text may be
+  sent raw or as a JSON string.
 - Unknown fields in a create or PATCH body are a ``400`` (the real API may ignore them; the sandbox
   is strict so client typos show up).
 """
@@ -208,12 +202,17 @@ def evinotice_routes(store: EviNoticeStore, *, username: str, password: str) -> 
         )
 
     async def body(request: Request) -> Response:
-        store.set_body(batch_id(request), await _text(request, "Body"))
+        raw = await request.body()
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise bad("Body", "The body is not UTF-8 text.") from None
+        store.set_body(batch_id(request), text)
         return Response(status_code=200)
 
     async def attachments(request: Request) -> Response:
         if request.method == "DELETE":
-            store.set_attachments(batch_id(request), [])
+            store.set_attachments(batch_id(request), {"Attachments": []})
         else:
             store.set_attachments(batch_id(request), await _json(request))
         return Response(status_code=200)

@@ -4,13 +4,13 @@ import math
 import random
 import threading
 import uuid
-from bisect import bisect_left, bisect_right, insort
+from bisect import insort
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sandbox.clock import SandboxClock, format_timestamp
+from sandbox.clock import SandboxClock
 from sandbox.evinotice.data import (
     QUEUE_DELAY_SECONDS,
     SeedBatch,
@@ -23,11 +23,13 @@ from sandbox.evinotice.payloads import (
     DEFAULT_SITE_ID,
     DEFAULT_SITE_NAME,
     MAX_PAGE_SIZE,
+    MAX_RECIPIENTS_PER_BATCH,
     STATES,
     SandboxProblem,
     bad,
     decode_cursor,
     encode_cursor,
+    fill_placeholders,
     parse_attachments,
     parse_recipients,
     parse_timestamp,
@@ -104,8 +106,12 @@ class EviNoticeStore:
         site_id: str = DEFAULT_SITE_ID,
         site_name: str = DEFAULT_SITE_NAME,
         queue_delay: float = QUEUE_DELAY_SECONDS,
+        vendor_spellings: bool = False,
     ) -> None:
         self.clock = clock
+        # The vendor's pages spell two fields HashMoreResults and ProgessPercentage; a store
+        # made with vendor_spellings answers with those, so clients are tested against both.
+        self.vendor_spellings = vendor_spellings
         self.site_id = site_id
         self.site_name = site_name
         self.queue_delay = queue_delay
@@ -121,6 +127,13 @@ class EviNoticeStore:
             seed=seed, count=batches, anchor=anchor, site_id=site_id, site_name=site_name
         ):
             self._insert(_from_seed(seeded))
+
+    def _spelling(self, name: str) -> str:
+        if not self.vendor_spellings:
+            return name
+        return {"HasMoreResults": "HashMoreResults", "ProgressPercentage": "ProgessPercentage"}[
+            name
+        ]
 
     # -- writes --
 
@@ -181,6 +194,12 @@ class EviNoticeStore:
         rows = parse_recipients(text)
         with self._lock:
             batch = self._editable(batch_id)
+            if batch.total + len(rows) > MAX_RECIPIENTS_PER_BATCH:
+                raise bad(
+                    "Recipients",
+                    f"A batch holds at most {MAX_RECIPIENTS_PER_BATCH} recipients; it has "
+                    f"{batch.total} and this request adds {len(rows)}.",
+                )
             failed = batch.fail_prefix[-1] if batch.fail_prefix else 0
             for row in rows:
                 failed += recipient_fails(batch.id, row["Address"], batch.fail_permille)
@@ -224,15 +243,18 @@ class EviNoticeStore:
             # Decide everything before touching the batch, so a refused PATCH changes nothing.
             revert = state == "Draft" and progress.state != "Draft"
             if revert and started:
-                raise SandboxProblem(
-                    409, f"Batch {batch_id} is {progress.state}; it can no longer go back to Draft."
+                # The PATCH answers only 200, 400 and 404: a refused revert is a 400.
+                raise bad(
+                    "State",
+                    f"Batch {batch_id} is {progress.state}; it can no longer go back to Draft.",
                 )
             draft_after = progress.state == "Draft" or revert
             if changes and not draft_after:
                 raise SandboxProblem(
-                    409,
+                    400,
                     f"Batch {batch_id} is {progress.state}; revert it to Draft to change "
                     f"{', '.join(sorted(changes))}.",
+                    {name: ["Only a Draft batch can be changed."] for name in changes},
                 )
             submit = False
             if state == "Submitted":
@@ -240,8 +262,9 @@ class EviNoticeStore:
                     submit = True
                 elif started:
                     if scheduled is not None and scheduled != batch.scheduled_for:
-                        raise SandboxProblem(
-                            409, f"Batch {batch_id} is {progress.state}; it cannot be rescheduled."
+                        raise bad(
+                            "ScheduledDate",
+                            f"Batch {batch_id} is {progress.state}; it cannot be rescheduled.",
                         )
                 elif scheduled != batch.scheduled_for:
                     submit = True  # not started yet: a new date (or none: send now) reschedules
@@ -307,9 +330,12 @@ class EviNoticeStore:
                 "LastUpdate": _ts(progress.last_update),
                 "SentCount": progress.sent,
                 "FailedCount": progress.failed,
-                "ProgressPercentage": progress.percentage,
+                self._spelling("ProgressPercentage"): progress.percentage,
                 "Outcome": progress.outcome,
                 "TotalCount": batch.total if include_recipients_count else None,
+                "Submitter": batch.submitter,
+                "SiteId": batch.site_id,
+                "SiteName": batch.site_name,
                 "EviNotice": notice,
             }
 
@@ -322,39 +348,35 @@ class EviNoticeStore:
         limit: int = DEFAULT_PAGE_SIZE,
         order: int = 0,
     ) -> dict[str, Any]:
-        """One page of a site's batches, oldest first (``order=0``) or newest first (``1``)."""
+        """One page of a site's batches, oldest first (``order=0``) or newest first (``1``).
+
+        The cursor is a position in the ordered result, as the service's is: a batch created
+        while a client pages newest first pushes every row one place down, so the next page
+        repeats one. Clients deduplicate by ``Id``.
+        """
         if not 1 <= limit <= MAX_PAGE_SIZE:
             raise bad("Limit", f"Must be between 1 and {MAX_PAGE_SIZE}.")
         if order not in (0, 1):
             raise bad("Order", "Must be 0 (ascending) or 1 (descending).")
         if state is not None and state not in STATES:
             raise bad("State", f"Must be one of {', '.join(STATES)}.")
-        after = decode_cursor(cursor, order) if cursor else None
+        position = decode_cursor(cursor) if cursor else 0
         with self._lock:
             now = self.clock.now()
             keys = self._order.get(owner_site_id, [])
-            if order == 0:
-                start = bisect_right(keys, after) if after else 0
-                candidates = (keys[i] for i in range(start, len(keys)))
-            else:
-                end = bisect_left(keys, after) if after else len(keys)
-                candidates = (keys[i] for i in range(end - 1, -1, -1))
-            page: list[tuple[tuple[datetime, str], dict[str, Any]]] = []
-            more = False
-            for key in candidates:
-                batch = self._batches[key[1]]
+            ordered = keys if order == 0 else keys[::-1]
+            rows = []
+            for _, batch_id in ordered:
+                batch = self._batches[batch_id]
                 progress = self._progress(batch, now)
-                if state is not None and progress.state != state:
-                    continue
-                if len(page) == limit:
-                    more = True
-                    break
-                page.append((key, _summary(batch, progress)))
-        last = page[-1][0] if page else after
+                if state is None or progress.state == state:
+                    rows.append((batch, progress))
+            page = [_summary(b, p) for b, p in rows[position : position + limit]]
+        end = position + len(page)
         return {
-            "Cursor": encode_cursor(last, order) if last else None,
-            "HasMoreResults": more,
-            "Results": [row for _, row in page],
+            "Cursor": encode_cursor(end),
+            self._spelling("HasMoreResults"): end < len(rows),
+            "Results": page,
         }
 
     def snapshot(self) -> list[dict[str, Any]]:
@@ -382,6 +404,12 @@ class EviNoticeStore:
         """The recipients uploaded to a batch, as parsed (seeded batches only count theirs)."""
         with self._lock:
             return [dict(r) for r in self._get(batch_id).recipients]
+
+    def bodies(self, batch_id: str) -> list[str]:
+        """The body each uploaded recipient receives, placeholders filled, in upload order."""
+        with self._lock:
+            batch = self._get(batch_id)
+            return [fill_placeholders(batch.body, r) for r in batch.recipients]
 
     # -- internals --
 
@@ -490,4 +518,8 @@ def _summary(batch: _Batch, progress: _Progress) -> dict[str, Any]:
 
 
 def _ts(moment: datetime | None) -> str | None:
-    return None if moment is None else format_timestamp(moment)
+    """The service's timestamp form: seven fractional digits and an offset."""
+    if moment is None:
+        return None
+    moment = moment.astimezone(UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond:06d}0+00:00"
