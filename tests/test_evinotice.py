@@ -186,9 +186,15 @@ async def test_bad_recipients_are_refused_before_anything_is_sent(
         ({"state": "Submitted", "scheduled_date": "2026-03-05"}, "must be a datetime"),
         ({}, "nothing to configure"),
         ({"colour": "blue"}, "unknown EviNotice option"),
-        ({"lta_storage": "yes"}, "wrong type"),
-        ({"online_retention_period": True}, "wrong type"),
-        ({"commitment_options": "Maybe"}, "CommitmentOptions must be one of"),
+        ({"lta_storage": "yes"}, "LtaStorage: Input should be a valid boolean"),
+        ({"online_retention_period": True}, "OnlineRetentionPeriod: Input should be a valid int"),
+        ({"OnlineRetentionPeriod": -1}, "OnlineRetentionPeriod: Input should be greater"),
+        ({"reject_reasons": ["ok", 3]}, r"RejectReasons\.1: Input should be a valid string"),
+        ({"batch_push_notification_url": "ftp://x"}, "BatchPushNotificationUrl"),
+        (
+            {"commitment_options": "Maybe"},
+            "CommitmentOptions must be one of Disabled, Accept, Reject, AcceptOrReject",
+        ),
         ({"language": "en", "Language": "es"}, "given twice"),
     ],
 )
@@ -241,8 +247,10 @@ async def test_configure_schedule_revert_and_server_side_rules(
     await client.configure(batch_id, state="Submitted")
     clock.advance(15)
     assert (await client.get_batch(batch_id))["State"] == "Processing"
-    with pytest.raises(ConflictError, match="Draft"):
-        await client.configure(batch_id, state="Draft")
+    # The service answers a refused revert with a 400 naming State.
+    with pytest.raises(ValidationError, match="Draft") as refused:
+        await client.revert(batch_id)
+    assert "State" in refused.value.problem.field_errors
     with pytest.raises(ConflictError):
         await client.clear_recipients(batch_id)
     with pytest.raises(ConflictError):
@@ -278,14 +286,16 @@ async def test_unknown_batch_is_not_found(client: EviNoticeClient) -> None:
         await client.get_batch("../Batches")
 
 
-async def test_server_validation_errors_surface_with_field_errors(client: EviNoticeClient) -> None:
-    with pytest.raises(ValidationError) as caught:
+async def test_options_are_checked_by_the_typed_model_before_sending(
+    client: EviNoticeClient, transport: Recording
+) -> None:
+    with pytest.raises(InvalidRequestError, match="PushNotificationUrl"):
         await client.create_batch(
             description="d", subject="s", issuer_name="i", push_notification_url="not a url"
         )
-    assert "PushNotificationUrl" in caught.value.problem.field_errors
     with pytest.raises(InvalidRequestError):
         await client.create_batch(description=" ", subject="s", issuer_name="i")
+    assert transport.requests == []
 
 
 # --- reading the list ------------------------------------------------------------------------
