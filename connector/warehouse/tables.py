@@ -72,6 +72,7 @@ TABLE_NAMES = (
     "batches",
     "messages",
     "evinotice_batches",
+    "evinotice_evidence",
     "sync_state",
 )
 RECONCILE_TABLE_NAMES = (

@@ -1,4 +1,5 @@
-"""The EviNotice sandbox's HTTP face: ``/v2/EviNotice/Batches`` and the evidence query over
+"""The EviNotice sandbox's HTTP face: ``/v2/EviNotice/Batches`` and the evidence query
+(``POST /api/v2/EviNotice/Query``) over
 ``EviNoticeStore``, behind HTTP Basic authentication, with problem-details errors and the literal
 ``QUERY`` method.
 
@@ -31,7 +32,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from sandbox.evinotice.payloads import BASE_PATH, DEFAULT_PAGE_SIZE, SandboxProblem, bad
+from sandbox.evinotice.evidence import EVIDENCE_PATH
+from sandbox.evinotice.payloads import (
+    BASE_PATH,
+    DEFAULT_PAGE_SIZE,
+    MAX_PAGE_SIZE,
+    SandboxProblem,
+    bad,
+)
 from sandbox.evinotice.store import EviNoticeStore
 
 
@@ -224,6 +232,31 @@ def evinotice_routes(store: EviNoticeStore, *, username: str, password: str) -> 
             store.add_recipients(batch_id(request), await _text(request, "Recipients"))
         return Response(status_code=200)
 
+    async def evidence(request: Request) -> Response:
+        params = await _json(request, required=False) or {}
+        if not isinstance(params, dict):
+            raise bad("body", "Must be a JSON object.")
+        keys = _param(params, "LookupKeys")
+        if keys is not None and not (
+            isinstance(keys, list) and all(isinstance(k, str) for k in keys)
+        ):
+            raise bad("LookupKeys", "Must be a list of strings.")
+        texts = {}
+        for name in ("Owner", "State", "Outcome", "Cursor"):
+            value = _param(params, name)
+            if value is not None and not isinstance(value, str):
+                raise bad(name, "Must be a string.")
+            texts[name] = value or None
+        page = store.query_evidence(
+            limit=_int_param(params, "Limit", MAX_PAGE_SIZE),
+            owner=texts["Owner"],
+            lookup_keys=keys,
+            state=texts["State"],
+            outcome=texts["Outcome"],
+            cursor=texts["Cursor"],
+        )
+        return _JSONResponse(page)
+
     item = BASE_PATH + "/{batch_id}"
     return [
         Route(BASE_PATH, guarded(collection), methods=["POST", "QUERY"]),
@@ -231,4 +264,5 @@ def evinotice_routes(store: EviNoticeStore, *, username: str, password: str) -> 
         Route(item + "/Body", guarded(body), methods=["PUT"]),
         Route(item + "/Attachments", guarded(attachments), methods=["PUT", "DELETE"]),
         Route(item + "/Recipients", guarded(recipients), methods=["POST", "DELETE"]),
+        Route(EVIDENCE_PATH, guarded(evidence), methods=["POST"]),
     ]

@@ -17,6 +17,10 @@ from sandbox.evinotice.data import (
     batch_parameters,
     generate_batches,
 )
+from sandbox.evinotice.evidence import OUTCOMES as EVIDENCE_OUTCOMES
+from sandbox.evinotice.evidence import STATES as EVIDENCE_STATES
+from sandbox.evinotice.evidence import Recipient as EvidenceRecipient
+from sandbox.evinotice.evidence import evidence_record
 from sandbox.evinotice.payloads import (
     CORE_FIELDS,
     DEFAULT_PAGE_SIZE,
@@ -118,6 +122,7 @@ class EviNoticeStore:
         # One lock for reads and writes: every operation is short and synchronous, so holding it
         # never blocks the event loop for long, and a threaded server stays consistent too.
         self._lock = threading.RLock()
+        self.seed = seed
         self._ids = random.Random(f"evinotice-ids-{seed}")
         self._batches: dict[str, _Batch] = {}
         # Per site, (created, id) in ascending order: the key cursors point into.
@@ -378,6 +383,80 @@ class EviNoticeStore:
             self._spelling("HasMoreResults"): end < len(rows),
             "Results": page,
         }
+
+    def query_evidence(
+        self,
+        *,
+        limit: int = MAX_PAGE_SIZE,
+        owner: str | None = None,
+        lookup_keys: list[str] | None = None,
+        state: str | None = None,
+        outcome: str | None = None,
+        cursor: str | None = None,
+    ) -> dict[str, Any]:
+        """One page of evidence records, oldest first; the cursor is a position, as the
+        batches list's. The answer has no "more" flag (none is documented): an empty page ends."""
+        if not 1 <= limit <= MAX_PAGE_SIZE:
+            raise bad("Limit", f"Must be between 1 and {MAX_PAGE_SIZE}.")
+        if state is not None and state not in EVIDENCE_STATES:
+            raise bad("State", f"Must be one of {', '.join(EVIDENCE_STATES)}.")
+        if outcome is not None and outcome not in EVIDENCE_OUTCOMES:
+            raise bad("Outcome", f"Must be one of {', '.join(EVIDENCE_OUTCOMES)}.")
+        position = decode_cursor(cursor) if cursor else 0
+        keys = set(lookup_keys) if lookup_keys is not None else None
+        with self._lock:
+            now = self.clock.now()
+            rows = []
+            for recipient in self._processed(now, owner, keys):
+                record = evidence_record(self.seed, recipient, now, _ts)
+                if state is not None and record["State"] != state:
+                    continue
+                if outcome is not None and record["Outcome"] != outcome:
+                    continue
+                rows.append((recipient.processed_at, record["Id"], record))
+        rows.sort(key=lambda row: row[:2])
+        page = [record for _, _, record in rows[position : position + limit]]
+        return {"Cursor": encode_cursor(position + len(page)), "Results": page}
+
+    def evidence_snapshot(self) -> list[dict[str, Any]]:
+        """Every evidence record as it stands now, oldest first (for tests and the control API)."""
+        with self._lock:
+            now = self.clock.now()
+            records = [
+                (r.processed_at, evidence_record(self.seed, r, now, _ts))
+                for r in self._processed(now, None, None)
+            ]
+        records.sort(key=lambda pair: (pair[0], pair[1]["Id"]))
+        return [record for _, record in records]
+
+    def _processed(
+        self, now: datetime, owner: str | None, keys: set[str] | None
+    ) -> list[EvidenceRecipient]:
+        """Every uploaded recipient processed by ``now`` (seeded recipients have no address)."""
+        processed = []
+        for batch in self._batches.values():
+            if not batch.recipients or (owner is not None and batch.submitter != owner):
+                continue
+            progress = self._progress(batch, now)
+            if progress.started_on is None:
+                continue
+            done = progress.sent + progress.failed - batch.synthetic_recipients
+            for index, row in enumerate(batch.recipients[: max(0, done)]):
+                if keys is not None and row["LookupKey"] not in keys:
+                    continue
+                number = batch.synthetic_recipients + index + 1
+                before = batch.fail_prefix[index - 1] if index else 0
+                processed.append(
+                    EvidenceRecipient(
+                        batch_id=batch.id,
+                        index=index,
+                        address=row["Address"],
+                        lookup_key=row["LookupKey"],
+                        processed_at=progress.started_on + timedelta(seconds=number / batch.rate),
+                        failed=batch.fail_prefix[index] > before,
+                    )
+                )
+        return processed
 
     def snapshot(self) -> list[dict[str, Any]]:
         """The true current state of every batch, oldest first (for tests and the control API)."""
