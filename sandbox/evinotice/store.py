@@ -406,28 +406,29 @@ class EviNoticeStore:
         keys = set(lookup_keys) if lookup_keys is not None else None
         with self._lock:
             now = self.clock.now()
-            rows = []
-            for recipient in self._processed(now, owner, keys):
-                record = evidence_record(self.seed, recipient, now, _ts)
-                if state is not None and record["State"] != state:
-                    continue
-                if outcome is not None and record["Outcome"] != outcome:
-                    continue
-                rows.append((recipient.processed_at, record["Id"], record))
-        rows.sort(key=lambda row: row[:2])
-        page = [record for _, _, record in rows[position : position + limit]]
+            # Ordered by when each recipient was processed; records are built only for the
+            # page unless a State or Outcome filter needs them all.
+            processed = sorted(self._processed(now, owner, keys), key=_evidence_order)
+            if state is None and outcome is None:
+                chosen = processed[position : position + limit]
+                page = [evidence_record(self.seed, r, now, _ts) for r in chosen]
+            else:
+                records = (evidence_record(self.seed, r, now, _ts) for r in processed)
+                matching = [
+                    record
+                    for record in records
+                    if (state is None or record["State"] == state)
+                    and (outcome is None or record["Outcome"] == outcome)
+                ]
+                page = matching[position : position + limit]
         return {"Cursor": encode_cursor(position + len(page)), "Results": page}
 
     def evidence_snapshot(self) -> list[dict[str, Any]]:
         """Every evidence record as it stands now, oldest first (for tests and the control API)."""
         with self._lock:
             now = self.clock.now()
-            records = [
-                (r.processed_at, evidence_record(self.seed, r, now, _ts))
-                for r in self._processed(now, None, None)
-            ]
-        records.sort(key=lambda pair: (pair[0], pair[1]["Id"]))
-        return [record for _, record in records]
+            processed = sorted(self._processed(now, None, None), key=_evidence_order)
+            return [evidence_record(self.seed, r, now, _ts) for r in processed]
 
     def _processed(
         self, now: datetime, owner: str | None, keys: set[str] | None
@@ -544,6 +545,10 @@ class EviNoticeStore:
             percentage,
             max(batch.updated, finished or now),
         )
+
+
+def _evidence_order(recipient: EvidenceRecipient) -> tuple[datetime, str, int]:
+    return (recipient.processed_at, recipient.batch_id, recipient.index)
 
 
 def _from_seed(seed: SeedBatch) -> _Batch:
