@@ -139,6 +139,7 @@ async def test_create_gives_a_draft_batch(api: httpx.AsyncClient, store: EviNoti
         ({**NEW_BATCH, "Subject": " "}, "Subject"),
         ({**NEW_BATCH, "IssuerName": None}, "IssuerName"),
         ({**NEW_BATCH, "Colour": "blue"}, "Colour"),
+        ({**NEW_BATCH, "cost_centre": "Legal"}, "cost_centre"),  # wire names only
         ({**NEW_BATCH, "LtaStorage": "yes"}, "LtaStorage"),
         ({**NEW_BATCH, "OnlineRetentionPeriod": -1}, "OnlineRetentionPeriod"),
         ({**NEW_BATCH, "CommitmentOptions": "Maybe"}, "CommitmentOptions"),

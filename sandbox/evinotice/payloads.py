@@ -11,13 +11,15 @@ import hashlib
 import io
 import re
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+from pydantic import ValidationError
 
 from connector.crm.emails import normalize_email
+from connector.evinotice.options import EviNoticeOptions
 from connector.settings import SANDBOX_EVINOTICE_SITE_ID
 
 BASE_PATH = "/v2/EviNotice/Batches"
@@ -72,78 +74,25 @@ def bad(field_name: str, message: str) -> SandboxProblem:
     return SandboxProblem(400, message, {field_name: [message]})
 
 
-# --- option schema -------------------------------------------------------------------------
+# --- options -------------------------------------------------------------------------------
 
-_COMMITMENT_OPTIONS = ("Disabled", "Accept", "Reject", "AcceptOrReject")
-
-
-def _is_str(value: Any) -> bool:
-    return isinstance(value, str)
-
-
-def _is_bool(value: Any) -> bool:
-    return isinstance(value, bool)
-
-
-def _is_non_negative_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
-def _is_str_list(value: Any) -> bool:
-    return isinstance(value, list) and all(isinstance(v, str) for v in value)
-
-
-def _is_url(value: Any) -> bool:
-    return isinstance(value, str) and re.match(r"^https?://[^\s/]+", value) is not None
-
-
-def _is_commitment(value: Any) -> bool:
-    return value in _COMMITMENT_OPTIONS
-
-
-# name -> (check, what the check wants); the names and types of the vendor's PATCH page.
-_OPTIONS: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "Description": (_is_str, "a string"),
-    "Subject": (_is_str, "a string"),
-    "IssuerName": (_is_str, "a string"),
-    "CostCentre": (_is_str, "a string"),
-    "AffidavitKinds": (_is_str_list, "a list of strings"),
-    "Language": (_is_str, "a string"),
-    "AffidavitLanguage": (_is_str, "a string"),
-    "OnlineRetentionPeriod": (_is_non_negative_int, "a non-negative integer"),
-    "LtaStorage": (_is_bool, "a boolean"),
-    "PushNotificationUrl": (_is_url, "an http(s) URL"),
-    "PushNotificationFilter": (_is_str_list, "a list of strings"),
-    "PushNotificationExtraData": (_is_str, "a string"),
-    "CommitmentOptions": (_is_commitment, f"one of {', '.join(_COMMITMENT_OPTIONS)}"),
-    "CommitmentCommentsAllowed": (_is_bool, "a boolean"),
-    "RejectReasons": (_is_str_list, "a list of strings"),
-    "AcceptReasons": (_is_str_list, "a list of strings"),
-    "RequireRejectReason": (_is_bool, "a boolean"),
-    "RequireAcceptReason": (_is_bool, "a boolean"),
-    "BatchPushNotificationUrl": (_is_url, "an http(s) URL"),
-    "AllowRefusal": (_is_bool, "a boolean"),
-}
 # Kept on the batch itself rather than among the options; never null.
 CORE_FIELDS = ("Description", "Subject", "IssuerName")
 
 
 def validate_options(payload: Mapping[str, Any], *, allowed_extra: tuple[str, ...]) -> None:
-    errors: dict[str, list[str]] = {}
-    for name, value in payload.items():
-        if name in allowed_extra:
-            continue
-        spec = _OPTIONS.get(name)
-        if spec is None:
-            errors[name] = ["Unknown field."]
-            continue
-        check, wanted = spec
-        if value is None and name not in CORE_FIELDS:
-            continue  # null clears an optional setting
-        if not check(value):
-            errors[name] = [f"Must be {wanted}."]
-    if errors:
-        raise SandboxProblem(400, "One or more validation errors occurred.", errors)
+    """Check option names and values as the vendor's PATCH page types them (the project's one
+    typed model); ``SandboxProblem(400)`` lists every bad field. Only wire names are known."""
+    options = {k: v for k, v in payload.items() if k not in allowed_extra}
+    try:
+        EviNoticeOptions.model_validate(options, by_alias=True, by_name=False)
+    except ValidationError as exc:
+        errors: dict[str, list[str]] = {}
+        for error in exc.errors(include_url=False):
+            name = str(error["loc"][0]) if error["loc"] else "body"
+            message = "Unknown field." if error["type"] == "extra_forbidden" else error["msg"]
+            errors.setdefault(name, []).append(message)
+        raise SandboxProblem(400, "One or more validation errors occurred.", errors) from None
 
 
 def parse_timestamp(value: Any, field_name: str) -> datetime:
