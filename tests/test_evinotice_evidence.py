@@ -1,5 +1,6 @@
 """Per-recipient evidence end to end: the client's cursor paging, the sync into
-``evinotice_evidence`` on DuckDB and PostgreSQL, and the Dagster asset."""
+``evinotice_evidence`` on DuckDB and PostgreSQL, and the Dagster asset; and how the checks of
+EviNotice tables treat a state no list names."""
 
 from __future__ import annotations
 
@@ -12,12 +13,14 @@ import httpx
 import pytest
 import sqlalchemy as sa
 from conftest import fresh_postgres_database, make_sandbox
-from dagster import materialize
+from dagster import AssetCheckSeverity, materialize
 from evinotice_api import FAST, USER, Recording, evinotice_app, settings_for
 
+from assets.checks import TABLE_CHECKS
 from assets.evidence import evinotice_evidence
 from assets.resources import EviNoticeResource, WarehouseResource
 from connector.evinotice.client import EviNoticeClient, InvalidRequestError
+from connector.evinotice.records import evinotice_batch_rows
 from connector.pipelines.evidence_sync import sync_evidence
 from connector.warehouse.engine import Warehouse
 from sandbox.clock import SandboxClock
@@ -201,6 +204,21 @@ def test_evidence_sync_merges_records_as_their_states_move(
     assert third.api_count == third.table_count == 400
     assert third.counts["evinotice_evidence"].updated == 0
     assert asyncio.run(run(lookup_keys=[])).api_count == 0
+
+
+def test_an_unknown_batch_state_is_stored_and_only_warns(warehouse: Warehouse) -> None:
+    records = [
+        {"Id": "b-1", "State": "Archived", "CreationDate": "2024-11-19T16:11:17.9870820+00:00"},
+        {"Id": "b-2", "State": "Completed", "CreationDate": "2024-11-19T16:11:18.0000000+01:00"},
+    ]
+    with warehouse.transaction() as tx, tx.stage("evinotice_batches") as stage:
+        stage.write(evinotice_batch_rows(records, "2026-03-02T12:00:00.000Z"))
+        tx.merge(stage)
+    results = {r.check_name: r for r in TABLE_CHECKS["evinotice_batches"].evaluate(warehouse, None)}
+    accepted = results["accepted_values"]
+    assert not accepted.passed and accepted.severity == AssetCheckSeverity.WARN
+    assert accepted.metadata["unaccepted_state"].value == 1  # Completed is a documented state
+    assert results["unique_key"].passed and results["required_columns"].passed
 
 
 # --- the asset -----------------------------------------------------------------------------
