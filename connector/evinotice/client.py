@@ -22,7 +22,6 @@ password travels only inside the ``httpx.BasicAuth`` header; it is in no repr, l
 from __future__ import annotations
 
 import base64
-import re
 from collections.abc import AsyncIterator, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -32,9 +31,15 @@ from urllib.parse import quote
 
 import httpx
 
-from connector.crm.emails import normalize_email
 from connector.errors import IncompleteReadError
 from connector.evinotice.options import InvalidRequestError, wire_options
+from connector.evinotice.recipients import (
+    Recipient,
+    fill_placeholders,
+    format_recipients,
+    missing_placeholders,
+    usable_address,
+)
 from connector.http import ClientLimits, ResilientClient
 from connector.settings import EviNoticeSettings
 
@@ -93,17 +98,6 @@ _SPELLINGS = {"HashMoreResults": "HasMoreResults", "ProgessPercentage": "Progres
 
 
 @dataclass(frozen=True)
-class Recipient:
-    """One recipient line: an email address or a phone number with country code."""
-
-    address: str
-    display_name: str
-    legal_name: str | None = None
-    lookup_key: str | None = None
-    variables: Mapping[str, str] = field(default_factory=dict)  # template variables
-
-
-@dataclass(frozen=True)
 class Attachment:
     """One file attached to every message of a batch, with optional key/value attributes
     (a value is a string or a list of strings)."""
@@ -127,15 +121,6 @@ class Attachment:
             "Data": base64.b64encode(self.content).decode("ascii"),
             "Attributes": attributes,
         }
-
-
-_RESERVED_COLUMNS = ("Address", "DisplayName", "LegalName", "LookupKey")
-_PLACEHOLDER = re.compile(r"\{\{\s*([^{}]+?)\s*\}\}")
-_PHONE = re.compile(r"^\+[1-9]\d{6,14}$")
-_PHONE_SEPARATORS = re.compile(r"[\s.\-()]")
-# A field is quoted when it holds the separator, a quote, a line break, or edge whitespace the
-# server would otherwise be free to trim.
-_NEEDS_QUOTES = re.compile(r'[|"\r\n]|^\s|\s$')
 
 
 class EviNoticeClient:
@@ -434,88 +419,6 @@ def build_patch(
     if not payload:
         raise InvalidRequestError("nothing to configure: give a state or at least one option")
     return payload
-
-
-def format_recipients(recipients: Iterable[Recipient], *, first_number: int = 1) -> str:
-    """The ``|``-separated recipients text: a header, then one escaped line per recipient."""
-    rows = list(recipients)
-    variables: dict[str, None] = {}  # ordered set of template variable names
-    for number, recipient in enumerate(rows, start=first_number):
-        _check_recipient(recipient, number)
-        for name in recipient.variables:
-            variables.setdefault(name, None)
-    columns = ["Address", "DisplayName"]
-    if any(r.legal_name for r in rows):
-        columns.append("LegalName")
-    if any(r.lookup_key for r in rows):
-        columns.append("LookupKey")
-    columns.extend(variables)
-    lines = ["|".join(_escape(c) for c in columns)]
-    for r in rows:
-        fixed = {
-            "Address": r.address.strip(),
-            "DisplayName": r.display_name,
-            "LegalName": r.legal_name or "",
-            "LookupKey": r.lookup_key or "",
-        }
-        values = [fixed[c] if c in fixed else str(r.variables.get(c, "")) for c in columns]
-        lines.append("|".join(_escape(v) for v in values))
-    return "\n".join(lines) + "\n"
-
-
-def missing_placeholders(body: str, columns: Iterable[str]) -> list[str]:
-    """The ``{{Variable}}`` names of ``body`` no recipient column fills (case-insensitive)."""
-    known = {c.lower() for c in (*_RESERVED_COLUMNS, *columns)}
-    missing: dict[str, None] = {}
-    for name in _PLACEHOLDER.findall(body):
-        if name.lower() not in known:
-            missing.setdefault(name, None)
-    return list(missing)
-
-
-def fill_placeholders(body: str, recipient: Recipient) -> str:
-    """The body one recipient receives; a placeholder no column fills stays as written."""
-    values = {
-        "address": recipient.address.strip(),
-        "displayname": recipient.display_name,
-        "legalname": recipient.legal_name or "",
-        "lookupkey": recipient.lookup_key or "",
-    }
-    values.update({k.lower(): str(v) for k, v in recipient.variables.items()})
-    return _PLACEHOLDER.sub(lambda m: values.get(m.group(1).lower(), m.group(0)), body)
-
-
-def usable_address(address: str) -> str | None:
-    """Why EviNotice cannot take ``address`` (an email or a phone with country code), or None."""
-    address = address.strip()
-    if "@" in address:
-        _, why = normalize_email(address)
-        return None if why is None else f"not a usable email address ({why})"
-    if _PHONE.match(_PHONE_SEPARATORS.sub("", address)) is None:
-        return "neither an email address nor a phone number with country code"
-    return None
-
-
-def _check_recipient(recipient: Recipient, number: int) -> None:
-    address = recipient.address.strip()
-    why = usable_address(address)
-    if why is not None:
-        raise InvalidRequestError(f"recipient {number}: address {address!r} is {why}")
-    if not recipient.display_name.strip():
-        raise InvalidRequestError(f"recipient {number}: display name is empty")
-    for name in recipient.variables:
-        if not name.strip() or name.strip() != name:
-            raise InvalidRequestError(f"recipient {number}: bad variable name {name!r}")
-        if name.lower() in (c.lower() for c in _RESERVED_COLUMNS):
-            raise InvalidRequestError(
-                f"recipient {number}: variable {name!r} clashes with a fixed column"
-            )
-
-
-def _escape(value: str) -> str:
-    if _NEEDS_QUOTES.search(value):
-        return '"' + value.replace('"', '""') + '"'
-    return value
 
 
 def _chunks(items: Iterable[Recipient], size: int) -> Iterator[list[Recipient]]:
