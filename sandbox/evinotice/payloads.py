@@ -4,6 +4,8 @@ Problem details (``SandboxProblem``), batch options, timestamps, the ``|``-separ
 text, attachments and list cursors. Nothing here holds state; the store calls these.
 """
 
+from __future__ import annotations
+
 import base64
 import binascii
 import csv

@@ -1,11 +1,13 @@
 """The EviNotice sandbox's batches in memory, with their progress derived from sandbox time."""
 
+from __future__ import annotations
+
 import math
 import random
 import threading
 import uuid
-from bisect import insort
-from collections.abc import Mapping
+from bisect import bisect_right, insort
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -123,6 +125,9 @@ class EviNoticeStore:
         # never blocks the event loop for long, and a threaded server stays consistent too.
         self._lock = threading.RLock()
         self.seed = seed
+        # Counts writes, so derived views (the evidence index) know when to rebuild.
+        self._writes = 0
+        self._index: _EvidenceIndex | None = None
         self._ids = random.Random(f"evinotice-ids-{seed}")
         self._batches: dict[str, _Batch] = {}
         # Per site, (created, id) in ascending order: the key cursors point into.
@@ -185,6 +190,7 @@ class EviNoticeStore:
             batch = self._editable(batch_id)
             batch.body = body
             batch.updated = self.clock.now()
+            self._writes += 1
 
     def set_attachments(self, batch_id: str, files: Any) -> None:
         """Replace the attachments of a Draft batch (``[]`` clears them)."""
@@ -193,6 +199,7 @@ class EviNoticeStore:
             batch = self._editable(batch_id)
             batch.attachments = attachments
             batch.updated = self.clock.now()
+            self._writes += 1
 
     def add_recipients(self, batch_id: str, text: str) -> int:
         """Append recipients from the ``|``-separated text to a Draft batch; returns how many."""
@@ -211,6 +218,7 @@ class EviNoticeStore:
                 batch.fail_prefix.append(failed)
             batch.recipients.extend(rows)
             batch.updated = self.clock.now()
+            self._writes += 1
         return len(rows)
 
     def clear_recipients(self, batch_id: str) -> None:
@@ -221,6 +229,7 @@ class EviNoticeStore:
             batch.fail_prefix = []
             batch.synthetic_recipients = 0
             batch.updated = self.clock.now()
+            self._writes += 1
 
     def configure(self, batch_id: str, payload: Mapping[str, Any]) -> None:
         """Apply a PATCH: options, then ``State`` (``Draft`` reverts, ``Submitted`` finalises)."""
@@ -304,6 +313,7 @@ class EviNoticeStore:
                 batch.scheduled_for = scheduled
             if revert or changes or submit:
                 batch.updated = now
+                self._writes += 1
 
     # -- reads --
 
@@ -403,17 +413,14 @@ class EviNoticeStore:
         if outcome is not None and outcome not in EVIDENCE_OUTCOMES:
             raise bad("Outcome", f"Must be one of {', '.join(EVIDENCE_OUTCOMES)}.")
         position = decode_cursor(cursor) if cursor else 0
-        keys = set(lookup_keys) if lookup_keys is not None else None
         with self._lock:
             now = self.clock.now()
-            # Ordered by when each recipient was processed; records are built only for the
-            # page unless a State or Outcome filter needs them all.
-            processed = sorted(self._processed(now, owner, keys), key=_evidence_order)
+            chosen = self._processed(now, owner, lookup_keys)
             if state is None and outcome is None:
-                chosen = processed[position : position + limit]
-                page = [evidence_record(self.seed, r, now, _ts) for r in chosen]
+                # Records are built only for the page asked for.
+                page = [self._evidence(p, now) for p in chosen[position : position + limit]]
             else:
-                records = (evidence_record(self.seed, r, now, _ts) for r in processed)
+                records = (self._evidence(p, now) for p in chosen)
                 matching = [
                     record
                     for record in records
@@ -427,37 +434,62 @@ class EviNoticeStore:
         """Every evidence record as it stands now, oldest first (for tests and the control API)."""
         with self._lock:
             now = self.clock.now()
-            processed = sorted(self._processed(now, None, None), key=_evidence_order)
-            return [evidence_record(self.seed, r, now, _ts) for r in processed]
+            return [self._evidence(p, now) for p in self._processed(now, None, None)]
 
-    def _processed(
-        self, now: datetime, owner: str | None, keys: set[str] | None
-    ) -> list[EvidenceRecipient]:
-        """Every uploaded recipient processed by ``now`` (seeded recipients have no address)."""
-        processed = []
+    def _processed(self, now: datetime, owner: str | None, keys: list[str] | None) -> Sequence[int]:
+        """Positions in the evidence index of the recipients processed by ``now``, in order."""
+        index = self._evidence_index()
+        end = bisect_right(index.entries, now, key=lambda entry: entry[0])
+        positions: Sequence[int]
+        if keys is None:
+            positions = range(end)
+        else:
+            wanted = {p for key in set(keys) for p in index.by_key.get(key, ()) if p < end}
+            positions = sorted(wanted)
+        if owner is not None:
+            positions = [
+                p for p in positions if self._batches[index.entries[p][1]].submitter == owner
+            ]
+        return positions
+
+    def _evidence(self, position: int, now: datetime) -> dict[str, Any]:
+        processed_at, batch_id, number = self._evidence_index().entries[position]
+        batch = self._batches[batch_id]
+        row = batch.recipients[number]
+        before = batch.fail_prefix[number - 1] if number else 0
+        recipient = EvidenceRecipient(
+            batch_id=batch_id,
+            index=number,
+            address=row["Address"],
+            lookup_key=row["LookupKey"],
+            processed_at=processed_at,
+            failed=batch.fail_prefix[number] > before,
+        )
+        return evidence_record(self.seed, recipient, now, _ts)
+
+    def _evidence_index(self) -> _EvidenceIndex:
+        """Every uploaded recipient of a submitted batch with the moment it is (or will be)
+        processed, in that order: the processed ones at ``now`` are a prefix. Rebuilt only
+        after a write, so paging through evidence costs a page, not a rescan."""
+        if self._index is not None and self._index.writes == self._writes:
+            return self._index
+        entries: list[tuple[datetime, str, int]] = []
         for batch in self._batches.values():
-            if not batch.recipients or (owner is not None and batch.submitter != owner):
+            if not batch.recipients or batch.submitted_at is None:
                 continue
-            progress = self._progress(batch, now)
-            if progress.started_on is None:
-                continue
-            done = progress.sent + progress.failed - batch.synthetic_recipients
-            for index, row in enumerate(batch.recipients[: max(0, done)]):
-                if keys is not None and row["LookupKey"] not in keys:
-                    continue
-                number = batch.synthetic_recipients + index + 1
-                before = batch.fail_prefix[index - 1] if index else 0
-                processed.append(
-                    EvidenceRecipient(
-                        batch_id=batch.id,
-                        index=index,
-                        address=row["Address"],
-                        lookup_key=row["LookupKey"],
-                        processed_at=progress.started_on + timedelta(seconds=number / batch.rate),
-                        failed=batch.fail_prefix[index] > before,
-                    )
-                )
-        return processed
+            start = self._start(batch)
+            for number in range(len(batch.recipients)):
+                # The batch's synthetic (seeded) recipients come first, then the uploaded ones.
+                done = batch.synthetic_recipients + number + 1
+                entries.append((start + timedelta(seconds=done / batch.rate), batch.id, number))
+        entries.sort()
+        by_key: dict[str, list[int]] = {}
+        for position, (_, batch_id, number) in enumerate(entries):
+            key = self._batches[batch_id].recipients[number]["LookupKey"]
+            if key is not None:
+                by_key.setdefault(key, []).append(position)
+        self._index = _EvidenceIndex(self._writes, entries, by_key)
+        return self._index
 
     def snapshot(self) -> list[dict[str, Any]]:
         """The true current state of every batch, oldest first (for tests and the control API)."""
@@ -513,12 +545,18 @@ class EviNoticeStore:
             )
         return batch
 
-    def _progress(self, batch: _Batch, now: datetime) -> _Progress:
-        if batch.submitted_at is None:
-            return _Progress("Draft", None, None, 0, 0, 0.0, batch.updated)
+    def _start(self, batch: _Batch) -> datetime:
+        """When a submitted batch starts: after the queue delay, or at its ScheduledDate."""
+        assert batch.submitted_at is not None
         start = batch.submitted_at + timedelta(seconds=self.queue_delay)
         if batch.scheduled_for is not None and batch.scheduled_for > start:
             start = batch.scheduled_for
+        return start
+
+    def _progress(self, batch: _Batch, now: datetime) -> _Progress:
+        if batch.submitted_at is None:
+            return _Progress("Draft", None, None, 0, 0, 0.0, batch.updated)
+        start = self._start(batch)
         if now < start:
             waiting = batch.scheduled_for is not None and now < batch.scheduled_for
             state = "Scheduled" if waiting else "Submitted"
@@ -547,8 +585,18 @@ class EviNoticeStore:
         )
 
 
-def _evidence_order(recipient: EvidenceRecipient) -> tuple[datetime, str, int]:
-    return (recipient.processed_at, recipient.batch_id, recipient.index)
+@dataclass(frozen=True)
+class _EvidenceIndex:
+    writes: int  # the store's write count it was built at
+    entries: list[tuple[datetime, str, int]]  # (processed at, batch id, recipient number)
+    by_key: dict[str, list[int]]  # LookupKey -> positions in entries
+
+
+@dataclass(frozen=True)
+class _EvidenceIndex:
+    writes: int  # the store's write count it was built at
+    entries: list[tuple[datetime, str, int]]  # (processed at, batch id, recipient number)
+    by_key: dict[str, list[int]]  # LookupKey -> positions in entries
 
 
 def _from_seed(seed: SeedBatch) -> _Batch:
