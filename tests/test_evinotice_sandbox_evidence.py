@@ -72,6 +72,8 @@ async def test_evidence_appears_as_the_batch_processes_and_moves_on(
     clock.advance(0.5)
     partial = await evidence(api)
     assert 0 < len(partial) < 40
+    counted = await get(api, batch_id)
+    assert len(partial) == counted["SentCount"] + counted["FailedCount"]
     clock.advance(600)
     done = await evidence(api)
     assert len(done) == 40

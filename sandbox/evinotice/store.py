@@ -1,4 +1,12 @@
-"""The EviNotice sandbox's batches in memory, with their progress derived from sandbox time."""
+"""The EviNotice sandbox's batches in memory, with their progress and per-recipient evidence
+derived from sandbox time.
+
+The same seed and clock always give the same state: a submitted batch starts ``queue_delay``
+seconds later (or at its ``ScheduledDate`` if that is later), then processes a fixed number of
+recipients a second; a small deterministic share of recipients fails, and so does every address
+whose local part starts with ``fail`` or ``bounce``. Each processed uploaded recipient has an
+evidence record (``sandbox.evinotice.evidence``).
+"""
 
 from __future__ import annotations
 
@@ -42,8 +50,6 @@ from sandbox.evinotice.payloads import (
     recipient_fails,
     validate_options,
 )
-
-# --- the store -----------------------------------------------------------------------------
 
 
 @dataclass
@@ -130,7 +136,7 @@ class EviNoticeStore:
         self._index: _EvidenceIndex | None = None
         self._ids = random.Random(f"evinotice-ids-{seed}")
         self._batches: dict[str, _Batch] = {}
-        # Per site, (created, id) in ascending order: the key cursors point into.
+        # Per site, (created, id) in ascending order: the order list positions count in.
         self._order: dict[str, list[tuple[datetime, str]]] = {}
         anchor = clock.now()
         for seeded in generate_batches(
