@@ -255,3 +255,5 @@ def test_the_evidence_asset_materialises_with_its_checks(loopback: Any, tmp_path
         "row_count_matches_api": True,
     }
     assert config.evinotice_password not in str(materialization.metadata)
+    # The control endpoint's truth holds the same records the asset read from.
+    assert len(list(sandbox.truth("evinotice-evidence"))) == 30
