@@ -21,7 +21,17 @@ from connector.warehouse.engine import Warehouse
 
 MESSAGE_STATUSES = ("Queued", "Sent", "Failed", "Bounced", "Complained", "Discarded")
 CONTACT_STATUSES = ("Active", "Blocked")
-EVINOTICE_STATES = ("Draft", "Scheduled", "Submitted", "Processing", "Processed")
+# The states the vendor's pages use. The service may add states: an unknown one is stored as it
+# comes, and its check only warns (``unaccepted_severity``), never fails the sync.
+EVINOTICE_STATES = (
+    "Draft",
+    "Scheduled",
+    "Submitted",
+    "Processing",
+    "Processed",
+    "Sent",
+    "Completed",
+)
 
 
 @dataclass(frozen=True)
@@ -33,6 +43,7 @@ class TableChecks:
     required: tuple[str, ...]
     accepted: dict[str, tuple[str, ...]] = field(default_factory=dict)
     matches_api_count: bool = True
+    unaccepted_severity: AssetCheckSeverity = AssetCheckSeverity.ERROR
 
     def specs(self) -> list[AssetCheckSpec]:
         specs = [
@@ -102,6 +113,7 @@ class TableChecks:
                     asset_key=self.table,
                     check_name="accepted_values",
                     passed=not any(unaccepted.values()),
+                    severity=self.unaccepted_severity,
                     metadata={f"unaccepted_{c}": n for c, n in unaccepted.items()},
                 )
             )
@@ -146,7 +158,11 @@ TABLE_CHECKS = {
         {"status": MESSAGE_STATUSES},
     ),
     "evinotice_batches": TableChecks(
-        "evinotice_batches", ("id",), ("id", "state"), {"state": EVINOTICE_STATES}
+        "evinotice_batches",
+        ("id",),
+        ("id", "state"),
+        {"state": EVINOTICE_STATES},
+        unaccepted_severity=AssetCheckSeverity.WARN,
     ),
 }
 

@@ -27,6 +27,7 @@ from dagster import (
     schedule,
 )
 
+from assets.evidence import EVIDENCE_ASSETS
 from assets.ingest import PARTITIONED, UNPARTITIONED, messages, messages_partitions
 from assets.reconcile import BY_PRODUCTS, RECONCILE_ASSETS, crm_export_sensor
 from assets.reporting import REPORTING
@@ -122,7 +123,14 @@ def sync_messages_schedule(context: ScheduleEvaluationContext) -> Iterator[RunRe
 defs = Definitions(
     # Also for runs the UI launches outside these jobs (materialise, backfills).
     executor=_executor(),
-    assets=[*UNPARTITIONED, *PARTITIONED, *RECONCILE_ASSETS, *BY_PRODUCTS, *REPORTING],
+    assets=[
+        *UNPARTITIONED,
+        *PARTITIONED,
+        *RECONCILE_ASSETS,
+        *BY_PRODUCTS,
+        *REPORTING,
+        *EVIDENCE_ASSETS,
+    ],
     jobs=[sync_platform_job, sync_messages_job, reconcile_job, publish_reports_job],
     schedules=[sync_platform_schedule, sync_messages_schedule],
     sensors=[publish_reports_after_sync, crm_export_sensor],

@@ -5,7 +5,8 @@ Control endpoint (``/_sandbox``, no auth, never throttled or faulted; loopback o
 - ``GET /_sandbox/behaviour`` / ``PATCH /_sandbox/behaviour`` — latency, rate limit, faults, churn
 - ``GET /_sandbox/stats`` / ``POST /_sandbox/stats/reset`` — arrivals, throttling, faults served
 - ``GET /_sandbox/truth/{resource}`` — the sandbox's true current data as JSON lines
-  (contacts, categories, batches, messages, evinotice-batches), full records
+  (contacts, categories, batches, messages, evinotice-batches,
+  evinotice-evidence), full records
 - ``POST /_sandbox/churn`` ``{"events": n}`` — apply n contact changes now
 - ``POST /_sandbox/clock/advance`` ``{"seconds": s}`` — move sandbox time forward
 """
@@ -40,12 +41,20 @@ from sandbox.behaviour import (
     parse_faults,
 )
 from sandbox.clock import SandboxClock
-from sandbox.evinotice.routes import EviNoticeStore, evinotice_routes
+from sandbox.evinotice.routes import evinotice_routes
+from sandbox.evinotice.store import EviNoticeStore
 from sandbox.marketplace.routes import MarketplaceApi
 from sandbox.marketplace.store import MarketplaceStore
 from sandbox.problems import problem_response
 
-RESOURCES = ("contacts", "categories", "batches", "messages", "evinotice-batches")
+RESOURCES = (
+    "contacts",
+    "categories",
+    "batches",
+    "messages",
+    "evinotice-batches",
+    "evinotice-evidence",
+)
 
 
 @dataclass
@@ -130,6 +139,8 @@ class Sandbox:
         store = self.marketplace
         if resource == "evinotice-batches":
             yield from self.evinotice.snapshot()
+        elif resource == "evinotice-evidence":
+            yield from self.evinotice.evidence_snapshot()
         elif resource == "categories":
             for category in list(store.categories.all()):
                 yield store.category_with_statistics(category)

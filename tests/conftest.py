@@ -105,3 +105,7 @@ def load_definitions() -> Any:
     for name in RELOADED_MODULES:
         sys.modules.pop(name, None)
     return importlib.import_module("assets.definitions").defs
+
+
+# EviNotice fixtures (sandbox routes in-process, clients) for the tests/test_evinotice*.py files.
+pytest_plugins = ["evinotice_api"]

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable, Iterator
-from datetime import UTC, datetime, timedelta, timezone
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import httpx
 import pytest
+from evinotice_api import FAST, PASSWORD, START, USER, Recording, new_batch, people, settings_for
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from starlette.applications import Starlette
 
 from connector.errors import (
     AmbiguousOutcomeError,
@@ -31,87 +31,11 @@ from connector.evinotice.client import (
     build_patch,
     format_recipients,
 )
-from connector.http import ClientLimits
-from connector.settings import EviNoticeSettings, Secret
 from sandbox.clock import SandboxClock
-from sandbox.evinotice.routes import (
-    DEFAULT_SITE_ID,
-    EviNoticeStore,
-    evinotice_routes,
-    parse_recipients,
-)
+from sandbox.evinotice.payloads import DEFAULT_SITE_ID, parse_recipients
+from sandbox.evinotice.store import EviNoticeStore
 
 pytestmark = pytest.mark.anyio
-
-START = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
-USER, PASSWORD = "evi-user", "Very-Secret-Pa55word"
-FAST = ClientLimits(timeout=5.0, backoff_base=0.001, backoff_max=0.01, max_attempts=3)
-
-
-class Recording(httpx.AsyncBaseTransport):
-    """Forwards to the sandbox app, records requests, and can lose chosen responses."""
-
-    def __init__(self, app: Starlette) -> None:
-        self.inner = httpx.ASGITransport(app=app)
-        self.requests: list[httpx.Request] = []
-        self.lose: Callable[[httpx.Request], bool] = lambda request: False
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        self.requests.append(request)
-        response = await self.inner.handle_async_request(request)
-        if self.lose(request):
-            # The server did the work; the answer never arrives.
-            raise httpx.ReadTimeout("answer lost", request=request)
-        return response
-
-    def sent(self, method: str | None = None) -> list[httpx.Request]:
-        return [r for r in self.requests if method is None or r.method == method]
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-def clock() -> SandboxClock:
-    return SandboxClock(start=START, speed=0.0)
-
-
-@pytest.fixture
-def store(clock: SandboxClock) -> EviNoticeStore:
-    return EviNoticeStore(clock, seed=11, batches=45)
-
-
-@pytest.fixture
-def transport(store: EviNoticeStore) -> Recording:
-    return Recording(Starlette(routes=evinotice_routes(store, username=USER, password=PASSWORD)))
-
-
-def settings_for(password: str = PASSWORD) -> EviNoticeSettings:
-    return EviNoticeSettings(
-        base_url="http://evinotice.test",
-        username=USER,
-        password=Secret(password),
-        site_id=DEFAULT_SITE_ID,
-    )
-
-
-@pytest.fixture
-async def client(transport: Recording) -> AsyncIterator[EviNoticeClient]:
-    async with EviNoticeClient(settings_for(), limits=FAST, transport=transport) as evi:
-        yield evi
-
-
-async def new_batch(client: EviNoticeClient, **options: Any) -> str:
-    return await client.create_batch(
-        description="Renewal notice", subject="Your renewal", issuer_name="Legal", **options
-    )
-
-
-def people(count: int, start: int = 0) -> Iterator[Recipient]:
-    for i in range(start, start + count):
-        yield Recipient(address=f"person{i}@example.com", display_name=f"Person {i}")
 
 
 # --- the whole lifecycle ---------------------------------------------------------------------
@@ -262,9 +186,15 @@ async def test_bad_recipients_are_refused_before_anything_is_sent(
         ({"state": "Submitted", "scheduled_date": "2026-03-05"}, "must be a datetime"),
         ({}, "nothing to configure"),
         ({"colour": "blue"}, "unknown EviNotice option"),
-        ({"lta_storage": "yes"}, "wrong type"),
-        ({"online_retention_period": True}, "wrong type"),
-        ({"commitment_options": "Maybe"}, "CommitmentOptions must be one of"),
+        ({"lta_storage": "yes"}, "LtaStorage: Input should be a valid boolean"),
+        ({"online_retention_period": True}, "OnlineRetentionPeriod: Input should be a valid int"),
+        ({"OnlineRetentionPeriod": -1}, "OnlineRetentionPeriod: Input should be greater"),
+        ({"reject_reasons": ["ok", 3]}, r"RejectReasons\.1: Input should be a valid string"),
+        ({"batch_push_notification_url": "ftp://x"}, "BatchPushNotificationUrl"),
+        (
+            {"commitment_options": "Maybe"},
+            "CommitmentOptions must be one of Disabled, Accept, Reject, AcceptOrReject",
+        ),
         ({"language": "en", "Language": "es"}, "given twice"),
     ],
 )
@@ -306,7 +236,7 @@ async def test_configure_schedule_revert_and_server_side_rules(
     await client.configure(batch_id, state="Submitted", scheduled_date=when)
     batch = await client.get_batch(batch_id)
     assert batch["State"] == "Scheduled"
-    assert batch["EviNotice"]["ScheduledDate"] == "2026-03-02T14:00:00.000Z"
+    assert batch["EviNotice"]["ScheduledDate"] == "2026-03-02T14:00:00.0000000+00:00"
     # Sending the same PATCH again is harmless (that is why the client may retry it).
     await client.configure(batch_id, state="Submitted", scheduled_date=when)
     with pytest.raises(ConflictError):
@@ -317,8 +247,10 @@ async def test_configure_schedule_revert_and_server_side_rules(
     await client.configure(batch_id, state="Submitted")
     clock.advance(15)
     assert (await client.get_batch(batch_id))["State"] == "Processing"
-    with pytest.raises(ConflictError, match="Draft"):
-        await client.configure(batch_id, state="Draft")
+    # The service answers a refused revert with a 400 naming State.
+    with pytest.raises(ValidationError, match="Draft") as refused:
+        await client.revert(batch_id)
+    assert "State" in refused.value.problem.field_errors
     with pytest.raises(ConflictError):
         await client.clear_recipients(batch_id)
     with pytest.raises(ConflictError):
@@ -354,14 +286,16 @@ async def test_unknown_batch_is_not_found(client: EviNoticeClient) -> None:
         await client.get_batch("../Batches")
 
 
-async def test_server_validation_errors_surface_with_field_errors(client: EviNoticeClient) -> None:
-    with pytest.raises(ValidationError) as caught:
+async def test_options_are_checked_by_the_typed_model_before_sending(
+    client: EviNoticeClient, transport: Recording
+) -> None:
+    with pytest.raises(InvalidRequestError, match="PushNotificationUrl"):
         await client.create_batch(
             description="d", subject="s", issuer_name="i", push_notification_url="not a url"
         )
-    assert "PushNotificationUrl" in caught.value.problem.field_errors
     with pytest.raises(InvalidRequestError):
         await client.create_batch(description=" ", subject="s", issuer_name="i")
+    assert transport.requests == []
 
 
 # --- reading the list ------------------------------------------------------------------------

@@ -7,7 +7,13 @@ reached the server:
 - ``PUT`` body / attachments, ``DELETE`` attachments / recipients, and ``PATCH`` — yes: each sets
   a target value, so sending it twice leaves the batch as sending it once;
 - ``POST`` create and ``POST`` recipients — no: each adds something, so a timeout after the
-  request left raises ``AmbiguousOutcomeError`` and the caller checks before sending again.
+  request left raises ``AmbiguousOutcomeError`` and the caller checks before sending again
+  (``recipients_count`` settles an ambiguous recipients request);
+- ``POST`` to the evidence query — yes: it is a read.
+
+Tolerated on the way in: the vendor's spellings ``HashMoreResults`` and ``ProgessPercentage``,
+states no list names yet, and list cursors that are positions (rows repeat when batches are
+created while paging newest first; every list is deduplicated by ``Id``).
 
 Local checks raise ``InvalidRequestError`` (a ``ValueError``) before anything is sent. The
 password travels only inside the ``httpx.BasicAuth`` header; it is in no repr, log or message.
@@ -16,8 +22,7 @@ password travels only inside the ``httpx.BasicAuth`` header; it is in no repr, l
 from __future__ import annotations
 
 import base64
-import re
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import islice
@@ -26,13 +31,25 @@ from urllib.parse import quote
 
 import httpx
 
-from connector.errors import ConnectorError, IncompleteReadError
+from connector.errors import IncompleteReadError
+from connector.evinotice.options import InvalidRequestError, wire_options
+from connector.evinotice.recipients import (
+    Recipient,
+    fill_placeholders,
+    format_recipients,
+    missing_placeholders,
+    usable_address,
+)
 from connector.http import ClientLimits, ResilientClient
 from connector.settings import EviNoticeSettings
 
 __all__ = [
     "BATCHES_PATH",
+    "EVIDENCE_OUTCOMES",
+    "EVIDENCE_PATH",
+    "EVIDENCE_STATES",
     "MAX_PAGE_SIZE",
+    "MAX_RECIPIENTS_PER_BATCH",
     "MAX_RECIPIENTS_PER_REQUEST",
     "STATES",
     "Attachment",
@@ -40,70 +57,70 @@ __all__ = [
     "InvalidRequestError",
     "Recipient",
     "build_patch",
+    "fill_placeholders",
     "format_recipients",
+    "missing_placeholders",
+    "usable_address",
 ]
 
 BATCHES_PATH = "/v2/EviNotice/Batches"
+EVIDENCE_PATH = "/api/v2/EviNotice/Query"
 MAX_RECIPIENTS_PER_REQUEST = 500
+MAX_RECIPIENTS_PER_BATCH = 100_000
 MAX_PAGE_SIZE = 100
-STATES = ("Draft", "Submitted", "Scheduled", "Processing", "Processed")
-
-
-class InvalidRequestError(ConnectorError, ValueError):
-    """A request that breaks the API's documented rules, caught before it is sent."""
-
-
-@dataclass(frozen=True)
-class Recipient:
-    """One recipient line: an email address or a phone number with country code."""
-
-    address: str
-    display_name: str
-    legal_name: str | None = None
-    lookup_key: str | None = None
-    variables: Mapping[str, str] = field(default_factory=dict)  # template variables
+# The batch states the vendor's pages use; a batch in another state is still read and stored.
+STATES = ("Draft", "Scheduled", "Submitted", "Processing", "Processed", "Sent", "Completed")
+EVIDENCE_STATES = (
+    "Submitted",
+    "Processed",
+    "Sent",
+    "Dispatched",
+    "Delivered",
+    "Read",
+    "Replied",
+    "Closed",
+    "Failed",
+)
+EVIDENCE_OUTCOMES = (
+    "None",
+    "Certified",
+    "Sent",
+    "Delivered",
+    "Read",
+    "Accepted",
+    "Rejected",
+    "Failed",
+    "Cancelled",
+    "Refused",
+)
+# The vendor's pages spell these two fields differently from the answers' usual names.
+_SPELLINGS = {"HashMoreResults": "HasMoreResults", "ProgessPercentage": "ProgressPercentage"}
 
 
 @dataclass(frozen=True)
 class Attachment:
-    """One file attached to every message of a batch."""
+    """One file attached to every message of a batch, with optional key/value attributes
+    (a value is a string or a list of strings)."""
 
     file_name: str
     content: bytes
-    content_type: str = "application/octet-stream"
+    display_name: str | None = None  # the file name when not given
+    attributes: Mapping[str, str | Sequence[str]] = field(default_factory=dict)
 
-
-# The PATCH options of the vendor's page, keyed by their wire name, with the Python type wanted.
-_OPTION_TYPES: dict[str, type | tuple[type, ...]] = {
-    "Description": str,
-    "Subject": str,
-    "IssuerName": str,
-    "CostCentre": str,
-    "AffidavitKinds": list,
-    "Language": str,
-    "AffidavitLanguage": str,
-    "OnlineRetentionPeriod": int,
-    "LtaStorage": bool,
-    "PushNotificationUrl": str,
-    "PushNotificationFilter": list,
-    "PushNotificationExtraData": str,
-    "CommitmentOptions": str,
-    "CommitmentCommentsAllowed": bool,
-    "RejectReasons": list,
-    "AcceptReasons": list,
-    "RequireRejectReason": bool,
-    "RequireAcceptReason": bool,
-    "BatchPushNotificationUrl": str,
-    "AllowRefusal": bool,
-}
-_COMMITMENT_OPTIONS = ("Disabled", "Accept", "Reject", "AcceptOrReject")
-_RESERVED_COLUMNS = ("Address", "DisplayName", "LegalName", "LookupKey")
-_EMAIL = re.compile(r"^[^@\s|\"]+@[^@\s|\"]+\.[^@\s|\".]+$")
-_PHONE = re.compile(r"^\+[1-9]\d{6,14}$")
-_PHONE_SEPARATORS = re.compile(r"[\s.\-()]")
-# A field is quoted when it holds the separator, a quote, a line break, or edge whitespace the
-# server would otherwise be free to trim.
-_NEEDS_QUOTES = re.compile(r'[|"\r\n]|^\s|\s$')
+    def wire(self) -> dict[str, Any]:
+        """The ``{DisplayName, FileName, Data, Attributes}`` object the API takes."""
+        attributes = []
+        for key, value in self.attributes.items():
+            if isinstance(value, str):
+                attributes.append({"Key": key, "Value": value})
+            else:
+                attributes.append({"Key": key, "Values": list(value)})
+        return {
+            "DisplayName": self.display_name or self.file_name,
+            "FileName": self.file_name,
+            "Data": base64.b64encode(self.content).decode("ascii"),
+            "Attributes": attributes,
+        }
 
 
 class EviNoticeClient:
@@ -155,7 +172,7 @@ class EviNoticeClient:
                 raise InvalidRequestError(f"{name} must be a non-empty string")
         if not isinstance(issuer_name, str) or not issuer_name.strip():
             raise InvalidRequestError("issuer_name must be a non-empty string")
-        extra = _wire_options(options)
+        extra = wire_options(options)
         if extra.keys() & payload.keys():
             raise InvalidRequestError("description, subject and issuer_name are given once")
         payload.update(extra)
@@ -166,13 +183,20 @@ class EviNoticeClient:
         return batch_id
 
     async def set_body(self, batch_id: str, body: str) -> None:
-        """Replace the message body (HTML or text) of a Draft batch."""
+        """Replace the body of a Draft batch: raw text with ``{{Variable}}`` placeholders."""
         if not isinstance(body, str):
             raise InvalidRequestError("body must be a string")
-        await self._http.send("PUT", _path(batch_id, "Body"), json=body, safe_to_retry=True)
+        # Raw text, not a JSON string: the service stores the request body as it comes.
+        await self._http.send(
+            "PUT",
+            _path(batch_id, "Body"),
+            content=body.encode("utf-8"),
+            headers={"Content-Type": "text/plain; charset=utf-8"},
+            safe_to_retry=True,
+        )
 
     async def set_attachments(self, batch_id: str, attachments: Iterable[Attachment]) -> None:
-        """Replace the attachments of a Draft batch; an empty iterable clears them."""
+        """Replace the whole attachment set of a Draft batch; an empty iterable clears it."""
         files = []
         names: set[str] = set()
         for item in attachments:
@@ -181,28 +205,35 @@ class EviNoticeClient:
             if item.file_name in names:
                 raise InvalidRequestError(f"attachment {item.file_name!r} appears twice")
             names.add(item.file_name)
-            files.append(
-                {
-                    "FileName": item.file_name,
-                    "ContentType": item.content_type,
-                    "Content": base64.b64encode(item.content).decode("ascii"),
-                }
-            )
-        await self._http.send("PUT", _path(batch_id, "Attachments"), json=files, safe_to_retry=True)
+            files.append(item.wire())
+        await self._http.send(
+            "PUT",
+            _path(batch_id, "Attachments"),
+            json={"Attachments": files},
+            safe_to_retry=True,
+        )
 
     async def clear_attachments(self, batch_id: str) -> None:
         """Remove every attachment of a Draft batch."""
         await self._http.send("DELETE", _path(batch_id, "Attachments"), safe_to_retry=True)
 
-    async def add_recipients(self, batch_id: str, recipients: Iterable[Recipient]) -> int:
+    async def add_recipients(
+        self, batch_id: str, recipients: Iterable[Recipient], *, already: int = 0
+    ) -> int:
         """Append recipients in requests of at most 500; returns how many were sent.
 
-        The iterable is consumed chunk by chunk, so memory stays flat. Chunks already sent stay
-        on the batch if a later one fails; ``clear_recipients`` starts over.
+        ``already`` is how many the batch holds now: a batch holds at most 100,000, and a
+        sized ``recipients`` that would pass that is refused before anything is sent (an
+        unsized one before the chunk that would pass it). The iterable is consumed chunk by
+        chunk, so memory stays flat. Chunks already sent stay on the batch if a later one fails;
+        ``recipients_count`` tells how many arrived, ``clear_recipients`` starts over.
         """
+        if isinstance(recipients, Collection):
+            _check_room(already, len(recipients))
         sent = 0
         path = _path(batch_id, "Recipients")
         for chunk in _chunks(recipients, MAX_RECIPIENTS_PER_REQUEST):
+            _check_room(already + sent, len(chunk))
             text = format_recipients(chunk, first_number=sent + 1)
             # Appends: a resend after a lost answer would add the chunk twice.
             await self._http.send("POST", path, json=text, safe_to_retry=False)
@@ -227,6 +258,22 @@ class EviNoticeClient:
         # Sets target values: a resend leaves the batch as one send would.
         await self._http.send("PATCH", _path(batch_id), json=payload, safe_to_retry=True)
 
+    async def schedule(self, batch_id: str, at: datetime) -> None:
+        """Finalise a Draft batch to be sent at ``at`` (timezone-aware), on the service's clock."""
+        await self.configure(batch_id, state="Submitted", scheduled_date=at)
+
+    async def submit_now(self, batch_id: str) -> None:
+        """Finalise a Draft batch to be sent as soon as the service can."""
+        await self.configure(batch_id, state="Submitted")
+
+    async def reschedule(self, batch_id: str, at: datetime) -> None:
+        """Move the date of a scheduled batch that has not started (the service refuses later)."""
+        await self.configure(batch_id, state="Submitted", scheduled_date=at)
+
+    async def revert(self, batch_id: str) -> None:
+        """Put a scheduled batch back to Draft; refused (``ValidationError``) once it started."""
+        await self.configure(batch_id, state="Draft")
+
     # -- reads --
 
     async def get_batch(
@@ -246,7 +293,15 @@ class EviNoticeClient:
         )
         if not isinstance(answer, dict):
             raise IncompleteReadError(f"GET {_path(batch_id)}: the answer is not an object")
-        return answer
+        return _usual_spellings(answer)
+
+    async def recipients_count(self, batch_id: str) -> int:
+        """How many recipients the batch holds now (settles an ambiguous recipients request)."""
+        batch = await self.get_batch(batch_id, include_recipients_count=True)
+        count = batch.get("TotalCount")
+        if not isinstance(count, int) or isinstance(count, bool):
+            raise IncompleteReadError(f"GET {_path(batch_id)}: no TotalCount in the answer")
+        return count
 
     async def iter_batches(
         self,
@@ -256,39 +311,86 @@ class EviNoticeClient:
         *,
         descending: bool = False,
     ) -> AsyncIterator[list[dict[str, Any]]]:
-        """Every batch of a site (default: the configured one), one page at a time via cursors."""
+        """Every batch of a site (default: the configured one) once, a page at a time."""
         if not 1 <= page_size <= MAX_PAGE_SIZE:
             raise InvalidRequestError(f"page_size must be between 1 and {MAX_PAGE_SIZE}")
         if state is not None and state not in STATES:
             raise InvalidRequestError(f"state must be one of {', '.join(STATES)}")
-        site = owner_site_id or self.settings.site_id
         query: dict[str, Any] = {
-            "OwnerSiteId": site,
+            "OwnerSiteId": owner_site_id or self.settings.site_id,
             "Limit": page_size,
             "Order": 1 if descending else 0,
         }
         if state is not None:
             query["State"] = state
+        # QUERY is a read; its parameters travel in a JSON body, as the method intends.
+        async for page in self._cursor_pages("QUERY", BATCHES_PATH, query):
+            yield page
+
+    async def iter_evidence(
+        self,
+        *,
+        lookup_keys: Sequence[str] | None = None,
+        owner: str | None = None,
+        state: str | None = None,
+        outcome: str | None = None,
+        page_size: int = MAX_PAGE_SIZE,
+    ) -> AsyncIterator[list[dict[str, Any]]]:
+        """Per-recipient evidence records (``POST /api/v2/EviNotice/Query``), each once."""
+        if not 1 <= page_size <= MAX_PAGE_SIZE:
+            raise InvalidRequestError(f"page_size must be between 1 and {MAX_PAGE_SIZE}")
+        if state is not None and state not in EVIDENCE_STATES:
+            raise InvalidRequestError(f"state must be one of {', '.join(EVIDENCE_STATES)}")
+        if outcome is not None and outcome not in EVIDENCE_OUTCOMES:
+            raise InvalidRequestError(f"outcome must be one of {', '.join(EVIDENCE_OUTCOMES)}")
+        query: dict[str, Any] = {"Limit": page_size}
+        if lookup_keys is not None:
+            keys = list(lookup_keys)
+            if not keys or not all(isinstance(k, str) and k for k in keys):
+                raise InvalidRequestError("lookup_keys must be non-empty strings")
+            query["LookupKeys"] = keys
+        for name, value in (("Owner", owner), ("State", state), ("Outcome", outcome)):
+            if value is not None:
+                query[name] = value
+        async for page in self._cursor_pages("POST", EVIDENCE_PATH, query):
+            yield page
+
+    async def _cursor_pages(
+        self, method: str, path: str, query: dict[str, Any]
+    ) -> AsyncIterator[list[dict[str, Any]]]:
+        """Follow a cursor to the end, yielding each page's rows not seen before (by ``Id``).
+
+        The end is ``HasMoreResults`` false where the answer has the flag, else an empty page
+        (the evidence query documents no flag).
+        """
+        seen: set[str] = set()
         cursor: str | None = None
         while True:
             body = dict(query, Cursor=cursor) if cursor else query
-            # QUERY is a read; its parameters travel in a JSON body, as the method intends.
-            page = await self._http.send_json("QUERY", BATCHES_PATH, json=body, safe_to_retry=True)
+            page = await self._http.send_json(method, path, json=body, safe_to_retry=True)
             if not isinstance(page, dict) or not isinstance(page.get("Results"), list):
-                raise IncompleteReadError(f"QUERY {BATCHES_PATH}: the answer has no Results list")
+                raise IncompleteReadError(f"{method} {path}: the answer has no Results list")
+            page = _usual_spellings(page)
             results: list[dict[str, Any]] = page["Results"]
-            more = bool(page.get("HasMoreResults"))
+            flag = page.get("HasMoreResults")
+            more = bool(flag) if flag is not None else bool(results)
             next_cursor = page.get("Cursor")
             # A server that says "more" without moving its cursor would loop forever; checked
             # before yielding so a repeated page never reaches the caller.
             if more and (
                 not isinstance(next_cursor, str) or not next_cursor or next_cursor == cursor
             ):
-                raise IncompleteReadError(
-                    f"QUERY {BATCHES_PATH}: HasMoreResults without a new cursor"
-                )
-            if results:
-                yield results
+                raise IncompleteReadError(f"{method} {path}: more results without a new cursor")
+            fresh = []
+            for row in results:
+                key = row.get("Id") if isinstance(row, dict) else None
+                if not isinstance(key, str):
+                    raise IncompleteReadError(f"{method} {path}: a result without an Id")
+                if key not in seen:
+                    seen.add(key)
+                    fresh.append(_usual_spellings(row))
+            if fresh:
+                yield fresh
             if not more:
                 return
             cursor = next_cursor
@@ -300,7 +402,7 @@ def build_patch(
     """The PATCH body, checked against the documented State / ScheduledDate rules."""
     if state is not None and state not in ("Draft", "Submitted"):
         raise InvalidRequestError("state must be 'Draft' or 'Submitted'")
-    payload = _wire_options(options)
+    payload = wire_options(options)
     if scheduled_date is not None:
         if state == "Draft":
             raise InvalidRequestError("state 'Draft' cannot come with a scheduled_date")
@@ -319,88 +421,30 @@ def build_patch(
     return payload
 
 
-def format_recipients(recipients: Iterable[Recipient], *, first_number: int = 1) -> str:
-    """The ``|``-separated recipients text: a header, then one escaped line per recipient."""
-    rows = list(recipients)
-    variables: dict[str, None] = {}  # ordered set of template variable names
-    for number, recipient in enumerate(rows, start=first_number):
-        _check_recipient(recipient, number)
-        for name in recipient.variables:
-            variables.setdefault(name, None)
-    columns = ["Address", "DisplayName"]
-    if any(r.legal_name for r in rows):
-        columns.append("LegalName")
-    if any(r.lookup_key for r in rows):
-        columns.append("LookupKey")
-    columns.extend(variables)
-    lines = ["|".join(_escape(c) for c in columns)]
-    for r in rows:
-        fixed = {
-            "Address": r.address.strip(),
-            "DisplayName": r.display_name,
-            "LegalName": r.legal_name or "",
-            "LookupKey": r.lookup_key or "",
-        }
-        values = [fixed[c] if c in fixed else str(r.variables.get(c, "")) for c in columns]
-        lines.append("|".join(_escape(v) for v in values))
-    return "\n".join(lines) + "\n"
-
-
-def _check_recipient(recipient: Recipient, number: int) -> None:
-    address = recipient.address.strip()
-    is_email = _EMAIL.match(address) is not None
-    if not is_email and _PHONE.match(_PHONE_SEPARATORS.sub("", address)) is None:
-        raise InvalidRequestError(
-            f"recipient {number}: address {address!r} is neither an email address nor a "
-            "phone number with country code"
-        )
-    if not recipient.display_name.strip():
-        raise InvalidRequestError(f"recipient {number}: display name is empty")
-    for name in recipient.variables:
-        if not name.strip() or name.strip() != name:
-            raise InvalidRequestError(f"recipient {number}: bad variable name {name!r}")
-        if name.lower() in (c.lower() for c in _RESERVED_COLUMNS):
-            raise InvalidRequestError(
-                f"recipient {number}: variable {name!r} clashes with a fixed column"
-            )
-
-
-def _escape(value: str) -> str:
-    if _NEEDS_QUOTES.search(value):
-        return '"' + value.replace('"', '""') + '"'
-    return value
-
-
 def _chunks(items: Iterable[Recipient], size: int) -> Iterator[list[Recipient]]:
     iterator = iter(items)
     while chunk := list(islice(iterator, size)):
         yield chunk
 
 
-def _wire_options(options: Mapping[str, Any]) -> dict[str, Any]:
-    """Options keyed by wire name (``CostCentre``), accepting snake_case (``cost_centre``)."""
-    wire: dict[str, Any] = {}
-    for name, value in options.items():
-        key = name if name in _OPTION_TYPES else _pascal(name)
-        if key not in _OPTION_TYPES:
-            raise InvalidRequestError(f"unknown EviNotice option {name!r}")
-        if key in wire:
-            raise InvalidRequestError(f"option {key} given twice")
-        wanted = _OPTION_TYPES[key]
-        # bool is an int in Python; the API's integers are not booleans.
-        wrong_bool = wanted is int and isinstance(value, bool)
-        if value is not None and (wrong_bool or not isinstance(value, wanted)):
-            raise InvalidRequestError(f"option {key} has the wrong type")
-        if key == "CommitmentOptions" and value is not None and value not in _COMMITMENT_OPTIONS:
-            raise InvalidRequestError(
-                f"CommitmentOptions must be one of {', '.join(_COMMITMENT_OPTIONS)}"
-            )
-        wire[key] = value
-    return wire
+def _check_room(already: int, adding: int) -> None:
+    if already + adding > MAX_RECIPIENTS_PER_BATCH:
+        raise InvalidRequestError(
+            f"a batch holds at most {MAX_RECIPIENTS_PER_BATCH} recipients: it has {already} "
+            f"and {adding} more would pass that; split the audience over several batches"
+        )
 
 
-def _pascal(name: str) -> str:
-    return "".join(part[:1].upper() + part[1:] for part in name.split("_"))
+def _usual_spellings(answer: dict[str, Any]) -> dict[str, Any]:
+    """The answer with the vendor's alternative field spellings under their usual names."""
+    if not _SPELLINGS.keys() & answer.keys():
+        return answer
+    fixed = dict(answer)
+    for vendor, usual in _SPELLINGS.items():
+        if vendor in fixed:
+            value = fixed.pop(vendor)
+            fixed.setdefault(usual, value)
+    return fixed
 
 
 def _path(batch_id: str, *rest: str) -> str:

@@ -1,12 +1,23 @@
-"""Turns EviNotice batch records (the list shape) into ``evinotice_batches`` rows."""
+"""Turns EviNotice records into warehouse rows: batches (the list shape) for
+``evinotice_batches`` and per-recipient evidence for ``evinotice_evidence``.
+
+The service's timestamps carry up to seven fractional digits and an offset
+(``2024-11-19T16:11:17.9870820+00:00``); they are parsed here and written as UTC with
+microseconds, which every warehouse reads. A state or outcome no list names yet is stored as
+it comes: it is data, never a reason to fail a sync.
+"""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from datetime import UTC, datetime
 from typing import Any
 
 from connector.warehouse.rows import Row, encoded
+
+# States after which a batch has nothing left to process.
+FINISHED_STATES = ("Processed", "Sent", "Completed")
 
 
 def evinotice_batch_rows(records: Iterable[dict[str, Any]], synced_at: str) -> list[Row]:
@@ -30,10 +41,10 @@ def evinotice_batch_rows(records: Iterable[dict[str, Any]], synced_at: str) -> l
                 "sent_count": sent,
                 "failed_count": failed,
                 "progress_percentage": progress,
-                "created_at": record.get("CreationDate"),
-                "scheduled_for": record.get("ScheduledFor"),
-                "started_on": record.get("StartedOn"),
-                "processed_on": record.get("ProcessedOn"),
+                "created_at": utc_timestamp(record.get("CreationDate")),
+                "scheduled_for": utc_timestamp(record.get("ScheduledFor")),
+                "started_on": utc_timestamp(record.get("StartedOn")),
+                "processed_on": utc_timestamp(record.get("ProcessedOn")),
                 "synced_at": synced_at,
                 "row_hash": digest,
                 "raw": raw,
@@ -42,9 +53,48 @@ def evinotice_batch_rows(records: Iterable[dict[str, Any]], synced_at: str) -> l
     return rows
 
 
+def evidence_rows(records: Iterable[dict[str, Any]], synced_at: str) -> list[Row]:
+    """Rows for ``evinotice_evidence``, from the evidence query's shape."""
+    rows = []
+    for record in records:
+        raw, digest = encoded(record)
+        ttl = record.get("TimeToLive")
+        rows.append(
+            {
+                "id": record["Id"],
+                "linked_id": record.get("LinkedId"),
+                "lookup_key": record.get("LookupKey"),
+                "recipient_address": record.get("RecipientAddress"),
+                "state": record.get("State"),
+                "outcome": record.get("Outcome"),
+                "created_at": utc_timestamp(record.get("CreationDate")),
+                "last_update_date": utc_timestamp(record.get("LastUpdateDate")),
+                "time_to_live_minutes": ttl if isinstance(ttl, int) else None,
+                "synced_at": synced_at,
+                "row_hash": digest,
+                "raw": raw,
+            }
+        )
+    return rows
+
+
+def utc_timestamp(value: Any) -> str | None:
+    """An API timestamp as UTC ISO 8601 with microseconds; None when absent or unreadable
+    (the record's raw JSON keeps what came)."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)  # no offset given: the service's clock is UTC
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")
+
+
 def _progress(state: str | None, total: Any, done: int) -> float | None:
-    """Percent done as EviNotice reports it: floored to 0.01, 100 only once Processed."""
-    if state == "Processed":
+    """Percent done as EviNotice reports it: floored to 0.01, 100 once finished."""
+    if state in FINISHED_STATES:
         return 100.0
     if not isinstance(total, int) or total <= 0:
         return 0.0 if total == 0 else None

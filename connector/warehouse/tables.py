@@ -83,4 +83,6 @@ RECONCILE_TABLE_NAMES = (
     "pushback_results",
     "reconciliation_runs",
 )
-ALL_TABLE_NAMES = TABLE_NAMES + RECONCILE_TABLE_NAMES
+# Per-recipient evidence of certified mail (connector.pipelines.evidence_sync).
+EVIDENCE_TABLE_NAMES = ("evinotice_evidence",)
+ALL_TABLE_NAMES = TABLE_NAMES + RECONCILE_TABLE_NAMES + EVIDENCE_TABLE_NAMES

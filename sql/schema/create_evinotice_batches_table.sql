@@ -1,7 +1,7 @@
 -- EviNotice certified-mail batches with their progress and counts, merged on id.
 create table if not exists evinotice_batches (
     id text not null primary key, -- Batch id (GUID)
-    state text, -- Draft, Scheduled, Submitted, Processing or Processed
+    state text, -- Draft, Scheduled, Submitted, Processing, Processed, Sent, Completed, or as it comes
     description text, -- Batch description
     site_id text, -- Owner site
     site_name text, -- Owner site name
