@@ -13,7 +13,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from connector.crm.emails import normalize_email
+from connector.emails import normalize_email
 from connector.evinotice.options import InvalidRequestError
 
 RESERVED_COLUMNS = ("Address", "DisplayName", "LegalName", "LookupKey")

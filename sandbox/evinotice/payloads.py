@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
-from connector.crm.emails import normalize_email
+from connector.emails import normalize_email
 from connector.evinotice.options import EviNoticeOptions
 from connector.settings import SANDBOX_EVINOTICE_SITE_ID
 
