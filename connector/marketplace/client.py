@@ -26,6 +26,7 @@ import logging
 from collections import deque
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import httpx
@@ -42,6 +43,7 @@ API_PREFIX = "/public/v1/notifications"
 RESOURCES = ("contacts", "categories", "batches", "messages")
 PAGE_SIZE = 100  # the server caps limit at 100
 STREAM_HEADERS = {"Accept": "application/jsonl", "MPT-Streaming": "true"}
+CHANGE_EVENTS = ("created", "updated")  # the audit events an incremental read follows
 
 ReadMode = Literal["auto", "streaming", "concurrent", "sequential"]
 Row = dict[str, Any]
@@ -149,6 +151,27 @@ class MarketplaceClient:
         """The server's own count (``limit=0``) of a filtered collection."""
         body = await self._page(resource, filter, ("audit",), offset=0, limit=0)
         return int(body["$meta"]["pagination"]["total"])
+
+    async def latest_change(self, resource: str) -> str | None:
+        """The newest ``audit.created.at`` or ``audit.updated.at`` in a collection, if any.
+
+        An event that has not happened is absent from ``audit`` (a record never updated has no
+        ``audit.updated``), so the high-water mark of changes is the later of the two.
+        """
+        newest: list[str] = []
+        for event in CHANGE_EVENTS:
+            at = f"audit.{event}.at"
+            query = rql.build_query_string(
+                rql.ne(at, rql.NULL), select=("audit",), order=(f"-{at}",), limit=1
+            )
+            body = await self.http.send_json(
+                "GET", f"/{resource}", params=query, safe_to_retry=True
+            )
+            rows = body.get("data") or []
+            stamp = _audit_at(rows[0], event) if rows else None
+            if stamp is not None:
+                newest.append(stamp)
+        return max(newest, key=_instant) if newest else None
 
     async def get(self, resource: str, identifier: str) -> Row:
         """One item by id."""
@@ -408,6 +431,21 @@ class MarketplaceClient:
             "contacts": list(contacts),
         }
         return await self.http.send_json("POST", "/batches", json=payload, safe_to_retry=False)
+
+
+def changed_since(since: datetime) -> rql.Rql:
+    """Records created or updated after ``since`` (a never-updated record has no ``updated``)."""
+    return rql.or_(*(rql.gt(f"audit.{event}.at", since) for event in CHANGE_EVENTS))
+
+
+def _audit_at(record: Row, event: str) -> str | None:
+    value = ((record.get("audit") or {}).get(event) or {}).get("at")
+    return value if isinstance(value, str) else None
+
+
+def _instant(stamp: str) -> datetime:
+    moment = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _checked(body: Any, first_total: int, report: ReadReport) -> list[Row]:

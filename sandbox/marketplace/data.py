@@ -85,7 +85,13 @@ ACCOUNT = {"id": "ACC-1000-2000", "name": "Sandbox Vendor", "type": "Vendor", "s
 
 
 def contact_id(n: int) -> str:
-    """``CTT-####-####-####`` for the n-th contact; fixed width, so text order is number order."""
+    """The n-th contact's id: ``CTT-####-####-####``, and for every tenth ``CTT-####-####``.
+
+    The platform hands out both shapes, so text order is not creation order: clients must
+    not assume either (the two shapes never collide: their lengths differ).
+    """
+    if n % 10 == 7 and n < 10**8:
+        return f"CTT-{n // 10**4 % 10**4:04d}-{n % 10**4:04d}"
     return f"CTT-{n // 10**8 % 10**4:04d}-{n // 10**4 % 10**4:04d}-{n % 10**4:04d}"
 
 
@@ -107,11 +113,15 @@ def user_id(n: int) -> str:
 
 
 def audit(created: datetime, updated: datetime | None = None) -> dict[str, Any]:
-    """The audit block in the API's shape (``created.at`` / ``updated.at``)."""
-    return {
-        "created": {"at": format_timestamp(created)},
-        "updated": {"at": format_timestamp(updated or created)},
-    }
+    """The audit block in the API's shape: one ``{"at"}`` per event that happened.
+
+    An event that has not happened is left out, key included, as the platform does: a record
+    never updated has ``audit.created`` and no ``audit.updated``.
+    """
+    events: dict[str, Any] = {"created": {"at": format_timestamp(created)}}
+    if updated is not None:
+        events["updated"] = {"at": format_timestamp(updated)}
+    return events
 
 
 def category_ref(category: dict[str, Any]) -> dict[str, Any]:
@@ -193,7 +203,8 @@ def _contact(
         opt_outs,
         created,
     )
-    contact["audit"] = audit(created, updated)
+    # A third of the contacts were never updated after they were created.
+    contact["audit"] = audit(created, None if n % 3 == 0 else updated)
     if rng.random() < 0.08:
         contact["status"] = "Blocked"
         contact["blockedReason"] = rng.choice(BLOCK_REASONS)

@@ -17,7 +17,13 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
-from sandbox.marketplace.rql import FieldSet, ParsedQuery, RqlSyntaxError, parse_query, sort_key
+from sandbox.marketplace.rql import (
+    FieldSet,
+    ParsedQuery,
+    RqlSyntaxError,
+    parse_query,
+    sort_in_place,
+)
 from sandbox.marketplace.store import MarketplaceStore, Record, StoreError
 from sandbox.problems import problem_response
 
@@ -148,7 +154,7 @@ class MarketplaceApi:
         collection = self.store.collection(resource)
         with self.store.lock:
             total, page = collection.query(
-                query.filter_text, query.predicate, query.order, sort_key
+                query.filter_text, query.predicate, query.order, sort_in_place
             )
             if _wants_stream(request):
                 rows = page(0, total)

@@ -1,6 +1,6 @@
 """The sandbox's in-memory Marketplace data and the operations the API performs on it.
 
-Records are kept in id order (ids are fixed width, so text order is creation order). An
+Records are kept in id (text) order, whatever the shape of the ids. An
 unfiltered read in id order is a slice; a filtered or re-ordered read is computed once per
 collection version and cached, so paging through a million records never rescans per page.
 """
@@ -20,7 +20,6 @@ from sandbox.marketplace import data as gen
 
 Record = dict[str, Any]
 Predicate = Callable[[Record], bool]
-SortKey = Callable[[Record], Any]
 
 
 class StoreError(Exception):
@@ -92,7 +91,7 @@ class Collection:
         cache_key: str,
         predicate: Predicate | None,
         order: tuple[tuple[str, bool], ...],
-        sort_key: Callable[[tuple[tuple[str, bool], ...]], SortKey] | None,
+        sort: Callable[[list[Record], tuple[tuple[str, bool], ...]], None] | None,
     ) -> tuple[int, Callable[[int, int], list[Record]]]:
         """Total count and a slicer ``(offset, limit) -> records`` for a filtered, ordered read."""
         by_id = self._by_id
@@ -105,8 +104,8 @@ class Collection:
             rows = [by_id[i] for i in self._ids]
             if predicate is not None:
                 rows = [r for r in rows if predicate(r)]
-            if order and sort_key is not None:
-                rows.sort(key=sort_key(order))
+            if order and sort is not None:
+                sort(rows, order)
             cached = (self.version, rows)
             self._cache[key] = cached
         rows = cached[1]

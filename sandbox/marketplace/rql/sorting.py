@@ -20,13 +20,11 @@ from sandbox.marketplace.rql.values import (
 
 OrderSpec = Sequence[tuple[str, bool]]
 
-# Sort keys are flat strings (ascending) or bytes (descending), so that sorting a million records
-# compares in C without nested tuples. The first character ranks the type:
-# null < bool < number < text < anything else. A descending key is the exact byte-wise inverse
-# of the ascending one: UTF-8 keeps code point order, NUL is escaped as NUL 01 and the key ends
-# with NUL NUL, which keeps the order and makes the encoding prefix-free, so that inverting
-# every byte reverses the order exactly.
-_INVERT = bytes(range(255, -1, -1))
+# A sort key is one flat string whose first character ranks the type (null < bool < number <
+# text < anything else): measured at 1M contacts (benchmarks/sort_keys.py) it sorts 1.2-4x
+# faster than a plain (rank, value) tuple. Descending fields are sorted in a reverse pass of
+# their own (Python's sort stays stable with reverse=True), one pass per field, last first:
+# that measured no slower than a byte-inverted descending key, and is simpler.
 _DOUBLE = struct.Struct(">d")
 _UINT64 = struct.Struct(">Q")
 _SIGN = 1 << 63
@@ -70,30 +68,20 @@ def _ascending(v: Any) -> str:
     return "\x04" + repr(v)
 
 
-def _inverted(key: str) -> bytes:
-    """A key that sorts exactly in the reverse order of ``key``."""
-    escaped = key.replace("\x00", "\x00\x01") + "\x00\x00"
-    return escaped.encode("utf-8", "surrogatepass").translate(_INVERT)
-
-
-def sort_key(order: OrderSpec) -> Callable[[Any], Any]:
-    """A key function for ``sorted`` ordering records by ``order`` ((path, descending), ...)."""
-    one_field = [_field_key(path, descending) for path, descending in order]
-    if len(one_field) == 1:
-        return one_field[0]
-    if len(one_field) == 2:
-        first, second = one_field
-        return lambda rec: (first(rec), second(rec))
-    return lambda rec: tuple([key(rec) for key in one_field])
-
-
-def _field_key(path: str, descending: bool) -> Callable[[Any], Any]:
+def sort_key(path: str) -> Callable[[Any], str]:
+    """The ascending key function of one field (dotted ``path``)."""
     get = getter(path)
-    if descending:
-        return lambda rec: _inverted(_ascending(get(rec)))
     return lambda rec: _ascending(get(rec))
 
 
+def sort_in_place(records: list[Any], order: OrderSpec) -> None:
+    """Sort ``records`` by ``order`` ((path, descending), ...); ties keep their incoming order."""
+    for path, descending in reversed(order):
+        records.sort(key=sort_key(path), reverse=descending)
+
+
 def sort_records(records: Iterable[Any], order: OrderSpec) -> list[Any]:
-    """Records sorted by ``order``; a stable sort, so ties keep their incoming order."""
-    return sorted(records, key=sort_key(order))
+    """Records sorted by ``order``, as a new list."""
+    rows = list(records)
+    sort_in_place(rows, order)
+    return rows
