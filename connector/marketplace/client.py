@@ -25,6 +25,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -32,7 +33,13 @@ from typing import Any, Literal
 import httpx
 import orjson
 
-from connector.errors import ConflictError, TransportError
+from connector.errors import (
+    ConflictError,
+    ContactGoneError,
+    NotFoundError,
+    TransportError,
+    ValidationError,
+)
 from connector.http import ClientLimits, ResilientClient
 from connector.marketplace import rql
 from connector.settings import MarketplaceSettings
@@ -382,9 +389,10 @@ class MarketplaceClient:
     ) -> Row:
         """PUT /contacts/{id}: the same body twice gives the same contact, so it is retried."""
         body = _contact_body(email, name, opt_outs)
-        return await self.http.send_json(
-            "PUT", f"/contacts/{identifier}", json=body, safe_to_retry=True
-        )
+        async with _gone_if_not_found():
+            return await self.http.send_json(
+                "PUT", f"/contacts/{identifier}", json=body, safe_to_retry=True
+            )
 
     async def block_contact(self, identifier: str) -> Row:
         """POST /contacts/{id}/block; already blocked counts as done."""
@@ -402,12 +410,14 @@ class MarketplaceClient:
         # Repeating a state change reaches the same end state, so it is retried; a conflict
         # may be our own earlier attempt having landed, so check the state before failing.
         try:
-            contact = await self.http.send_json(
-                "POST", f"/contacts/{identifier}/{action}", safe_to_retry=True
-            )
+            async with _gone_if_not_found():
+                contact = await self.http.send_json(
+                    "POST", f"/contacts/{identifier}/{action}", safe_to_retry=True
+                )
             return contact, True
         except ConflictError:
-            contact = await self.get("contacts", identifier)
+            async with _gone_if_not_found():
+                contact = await self.get("contacts", identifier)
             if contact.get("status") == target:
                 return contact, False
             raise
@@ -422,15 +432,59 @@ class MarketplaceClient:
         subject: str,
         body: str,
         contacts: Sequence[dict[str, str]],
+        *,
+        attachments: Sequence[BatchAttachment] = (),
     ) -> Row:
-        """POST /batches (not safe to repeat: a retry would send the email twice)."""
+        """POST /batches (not safe to repeat: a retry would send the email twice).
+
+        Sent as JSON, as the OpenAPI document says; with attachments as multipart/form-data,
+        as the official SDK does: a ``batch`` JSON part and one ``attachment`` part per file.
+        """
         payload = {
             "category": {"id": category_id},
             "subject": subject,
             "body": body,
             "contacts": list(contacts),
         }
-        return await self.http.send_json("POST", "/batches", json=payload, safe_to_retry=False)
+        if not attachments:
+            return await self.http.send_json("POST", "/batches", json=payload, safe_to_retry=False)
+        content, content_type = _multipart(payload, attachments)
+        return await self.http.send_json(
+            "POST",
+            "/batches",
+            content=content,
+            headers={"Content-Type": content_type},
+            safe_to_retry=False,
+        )
+
+
+@dataclass(frozen=True)
+class BatchAttachment:
+    """A file to send with a batch."""
+
+    filename: str
+    data: bytes
+    content_type: str = "application/octet-stream"
+
+
+def _multipart(payload: Row, attachments: Sequence[BatchAttachment]) -> tuple[bytes, str]:
+    """The body and Content-Type of a multipart batch, encoded by httpx."""
+    files = [("batch", (None, orjson.dumps(payload), "application/json"))]
+    files += [("attachment", (a.filename, a.data, a.content_type)) for a in attachments]
+    request = httpx.Request("POST", "http://multipart.invalid/", files=files)
+    return request.read(), request.headers["Content-Type"]
+
+
+@asynccontextmanager
+async def _gone_if_not_found() -> AsyncIterator[None]:
+    """A contact write's "not found" (404, or the 400 that block / unblock / update answer for
+    an unknown id) becomes ``ContactGoneError``: the contact was deleted, not a bad request."""
+    try:
+        yield
+    except (NotFoundError, ValidationError) as exc:
+        if isinstance(exc, NotFoundError) or exc.problem.says_not_found:
+            raise ContactGoneError(exc.method, exc.path, exc.problem) from exc
+        raise
 
 
 def changed_since(since: datetime) -> rql.Rql:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import bisect
 import random
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -112,6 +112,15 @@ class Collection:
         return len(rows), lambda offset, limit: rows[offset : offset + limit]
 
 
+@dataclass(frozen=True)
+class Attachment:
+    """A file sent with a batch (multipart ``attachment`` part)."""
+
+    filename: str
+    content_type: str
+    data: bytes
+
+
 @dataclass
 class ChurnStats:
     created: int = 0
@@ -211,7 +220,7 @@ class MarketplaceStore:
         """PUT /contacts/{id}."""
         email, name, opt_outs = self._contact_fields(body)
         with self.lock:
-            contact = self._contact(identifier)
+            contact = self._contact(identifier, unknown_status=400)
             owner = self._emails.get(email.casefold())
             if owner is not None and owner != identifier:
                 raise StoreError(
@@ -225,7 +234,7 @@ class MarketplaceStore:
     def set_blocked(self, identifier: str, blocked: bool, reason: str | None = None) -> Record:
         """POST /contacts/{id}/block and /unblock."""
         with self.lock:
-            contact = self._contact(identifier)
+            contact = self._contact(identifier, unknown_status=400)
             target = "Blocked" if blocked else "Active"
             if contact["status"] == target:
                 raise StoreError(
@@ -248,10 +257,12 @@ class MarketplaceStore:
             self.contacts.remove(identifier)
             del self._emails[contact["email"].casefold()]
 
-    def _contact(self, identifier: str) -> Record:
+    def _contact(self, identifier: str, *, unknown_status: int = 404) -> Record:
         contact = self.contacts.get(identifier)
         if contact is None:
-            raise StoreError(404, "Not Found", f"Contact {identifier} was not found.")
+            # Block, unblock and update publish only 200 and 400: an unknown id is a 400.
+            title = "Not Found" if unknown_status == 404 else "Bad Request"
+            raise StoreError(unknown_status, title, f"Contact {identifier} was not found.")
         return contact
 
     def _save(self, contact: Record) -> Record:
@@ -307,7 +318,7 @@ class MarketplaceStore:
 
     # -- batches ----------------------------------------------------------------------------
 
-    def create_batch(self, body: Any) -> Record:
+    def create_batch(self, body: Any, attachments: Sequence[Attachment] = ()) -> Record:
         """POST /batches: one batch and a Queued message per contact."""
         if not isinstance(body, dict):
             raise StoreError(400, "Bad Request", "The request body must be a JSON object.")
@@ -343,7 +354,16 @@ class MarketplaceStore:
                 "body": body.get("body"),
                 "category": gen.category_ref(category),
                 "account": dict(gen.ACCOUNT),
-                "attachments": [],
+                "attachments": [
+                    {
+                        "id": f"ATT-{number:04d}-{position:04d}",
+                        "name": attachment.filename,
+                        "filename": attachment.filename,
+                        "contentType": attachment.content_type,
+                        "size": len(attachment.data),
+                    }
+                    for position, attachment in enumerate(attachments, start=1)
+                ],
                 "audit": gen.audit(now),
             }
             self.batches.put(batch)
