@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -37,11 +36,11 @@ from connector.errors import (
     ConflictError,
     ContactGoneError,
     NotFoundError,
-    TransportError,
     ValidationError,
 )
 from connector.http import ClientLimits, ResilientClient
 from connector.marketplace import rql
+from connector.marketplace.paging import OffsetPaging, Page, StreamPaging
 from connector.settings import MarketplaceSettings
 
 log = logging.getLogger(__name__)
@@ -82,12 +81,27 @@ class ReadReport:
     duplicates_dropped: int = 0
     gaps_repaired: int = 0
     resumed_streams: int = 0
+    hedged_pages: int = 0  # pages asked for twice because they lagged behind the others
     changed: bool = False  # the server's totals moved, or rows repeated, during the read
+    total_given: bool = True  # False when the server answered ``total: null``
 
     @property
     def complete(self) -> bool:
-        """True when the rows read cover the server's count at the end of the read."""
-        return self.final_count is None or self.rows >= self.final_count
+        """True when the rows read are shown to cover the server's count at the end of the read.
+
+        Without a count from the server (``total: null``) completeness cannot be shown: False,
+        so nothing is concluded from rows that were not read (e.g. marked deleted).
+        """
+        return self.final_count is not None and self.rows >= self.final_count
+
+    @property
+    def completeness(self) -> str:
+        """The completeness check in words, for logs and metadata."""
+        if self.final_count is None:
+            return f"unverified: the server gave no total ({self.rows} rows read to the end)"
+        if self.rows >= self.final_count:
+            return f"complete: {self.rows} rows, the server counts {self.final_count}"
+        return f"incomplete: {self.rows} rows read, the server counts {self.final_count}"
 
 
 @dataclass
@@ -154,10 +168,10 @@ class MarketplaceClient:
 
     # -- reads ------------------------------------------------------------------------------
 
-    async def count(self, resource: str, filter: rql.Rql | None = None) -> int:
-        """The server's own count (``limit=0``) of a filtered collection."""
+    async def count(self, resource: str, filter: rql.Rql | None = None) -> int | None:
+        """The server's own count (``limit=0``) of a filtered collection; None if it gave none."""
         body = await self._page(resource, filter, ("audit",), offset=0, limit=0)
-        return int(body["$meta"]["pagination"]["total"])
+        return _total(body)
 
     async def latest_change(self, resource: str) -> str | None:
         """The newest ``audit.created.at`` or ``audit.updated.at`` in a collection, if any.
@@ -245,27 +259,26 @@ class MarketplaceClient:
         sequential: bool,
     ) -> AsyncIterator[list[Row]]:
         report.mode = report.mode or ("sequential" if sequential else "concurrent")
-        first = await self._page(resource, filter, select, offset=0, limit=PAGE_SIZE)
-        total = int(first["$meta"]["pagination"]["total"])
-        report.reported_total = total
-        yield first["data"]
-        window = 1 if sequential else self.http.limits.max_concurrency * 2
-        in_flight: deque[asyncio.Task[Any]] = deque()
-        offsets = iter(range(PAGE_SIZE, total, PAGE_SIZE))
+        window = self.http.limits.max_concurrency * 2
+        paging = (
+            OffsetPaging(PAGE_SIZE, window=1, lookahead=1, hedge_after=None)
+            if sequential
+            else OffsetPaging(PAGE_SIZE, window=window, lookahead=window * 4, hedge_after=window)
+        )
+
+        async def fetch(offset: int, limit: int) -> Page:
+            body = await self._page(resource, filter, select, offset=offset, limit=limit)
+            return Page(body["data"], _total(body))
+
         try:
-            for offset in offsets:
-                in_flight.append(
-                    asyncio.create_task(
-                        self._page(resource, filter, select, offset=offset, limit=PAGE_SIZE)
-                    )
-                )
-                if len(in_flight) >= window:
-                    yield _checked(await in_flight.popleft(), total, report)
-            while in_flight:
-                yield _checked(await in_flight.popleft(), total, report)
+            async for rows in paging.pages(fetch):
+                report.reported_total = paging.stats.total
+                yield rows
         finally:
-            for task in in_flight:
-                task.cancel()
+            report.total_given = paging.stats.total is not None
+            report.hedged_pages += paging.stats.hedged
+            if paging.stats.total_changed:
+                report.changed = True
 
     async def _streamed(
         self,
@@ -274,45 +287,35 @@ class MarketplaceClient:
         select: Sequence[str],
         report: ReadReport,
     ) -> AsyncIterator[list[Row]]:
-        last_id: str | None = None
-        while True:
-            batch: list[Row] = []
-            resume = filter if last_id is None else _and(filter, rql.gt("id", last_id))
-            query = rql.build_query_string(resume, select=select, order=("id",))
-            try:
-                async with self.http.stream(
-                    "GET", f"/{resource}", params=query, headers=STREAM_HEADERS
-                ) as response:
-                    if response.headers.get("MPT-Streaming", "").lower() != "true":
-                        # The server did not stream; page instead.
-                        break
-                    report.mode = "streaming"
-                    async for line in response.aiter_lines():
-                        if not line:
-                            continue
-                        row = _loads(line)
-                        batch.append(row)
-                        if len(batch) >= PAGE_SIZE * 10:
-                            last_id = batch[-1]["id"]
-                            yield batch
-                            batch = []
-                    if batch:
-                        last_id = batch[-1]["id"]
-                        yield batch
-                    return
-            except TransportError as exc:
-                # A cut stream resumes after the last complete row; a partial last line is
-                # dropped (it may be a truncated object).
+        streaming = StreamPaging(
+            batch_rows=PAGE_SIZE * 10, max_resumes=self.http.limits.max_attempts
+        )
+
+        @asynccontextmanager
+        async def open_stream(after: str | None) -> AsyncIterator[AsyncIterator[str] | None]:
+            resume = filter if after is None else _and(filter, rql.gt("id", after))
+            if after is not None:
                 report.resumed_streams += 1
                 report.changed = True  # two snapshots now: check the seams
-                if report.resumed_streams > self.http.limits.max_attempts:
-                    raise
-                log.warning("stream of %s interrupted (%s); resuming", resource, exc)
-                if batch:
-                    last_id = batch[-1]["id"]
-                    yield batch
-        async for page in self._paged(resource, filter, select, report, sequential=False):
-            yield page
+            query = rql.build_query_string(resume, select=select, order=("id",))
+            async with self.http.stream(
+                "GET", f"/{resource}", params=query, headers=STREAM_HEADERS
+            ) as response:
+                if response.headers.get("MPT-Streaming", "").lower() != "true":
+                    yield None  # the server did not stream: page instead
+                    return
+                report.mode = "streaming"
+                yield response.aiter_lines()
+
+        async for rows in streaming.pages(open_stream):
+            yield rows
+        if streaming.resumed > report.resumed_streams:
+            # Cut before any row arrived: resumed from the start, still a second snapshot.
+            report.resumed_streams = streaming.resumed
+            report.changed = True
+        if streaming.offered is False:
+            async for rows in self._paged(resource, filter, select, report, sequential=False):
+                yield rows
 
     async def _repair(
         self, resource: str, filter: rql.Rql | None, select: Sequence[str], emitter: _Emitter
@@ -320,6 +323,8 @@ class MarketplaceClient:
         """Find rows the read skipped (they shifted between pages) and fetch just those."""
         report = emitter.report
         report.final_count = await self.count(resource, filter)
+        if report.final_count is None and not report.changed:
+            return  # no count to check against, and nothing seen moving: nothing to probe
         if not report.changed and report.final_count == report.rows:
             return
         # The data moved during the read. Totals cannot locate skipped rows (a deleted row
@@ -355,7 +360,7 @@ class MarketplaceClient:
         if high is not None:
             bounds.append(rql.lt("id", high))
         range_filter = _and(filter, *bounds)
-        if await self.count(resource, range_filter) == 0:
+        if await self.count(resource, range_filter) == 0:  # None (no count given): look
             return []
         rows: list[Row] = []
         while True:
@@ -502,11 +507,10 @@ def _instant(stamp: str) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-def _checked(body: Any, first_total: int, report: ReadReport) -> list[Row]:
-    """A page's rows, noting when its total says the collection changed since the first."""
-    if body["$meta"]["pagination"]["total"] != first_total:
-        report.changed = True
-    return body["data"]
+def _total(body: Any) -> int | None:
+    """``$meta.pagination.total``: nullable in the OpenAPI document."""
+    total = body["$meta"]["pagination"].get("total")
+    return None if total is None else int(total)
 
 
 def _contact_body(email: str, name: str | None, opt_outs: Sequence[str]) -> dict[str, Any]:
@@ -523,10 +527,3 @@ def _and(*parts: rql.Rql | None) -> rql.Rql | None:
 def _check_resource(resource: str) -> None:
     if resource not in RESOURCES:
         raise ValueError(f"unknown resource {resource!r}; known: {', '.join(RESOURCES)}")
-
-
-def _loads(line: str) -> Row:
-    try:
-        return orjson.loads(line)
-    except orjson.JSONDecodeError as exc:
-        raise TransportError("stream delivered a line that is not valid JSON") from exc

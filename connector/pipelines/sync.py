@@ -62,7 +62,8 @@ async def sync_contacts(
     result = await _load_contacts(client, warehouse, full_refresh, policy, now)
     result.api_count = await client.count("contacts")
     result.table_count = warehouse.count("contacts", "where deleted_at is null")
-    if result.mode == "incremental" and result.api_count != result.table_count:
+    counted = result.api_count is not None  # the API may answer a null total
+    if result.mode == "incremental" and counted and result.api_count != result.table_count:
         # An incremental read cannot see deletions; the counts say something was deleted
         # (or created and missed), so a full refresh settles it now rather than tomorrow.
         note = (

@@ -85,7 +85,7 @@ ACCOUNT = {"id": "ACC-1000-2000", "name": "Sandbox Vendor", "type": "Vendor", "s
 
 
 def contact_id(n: int) -> str:
-    """The n-th contact's id: ``CTT-####-####-####``, and for every tenth ``CTT-####-####``.
+    """The id for contact number n: ``CTT-####-####-####``, one in ten ``CTT-####-####``.
 
     The platform hands out both shapes, so text order is not creation order: clients must
     not assume either (the two shapes never collide: their lengths differ).
@@ -93,6 +93,12 @@ def contact_id(n: int) -> str:
     if n % 10 == 7 and n < 10**8:
         return f"CTT-{n // 10**4 % 10**4:04d}-{n % 10**4:04d}"
     return f"CTT-{n // 10**8 % 10**4:04d}-{n // 10**4 % 10**4:04d}-{n % 10**4:04d}"
+
+
+def contact_number(n: int) -> int:
+    """The number in the n-th created contact's id: odd, so that contacts inserted later at
+    earlier positions (``MarketplaceStore.reinsert_step``) can take the even ones between."""
+    return 2 * n - 1
 
 
 def category_id(n: int) -> str:
@@ -197,7 +203,7 @@ def _contact(
             for c in sorted(picked, key=lambda c: c["id"])
         ]
     contact = new_contact(
-        contact_id(n),
+        contact_id(contact_number(n)),
         f"{first}.{last}.{n}@{DOMAINS[n % len(DOMAINS)]}".lower(),
         f"{first} {last}",
         opt_outs,

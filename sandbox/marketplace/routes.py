@@ -19,6 +19,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
+from sandbox.behaviour import Behaviour
 from sandbox.marketplace.rql import (
     FieldSet,
     ParsedQuery,
@@ -90,9 +91,12 @@ FIELDS: dict[str, FieldSet] = {
 class MarketplaceApi:
     """Request handlers bound to one store and one accepted token."""
 
-    def __init__(self, store: MarketplaceStore, token: str) -> None:
+    def __init__(
+        self, store: MarketplaceStore, token: str, *, behaviour: Behaviour | None = None
+    ) -> None:
         self.store = store
         self._token = token.encode()
+        self._behaviour = behaviour
 
     def routes(self) -> list[BaseRoute]:
         """Starlette routes for every notifications endpoint the sandbox serves."""
@@ -175,7 +179,12 @@ class MarketplaceApi:
         limit = DEFAULT_LIMIT if query.limit is None else query.limit
         body = {
             "$meta": {
-                "pagination": {"offset": query.offset, "limit": limit, "total": total},
+                "pagination": {
+                    "offset": query.offset,
+                    "limit": limit,
+                    # The total is nullable in the OpenAPI document; a switch answers null.
+                    "total": None if self._behaviour and self._behaviour.null_totals else total,
+                },
                 "omitted": list(shape.omitted),
             },
             "data": [shape.apply(r) for r in rows],

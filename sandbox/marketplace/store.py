@@ -128,6 +128,7 @@ class ChurnStats:
     blocked: int = 0
     unblocked: int = 0
     deleted: int = 0
+    reinserted: int = 0
     deleted_ids: list[str] = field(default_factory=list)
 
 
@@ -209,12 +210,17 @@ class MarketplaceStore:
                     f"A contact with email {email} already exists.",
                     {"email": ["A contact with this email already exists."]},
                 )
-            identifier = gen.contact_id(self._next_contact)
+            identifier = gen.contact_id(gen.contact_number(self._next_contact))
             self._next_contact += 1
-            contact = gen.new_contact(identifier, email, name, opt_outs, self.clock.now())
-            self.contacts.put(contact)
-            self._emails[email.casefold()] = identifier
-            return contact
+            return self._insert_contact(identifier, email, name, opt_outs)
+
+    def _insert_contact(
+        self, identifier: str, email: str, name: str | None, opt_outs: list[Record]
+    ) -> Record:
+        contact = gen.new_contact(identifier, email, name, opt_outs, self.clock.now())
+        self.contacts.put(contact)
+        self._emails[email.casefold()] = identifier
+        return contact
 
     def update_contact(self, identifier: str, body: Any) -> Record:
         """PUT /contacts/{id}."""
@@ -419,6 +425,26 @@ class MarketplaceStore:
                     self.delete_contact(contact["id"])
                     self.churn.deleted += 1
                     self.churn.deleted_ids.append(contact["id"])
+
+    def reinsert_step(self, events: int = 1) -> None:
+        """Create ``events`` contacts whose ids sort among the existing ones, not after them:
+        every row after such an id moves one position later, so a client paging by offset
+        meets the row at a page boundary twice."""
+        rng = self._churn_rng
+        with self.lock:
+            for _ in range(events):
+                for _attempt in range(20):
+                    number = 2 * rng.randrange(1, self._next_contact)  # even: between two
+                    identifier = gen.contact_id(number)
+                    if self.contacts.get(identifier) is None:
+                        break
+                else:
+                    continue
+                email = f"early.{number}@churn.test"
+                if email in self._emails:
+                    continue
+                self._insert_contact(identifier, email, f"Early {number}", [])
+                self.churn.reinserted += 1
 
 
 def _looks_like_email(value: str) -> bool:
