@@ -5,9 +5,12 @@ Reading a collection (``read``) orders by ``id`` and yields rows in chunks, neve
 
 - **streaming** when the server confirms it (``MPT-Streaming: true`` echoed); an interrupted
   stream resumes after the last id received;
-- **concurrent paging** otherwise: the first page's ``total`` says how many pages there are,
-  and a bounded window of pages is in flight at once, yielded in order;
+- **concurrent paging** otherwise: the first page's ``total`` says how many pages there are
+  (a null total: read to the first short page), and a window of requests is kept in flight,
+  pages yielded in order; a slow page does not stall the others;
 - **sequential paging** on request (the baseline the benchmark compares against).
+
+The strategies themselves are in ``connector.marketplace.paging``.
 
 Rows that shift between pages while data changes are caught both ways: a repeated row has an
 id not above the last one yielded and is dropped; a skipped row is found by comparing the
@@ -16,7 +19,9 @@ between pages and fetching just those.
 
 Write safety: PUT, block, unblock and DELETE reach the same end state when repeated, so they
 are retried; POST create is not, and a create whose outcome is unknown raises
-``AmbiguousOutcomeError`` (look the email up before sending it again).
+``AmbiguousOutcomeError`` (look the email up before sending it again). A write naming a contact
+that no longer exists raises ``ContactGoneError`` (block / unblock / update answer it with 400
+"not found", not 404).
 """
 
 from __future__ import annotations
