@@ -6,7 +6,8 @@
     ├── ApiError                  the API answered with an error status (problem details parsed)
     │   ├── RateLimitedError      429, ``retry_after`` seconds when the server said so
     │   ├── AuthenticationError   401 / 403
-    │   ├── NotFoundError         404
+    │   ├── NotFoundError         404 (or 400 saying "not found")
+    │   │   └── ContactGoneError  a contact write named a contact that no longer exists
     │   ├── ConflictError         409, or a create rejected because the item already exists
     │   ├── ValidationError       400 / 422, with ``field_errors``
     │   └── ServerError           5xx
@@ -40,7 +41,14 @@ class RqlBuildError(ConnectorError, ValueError):
 
 @dataclass(frozen=True)
 class Problem:
-    """An RFC 9110 problem-details body, as far as the server filled it in."""
+    """An RFC 9110 problem-details body, as far as the server filled it in.
+
+    The platform writes it more than one way: ``errors`` as an object of field -> messages or
+    as a list of ``{message, properties, id, parameters}``; ``title`` / ``status`` also as
+    ``message`` / ``statusCode``. Every form lands in the same fields (an error naming no
+    property is kept under the empty field name; ``error_ids`` keeps ids such as
+    ``MPTCOM03-0078``). ``status`` is the HTTP status, which wins over the body's.
+    """
 
     status: int
     title: str | None = None
@@ -48,28 +56,70 @@ class Problem:
     type: str | None = None
     trace_id: str | None = None
     field_errors: dict[str, list[str]] = field(default_factory=dict)
+    error_ids: tuple[str, ...] = ()
 
     @classmethod
-    def from_response_body(cls, status: int, body: Any) -> Problem:
+    def from_response_body(cls, status: int | None, body: Any) -> Problem:
         """Parse a decoded JSON body; anything that is not problem details keeps just the status."""
         if not isinstance(body, dict):
-            return cls(status=status)
-        errors = body.get("errors")
-        field_errors: dict[str, list[str]] = {}
-        if isinstance(errors, dict):
-            for name, messages in errors.items():
-                if isinstance(messages, list):
-                    field_errors[str(name)] = [str(m) for m in messages]
-                else:
-                    field_errors[str(name)] = [str(messages)]
+            return cls(status=status or 0)
+        field_errors, error_ids = _errors(body.get("errors"))
+        if not status:
+            status = _status(body.get("status", body.get("statusCode")))
         return cls(
-            status=status,
-            title=_text(body.get("title")),
+            status=status or 0,
+            title=_text(_first(body, "title", "message")),
             detail=_text(body.get("detail")),
             type=_text(body.get("type")),
             trace_id=_text(body.get("traceId")),
             field_errors=field_errors,
+            error_ids=error_ids,
         )
+
+    @property
+    def says_not_found(self) -> bool:
+        """The server says the item does not exist (some operations answer that with 400)."""
+        if self.status == 404:
+            return True
+        # Field errors are left out: "category ... not found" in a body is not the item missing.
+        return any("not found" in t.lower() for t in (self.title, self.detail) if t)
+
+
+def _first(body: dict[str, Any], *keys: str) -> Any:
+    for key in keys:
+        if body.get(key) is not None:
+            return body[key]
+    return None
+
+
+def _status(value: Any) -> int | None:
+    try:
+        return int(value) if value is not None and not isinstance(value, bool) else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _errors(errors: Any) -> tuple[dict[str, list[str]], tuple[str, ...]]:
+    """``errors`` in either published form: field -> messages, or a list of error objects."""
+    field_errors: dict[str, list[str]] = {}
+    ids: list[str] = []
+    if isinstance(errors, dict):
+        for name, messages in errors.items():
+            listed = messages if isinstance(messages, list) else [messages]
+            field_errors[str(name)] = [str(m) for m in listed]
+    elif isinstance(errors, list):
+        for item in errors:
+            if not isinstance(item, dict):
+                field_errors.setdefault("", []).append(str(item))
+                continue
+            message = str(_first(item, "message", "detail", "title") or "")
+            properties = item.get("properties")
+            names = [str(p) for p in properties] if isinstance(properties, list) else []
+            for name in names or [""]:
+                field_errors.setdefault(name, []).append(message)
+            if item.get("id") is not None:
+                ids.append(str(item["id"]))
+    return field_errors, tuple(ids)
 
 
 def _text(value: Any) -> str | None:
@@ -89,7 +139,10 @@ class ApiError(ConnectorError):
         if problem.detail:
             parts.append(problem.detail)
         if problem.field_errors:
-            fields = "; ".join(f"{k}: {', '.join(v)}" for k, v in problem.field_errors.items())
+            fields = "; ".join(
+                f"{k}: {', '.join(v)}" if k else ", ".join(v)
+                for k, v in problem.field_errors.items()
+            )
             parts.append(f"[{fields}]")
         if problem.trace_id:
             parts.append(f"(trace {problem.trace_id})")
@@ -115,7 +168,12 @@ class AuthenticationError(ApiError):
 
 
 class NotFoundError(ApiError):
-    pass
+    """404, or a 400 whose problem details say the item was not found."""
+
+
+class ContactGoneError(NotFoundError):
+    """The contact a write names no longer exists (deleted on the platform): not worth a retry,
+    and not a bug in the request. Block / unblock / update answer it with 400 "not found"."""
 
 
 class ConflictError(ApiError):

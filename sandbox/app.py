@@ -9,6 +9,8 @@ Control endpoint (``/_sandbox``, no auth, never throttled or faulted; loopback o
   evinotice-evidence), full records
 - ``POST /_sandbox/churn`` ``{"events": n}`` — apply n contact changes now
 - ``POST /_sandbox/clock/advance`` ``{"seconds": s}`` — move sandbox time forward
+- ``POST /_sandbox/gate/hold`` ``{"offset": n, "times": k}`` / ``POST /_sandbox/gate/release`` —
+  hold list requests for an offset until released (``sandbox.gate`` in-process)
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from sandbox.behaviour import (
 from sandbox.clock import SandboxClock
 from sandbox.evinotice.routes import evinotice_routes
 from sandbox.evinotice.store import EviNoticeStore
+from sandbox.gate import Gate, GateMiddleware
 from sandbox.marketplace.routes import MarketplaceApi
 from sandbox.marketplace.store import MarketplaceStore
 from sandbox.problems import problem_response
@@ -82,6 +85,8 @@ class SandboxConfig:
         churn_per_second: float = 0,
         churn_per_request: int = 0,
         slow_seconds: float = 12.0,
+        reinserts_per_request: int = 0,
+        null_totals: bool = False,
         **settings: Any,
     ) -> SandboxConfig:
         """A config with its behaviour switches given as plain values."""
@@ -92,6 +97,8 @@ class SandboxConfig:
             churn_per_second=churn_per_second,
             churn_per_request=churn_per_request,
             slow_seconds=slow_seconds,
+            reinserts_per_request=reinserts_per_request,
+            null_totals=null_totals,
         )
         return cls(behaviour=behaviour, **settings)
 
@@ -111,8 +118,9 @@ class Sandbox:
         )
         self.behaviour = config.behaviour
         self.stats = TrafficStats()
+        self.gate = Gate()
         routes = [
-            *MarketplaceApi(self.marketplace, config.token).routes(),
+            *MarketplaceApi(self.marketplace, config.token, behaviour=self.behaviour).routes(),
             *evinotice_routes(
                 self.evinotice,
                 username=config.evinotice_username,
@@ -123,13 +131,15 @@ class Sandbox:
         self.app = Starlette(
             routes=routes,
             middleware=[
+                Middleware(GateMiddleware, gate=self.gate),
                 Middleware(
                     BehaviourMiddleware,
                     behaviour=self.behaviour,
                     stats=self.stats,
                     churn=self.marketplace.churn_step,
                     seed=config.seed,
-                )
+                    reinsert=self.marketplace.reinsert_step,
+                ),
             ],
             lifespan=self._lifespan,
         )
@@ -180,7 +190,19 @@ class Sandbox:
             Route(f"{p}/truth/{{resource}}", self._get_truth, methods=["GET"]),
             Route(f"{p}/churn", self._post_churn, methods=["POST"]),
             Route(f"{p}/clock/advance", self._advance_clock, methods=["POST"]),
+            Route(f"{p}/gate/hold", self._gate_hold, methods=["POST"]),
+            Route(f"{p}/gate/release", self._gate_release, methods=["POST"]),
         ]
+
+    async def _gate_hold(self, request: Request) -> Response:
+        body = orjson.loads(await request.body() or b"{}")
+        times = body.get("times")
+        self.gate.hold(offset=int(body["offset"]), times=None if times is None else int(times))
+        return Response(status_code=204)
+
+    async def _gate_release(self, request: Request) -> Response:
+        self.gate.release()
+        return Response(status_code=204)
 
     async def _get_behaviour(self, request: Request) -> Response:
         return _json(self.behaviour.as_dict())

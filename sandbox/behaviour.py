@@ -76,6 +76,13 @@ class Behaviour:
     # Contact changes applied before each API request: rows move while a client pages,
     # deterministically, wherever the client is in its read.
     churn_per_request: int = 0
+    # Contacts inserted at random earlier positions before each API request: rows move to a
+    # later position while a client pages, so a row read at the end of one page comes again
+    # at the start of the next.
+    reinserts_per_request: int = 0
+    # Answer list requests with ``$meta.pagination.total: null`` (the OpenAPI marks it
+    # nullable), counts (limit=0) included.
+    null_totals: bool = False
 
     def update(self, changes: dict[str, Any]) -> None:
         """Apply a partial update, validating each value."""
@@ -86,8 +93,12 @@ class Behaviour:
                 self.rate_limit = None if value in (None, 0) else _positive(key, value)
             elif key in ("latency_ms", "slow_seconds", "churn_per_second"):
                 setattr(self, key, _non_negative(key, value))
-            elif key == "churn_per_request":
-                self.churn_per_request = int(_non_negative(key, value))
+            elif key in ("churn_per_request", "reinserts_per_request"):
+                setattr(self, key, int(_non_negative(key, value)))
+            elif key == "null_totals":
+                if not isinstance(value, bool):
+                    raise ValueError(f"null_totals must be true or false, got {value!r}")
+                self.null_totals = value
             else:
                 raise ValueError(f"unknown behaviour setting {key!r}")
 
@@ -172,9 +183,11 @@ class BehaviourMiddleware:
         stats: TrafficStats,
         churn: Callable[[int], None],
         seed: int = 0,
+        reinsert: Callable[[int], None] | None = None,
     ) -> None:
         self.app = app
         self.churn = churn
+        self.reinsert = reinsert
         self.behaviour = behaviour
         self.stats = stats
         self._bucket = _TokenBucket()
@@ -202,6 +215,8 @@ class BehaviourMiddleware:
             await asyncio.sleep(behaviour.latency_ms / 1000)
         if behaviour.churn_per_request:
             self.churn(behaviour.churn_per_request)
+        if behaviour.reinserts_per_request and self.reinsert is not None:
+            self.reinsert(behaviour.reinserts_per_request)
         fault = self._pick_fault()
         if fault is None:
             await self.app(scope, receive, send)

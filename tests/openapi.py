@@ -9,11 +9,11 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 
-SPEC = (
-    Path(__file__).resolve().parents[2]
-    / "shared"
-    / "api"
-    / "marketplace-notifications.openapi.json"
+_RELATIVE = Path("shared") / "api" / "marketplace-notifications.openapi.json"
+# The project sits next to shared/ (../shared); a git worktree may sit one level deeper.
+SPEC = next(
+    (p / _RELATIVE for p in Path(__file__).resolve().parents if (p / _RELATIVE).exists()),
+    Path(__file__).resolve().parents[2] / _RELATIVE,
 )
 
 

@@ -5,9 +5,12 @@ Reading a collection (``read``) orders by ``id`` and yields rows in chunks, neve
 
 - **streaming** when the server confirms it (``MPT-Streaming: true`` echoed); an interrupted
   stream resumes after the last id received;
-- **concurrent paging** otherwise: the first page's ``total`` says how many pages there are,
-  and a bounded window of pages is in flight at once, yielded in order;
+- **concurrent paging** otherwise: the first page's ``total`` says how many pages there are
+  (a null total: read to the first short page), and a window of requests is kept in flight,
+  pages yielded in order; a slow page does not stall the others;
 - **sequential paging** on request (the baseline the benchmark compares against).
+
+The strategies themselves are in ``connector.marketplace.paging``.
 
 Rows that shift between pages while data changes are caught both ways: a repeated row has an
 id not above the last one yielded and is dropped; a skipped row is found by comparing the
@@ -16,24 +19,33 @@ between pages and fetching just those.
 
 Write safety: PUT, block, unblock and DELETE reach the same end state when repeated, so they
 are retried; POST create is not, and a create whose outcome is unknown raises
-``AmbiguousOutcomeError`` (look the email up before sending it again).
+``AmbiguousOutcomeError`` (look the email up before sending it again). A write naming a contact
+that no longer exists raises ``ContactGoneError`` (block / unblock / update answer it with 400
+"not found", not 404).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
 from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import httpx
 import orjson
 
-from connector.errors import ConflictError, TransportError
+from connector.errors import (
+    ConflictError,
+    ContactGoneError,
+    NotFoundError,
+    ValidationError,
+)
 from connector.http import ClientLimits, ResilientClient
 from connector.marketplace import rql
+from connector.marketplace.paging import OffsetPaging, Page, StreamPaging
 from connector.settings import MarketplaceSettings
 
 log = logging.getLogger(__name__)
@@ -42,6 +54,7 @@ API_PREFIX = "/public/v1/notifications"
 RESOURCES = ("contacts", "categories", "batches", "messages")
 PAGE_SIZE = 100  # the server caps limit at 100
 STREAM_HEADERS = {"Accept": "application/jsonl", "MPT-Streaming": "true"}
+CHANGE_EVENTS = ("created", "updated")  # the audit events an incremental read follows
 
 ReadMode = Literal["auto", "streaming", "concurrent", "sequential"]
 Row = dict[str, Any]
@@ -73,12 +86,27 @@ class ReadReport:
     duplicates_dropped: int = 0
     gaps_repaired: int = 0
     resumed_streams: int = 0
+    hedged_pages: int = 0  # pages asked for twice because they lagged behind the others
     changed: bool = False  # the server's totals moved, or rows repeated, during the read
+    total_given: bool = True  # False when the server answered ``total: null``
 
     @property
     def complete(self) -> bool:
-        """True when the rows read cover the server's count at the end of the read."""
-        return self.final_count is None or self.rows >= self.final_count
+        """True when the rows read are shown to cover the server's count at the end of the read.
+
+        Without a count from the server (``total: null``) completeness cannot be shown: False,
+        so nothing is concluded from rows that were not read (e.g. marked deleted).
+        """
+        return self.final_count is not None and self.rows >= self.final_count
+
+    @property
+    def completeness(self) -> str:
+        """The completeness check in words, for logs and metadata."""
+        if self.final_count is None:
+            return f"unverified: the server gave no total ({self.rows} rows read to the end)"
+        if self.rows >= self.final_count:
+            return f"complete: {self.rows} rows, the server counts {self.final_count}"
+        return f"incomplete: {self.rows} rows read, the server counts {self.final_count}"
 
 
 @dataclass
@@ -145,10 +173,31 @@ class MarketplaceClient:
 
     # -- reads ------------------------------------------------------------------------------
 
-    async def count(self, resource: str, filter: rql.Rql | None = None) -> int:
-        """The server's own count (``limit=0``) of a filtered collection."""
+    async def count(self, resource: str, filter: rql.Rql | None = None) -> int | None:
+        """The server's own count (``limit=0``) of a filtered collection; None if it gave none."""
         body = await self._page(resource, filter, ("audit",), offset=0, limit=0)
-        return int(body["$meta"]["pagination"]["total"])
+        return _total(body)
+
+    async def latest_change(self, resource: str) -> str | None:
+        """The newest ``audit.created.at`` or ``audit.updated.at`` in a collection, if any.
+
+        An event that has not happened is absent from ``audit`` (a record never updated has no
+        ``audit.updated``), so the high-water mark of changes is the later of the two.
+        """
+        newest: list[str] = []
+        for event in CHANGE_EVENTS:
+            at = f"audit.{event}.at"
+            query = rql.build_query_string(
+                rql.ne(at, rql.NULL), select=("audit",), order=(f"-{at}",), limit=1
+            )
+            body = await self.http.send_json(
+                "GET", f"/{resource}", params=query, safe_to_retry=True
+            )
+            rows = body.get("data") or []
+            stamp = _audit_at(rows[0], event) if rows else None
+            if stamp is not None:
+                newest.append(stamp)
+        return max(newest, key=_instant) if newest else None
 
     async def get(self, resource: str, identifier: str) -> Row:
         """One item by id."""
@@ -215,27 +264,26 @@ class MarketplaceClient:
         sequential: bool,
     ) -> AsyncIterator[list[Row]]:
         report.mode = report.mode or ("sequential" if sequential else "concurrent")
-        first = await self._page(resource, filter, select, offset=0, limit=PAGE_SIZE)
-        total = int(first["$meta"]["pagination"]["total"])
-        report.reported_total = total
-        yield first["data"]
-        window = 1 if sequential else self.http.limits.max_concurrency * 2
-        in_flight: deque[asyncio.Task[Any]] = deque()
-        offsets = iter(range(PAGE_SIZE, total, PAGE_SIZE))
+        window = self.http.limits.max_concurrency * 2
+        paging = (
+            OffsetPaging(PAGE_SIZE, window=1, lookahead=1, hedge_after=None)
+            if sequential
+            else OffsetPaging(PAGE_SIZE, window=window, lookahead=window * 4, hedge_after=window)
+        )
+
+        async def fetch(offset: int, limit: int) -> Page:
+            body = await self._page(resource, filter, select, offset=offset, limit=limit)
+            return Page(body["data"], _total(body))
+
         try:
-            for offset in offsets:
-                in_flight.append(
-                    asyncio.create_task(
-                        self._page(resource, filter, select, offset=offset, limit=PAGE_SIZE)
-                    )
-                )
-                if len(in_flight) >= window:
-                    yield _checked(await in_flight.popleft(), total, report)
-            while in_flight:
-                yield _checked(await in_flight.popleft(), total, report)
+            async for rows in paging.pages(fetch):
+                report.reported_total = paging.stats.total
+                yield rows
         finally:
-            for task in in_flight:
-                task.cancel()
+            report.total_given = paging.stats.total is not None
+            report.hedged_pages += paging.stats.hedged
+            if paging.stats.total_changed:
+                report.changed = True
 
     async def _streamed(
         self,
@@ -244,45 +292,35 @@ class MarketplaceClient:
         select: Sequence[str],
         report: ReadReport,
     ) -> AsyncIterator[list[Row]]:
-        last_id: str | None = None
-        while True:
-            batch: list[Row] = []
-            resume = filter if last_id is None else _and(filter, rql.gt("id", last_id))
-            query = rql.build_query_string(resume, select=select, order=("id",))
-            try:
-                async with self.http.stream(
-                    "GET", f"/{resource}", params=query, headers=STREAM_HEADERS
-                ) as response:
-                    if response.headers.get("MPT-Streaming", "").lower() != "true":
-                        # The server did not stream; page instead.
-                        break
-                    report.mode = "streaming"
-                    async for line in response.aiter_lines():
-                        if not line:
-                            continue
-                        row = _loads(line)
-                        batch.append(row)
-                        if len(batch) >= PAGE_SIZE * 10:
-                            last_id = batch[-1]["id"]
-                            yield batch
-                            batch = []
-                    if batch:
-                        last_id = batch[-1]["id"]
-                        yield batch
-                    return
-            except TransportError as exc:
-                # A cut stream resumes after the last complete row; a partial last line is
-                # dropped (it may be a truncated object).
+        streaming = StreamPaging(
+            batch_rows=PAGE_SIZE * 10, max_resumes=self.http.limits.max_attempts
+        )
+
+        @asynccontextmanager
+        async def open_stream(after: str | None) -> AsyncIterator[AsyncIterator[str] | None]:
+            resume = filter if after is None else _and(filter, rql.gt("id", after))
+            if after is not None:
                 report.resumed_streams += 1
                 report.changed = True  # two snapshots now: check the seams
-                if report.resumed_streams > self.http.limits.max_attempts:
-                    raise
-                log.warning("stream of %s interrupted (%s); resuming", resource, exc)
-                if batch:
-                    last_id = batch[-1]["id"]
-                    yield batch
-        async for page in self._paged(resource, filter, select, report, sequential=False):
-            yield page
+            query = rql.build_query_string(resume, select=select, order=("id",))
+            async with self.http.stream(
+                "GET", f"/{resource}", params=query, headers=STREAM_HEADERS
+            ) as response:
+                if response.headers.get("MPT-Streaming", "").lower() != "true":
+                    yield None  # the server did not stream: page instead
+                    return
+                report.mode = "streaming"
+                yield response.aiter_lines()
+
+        async for rows in streaming.pages(open_stream):
+            yield rows
+        if streaming.resumed > report.resumed_streams:
+            # Cut before any row arrived: resumed from the start, still a second snapshot.
+            report.resumed_streams = streaming.resumed
+            report.changed = True
+        if streaming.offered is False:
+            async for rows in self._paged(resource, filter, select, report, sequential=False):
+                yield rows
 
     async def _repair(
         self, resource: str, filter: rql.Rql | None, select: Sequence[str], emitter: _Emitter
@@ -290,6 +328,8 @@ class MarketplaceClient:
         """Find rows the read skipped (they shifted between pages) and fetch just those."""
         report = emitter.report
         report.final_count = await self.count(resource, filter)
+        if report.final_count is None and not report.changed:
+            return  # no count to check against, and nothing seen moving: nothing to probe
         if not report.changed and report.final_count == report.rows:
             return
         # The data moved during the read. Totals cannot locate skipped rows (a deleted row
@@ -325,7 +365,7 @@ class MarketplaceClient:
         if high is not None:
             bounds.append(rql.lt("id", high))
         range_filter = _and(filter, *bounds)
-        if await self.count(resource, range_filter) == 0:
+        if await self.count(resource, range_filter) == 0:  # None (no count given): look
             return []
         rows: list[Row] = []
         while True:
@@ -359,9 +399,10 @@ class MarketplaceClient:
     ) -> Row:
         """PUT /contacts/{id}: the same body twice gives the same contact, so it is retried."""
         body = _contact_body(email, name, opt_outs)
-        return await self.http.send_json(
-            "PUT", f"/contacts/{identifier}", json=body, safe_to_retry=True
-        )
+        async with _gone_if_not_found():
+            return await self.http.send_json(
+                "PUT", f"/contacts/{identifier}", json=body, safe_to_retry=True
+            )
 
     async def block_contact(self, identifier: str) -> Row:
         """POST /contacts/{id}/block; already blocked counts as done."""
@@ -379,12 +420,14 @@ class MarketplaceClient:
         # Repeating a state change reaches the same end state, so it is retried; a conflict
         # may be our own earlier attempt having landed, so check the state before failing.
         try:
-            contact = await self.http.send_json(
-                "POST", f"/contacts/{identifier}/{action}", safe_to_retry=True
-            )
+            async with _gone_if_not_found():
+                contact = await self.http.send_json(
+                    "POST", f"/contacts/{identifier}/{action}", safe_to_retry=True
+                )
             return contact, True
         except ConflictError:
-            contact = await self.get("contacts", identifier)
+            async with _gone_if_not_found():
+                contact = await self.get("contacts", identifier)
             if contact.get("status") == target:
                 return contact, False
             raise
@@ -399,22 +442,80 @@ class MarketplaceClient:
         subject: str,
         body: str,
         contacts: Sequence[dict[str, str]],
+        *,
+        attachments: Sequence[BatchAttachment] = (),
     ) -> Row:
-        """POST /batches (not safe to repeat: a retry would send the email twice)."""
+        """POST /batches (not safe to repeat: a retry would send the email twice).
+
+        Sent as JSON, as the OpenAPI document says; with attachments as multipart/form-data,
+        as the official SDK does: a ``batch`` JSON part and one ``attachment`` part per file.
+        """
         payload = {
             "category": {"id": category_id},
             "subject": subject,
             "body": body,
             "contacts": list(contacts),
         }
-        return await self.http.send_json("POST", "/batches", json=payload, safe_to_retry=False)
+        if not attachments:
+            return await self.http.send_json("POST", "/batches", json=payload, safe_to_retry=False)
+        content, content_type = _multipart(payload, attachments)
+        return await self.http.send_json(
+            "POST",
+            "/batches",
+            content=content,
+            headers={"Content-Type": content_type},
+            safe_to_retry=False,
+        )
 
 
-def _checked(body: Any, first_total: int, report: ReadReport) -> list[Row]:
-    """A page's rows, noting when its total says the collection changed since the first."""
-    if body["$meta"]["pagination"]["total"] != first_total:
-        report.changed = True
-    return body["data"]
+@dataclass(frozen=True)
+class BatchAttachment:
+    """A file to send with a batch."""
+
+    filename: str
+    data: bytes
+    content_type: str = "application/octet-stream"
+
+
+def _multipart(payload: Row, attachments: Sequence[BatchAttachment]) -> tuple[bytes, str]:
+    """The body and Content-Type of a multipart batch, encoded by httpx."""
+    files = [("batch", (None, orjson.dumps(payload), "application/json"))]
+    files += [("attachment", (a.filename, a.data, a.content_type)) for a in attachments]
+    request = httpx.Request("POST", "http://multipart.invalid/", files=files)
+    return request.read(), request.headers["Content-Type"]
+
+
+@asynccontextmanager
+async def _gone_if_not_found() -> AsyncIterator[None]:
+    """A contact write's "not found" (404, or the 400 that block / unblock / update answer for
+    an unknown id) becomes ``ContactGoneError``: the contact was deleted, not a bad request."""
+    try:
+        yield
+    except (NotFoundError, ValidationError) as exc:
+        if isinstance(exc, NotFoundError) or exc.problem.says_not_found:
+            raise ContactGoneError(exc.method, exc.path, exc.problem) from exc
+        raise
+
+
+def changed_since(since: datetime) -> rql.Rql:
+    """Records created or updated after ``since`` (a never-updated record has no ``updated``)."""
+    return rql.or_(*(rql.gt(f"audit.{event}.at", since) for event in CHANGE_EVENTS))
+
+
+def _audit_at(record: Row, event: str) -> str | None:
+    value = ((record.get("audit") or {}).get(event) or {}).get("at")
+    return value if isinstance(value, str) else None
+
+
+def _instant(stamp: str) -> datetime:
+    moment = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _total(body: Any) -> int | None:
+    """``$meta.pagination.total``: nullable in the OpenAPI document."""
+    total = body["$meta"]["pagination"].get("total")
+    return None if total is None else int(total)
 
 
 def _contact_body(email: str, name: str | None, opt_outs: Sequence[str]) -> dict[str, Any]:
@@ -431,10 +532,3 @@ def _and(*parts: rql.Rql | None) -> rql.Rql | None:
 def _check_resource(resource: str) -> None:
     if resource not in RESOURCES:
         raise ValueError(f"unknown resource {resource!r}; known: {', '.join(RESOURCES)}")
-
-
-def _loads(line: str) -> Row:
-    try:
-        return orjson.loads(line)
-    except orjson.JSONDecodeError as exc:
-        raise TransportError("stream delivered a line that is not valid JSON") from exc

@@ -5,17 +5,21 @@ text and ``build_query_string`` the percent-encoded query string, with the filte
 straight into it as the API expects
 (``and(eq(status,%22Active%22),gt(audit.updated.at,%22...%22))&select=audit&order=id&limit=100``).
 
-Values are always written so that nothing in them can change the expression around them:
+Values are always written so that the platform's engine reads exactly the value given:
 
-- ``str``: double-quoted, with ``\\`` and ``"`` escaped by a backslash.
+- ``str``: in double quotes, or in single quotes when it holds a ``"``. The engine has no
+  escapes inside quotes (a quoted value ends at the next quote of the same kind), so a value
+  holding both kinds of quote cannot be written and raises ``RqlBuildError``; a backslash is
+  an ordinary character.
 - ``datetime``: must be timezone-aware (a naive one is ambiguous and raises ``RqlBuildError``);
   converted to UTC and written as ``"YYYY-MM-DDTHH:mm:ss.sssZ"``, the microseconds truncated to
   milliseconds as the API stores them.
 - ``bool``: ``true`` / ``false``; ``int``; finite ``float``; ``None``: ``null()``; ``Enum``: its
   value; ``NULL`` / ``EMPTY``: the API's ``null()`` / ``empty()`` constants.
 
-Field names must be dotted identifiers (``audit.updated.at``). In ``ilike`` patterns ``*`` is a
-wildcard; pass user text through ``escape_wildcards`` to match it literally.
+Field names must be dotted identifiers (``audit.updated.at``). In ``like`` / ``ilike`` patterns
+only a leading and/or trailing ``*`` is a wildcard and ``\\*`` escapes a star only at the very
+start or end; pass user text through ``escape_wildcards`` to match it exactly.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from enum import Enum
-from typing import TypeAlias
+from typing import Literal, TypeAlias
 from urllib.parse import quote
 
 from connector.errors import RqlBuildError
@@ -48,11 +52,13 @@ __all__ = [
     "ilike",
     "in_",
     "le",
+    "like",
     "lt",
     "ne",
     "not_",
     "or_",
     "out",
+    "pattern",
     "raw",
 ]
 
@@ -108,13 +114,15 @@ def _quote(text: str) -> str:
         text.encode("utf-8")
     except UnicodeEncodeError:
         raise RqlBuildError(f"text value {text!r} is not valid Unicode (lone surrogate)") from None
-    # The platform's RQL has no escapes inside quotes: a quote ends at the next quote of the
-    # same kind. So a value holding " but no ' or backslash goes in single quotes, which both
-    # the platform and the sandbox read the same way. Only a value holding both kinds of quote
-    # (or a backslash) needs the backslash escapes the sandbox understands.
-    if '"' in text and "'" not in text and "\\" not in text:
+    # No escapes inside quotes on the platform: pick the quote kind the value does not hold.
+    if '"' not in text:
+        return '"' + text + '"'
+    if "'" not in text:
         return "'" + text + "'"
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    raise RqlBuildError(
+        f"text value {text!r} holds both kinds of quote: RQL has no escapes, so no query "
+        "can compare with it"
+    )
 
 
 def format_datetime(moment: datetime) -> str:
@@ -197,30 +205,73 @@ def le(field: str, value: Value) -> Rql:
     return _ordered("le", field, value)
 
 
+Match = Literal["exact", "prefix", "suffix", "contains"]
+
+
+def pattern(text: str, match: Match = "exact") -> str:
+    r"""A ``like`` / ``ilike`` pattern matching values that equal, start with, end with or
+    contain ``text``, every character of it taken literally.
+
+    The engine strips one leading and one trailing ``*`` (or ``\*``, keeping the star) and
+    reads nothing else specially, so only the ends of ``text`` may need care; the few texts no
+    pattern can express (e.g. a prefix ending in a backslash) raise ``RqlBuildError``.
+    """
+    if not isinstance(text, str):
+        raise RqlBuildError(f"a like pattern needs text, got {type(text).__name__}")
+    lead = match in ("suffix", "contains")
+    trail = match in ("prefix", "contains")
+    head = "*" if lead else ("\\" if text.startswith("*") else "")
+    body = text
+    if not trail and text.endswith("*"):
+        # A trailing star kept literal; a lone star is escaped once, as both ends.
+        body = text[:-1] + ("*" if text == "*" and not lead else "\\*")
+    tail = "*" if trail else ""
+    written = head + body + tail
+    # An empty prefix, suffix or infix is read as "contains nothing": every value, as meant.
+    if _read_like(written) != (match, text) and (text or match == "exact"):
+        raise RqlBuildError(f"no like pattern matches {match} {text!r} literally")
+    return written
+
+
+def _read_like(written: str) -> tuple[str, str]:
+    """How the engine reads a pattern (to check ``pattern``): (match, literal text)."""
+    starts_wild = written.startswith("*")
+    starts_escaped = written.startswith("\\*")
+    ends_escaped = written.endswith("\\*")
+    ends_wild = not ends_escaped and written.endswith("*")
+    start = 1 if starts_wild or starts_escaped else 0
+    end = len(written)
+    if ends_escaped:
+        end = max(start, end - 2)
+    elif ends_wild:
+        end = max(start, end - 1)
+    literal = written[start:end] + ("*" if ends_escaped else "")
+    kind = {(True, True): "contains", (True, False): "suffix", (False, True): "prefix"}
+    return kind.get((starts_wild, ends_wild), "exact"), literal
+
+
 def escape_wildcards(text: str) -> str:
-    """Make user text match itself literally inside an ``ilike`` pattern."""
-    return text.replace("\\", "\\\\").replace("*", "\\*")
+    """A ``like`` / ``ilike`` pattern matching exactly ``text`` (``pattern(text, "exact")``)."""
+    return pattern(text, "exact")
+
+
+def _pattern(op: str, field: str, pattern: str) -> Rql:
+    if not isinstance(pattern, str):
+        raise RqlBuildError(f"{op}() needs a text pattern, got {type(pattern).__name__}")
+    return Rql(f"{op}({_field(field)},{_quote(pattern)})", (field,))
+
+
+def like(field: str, pattern: str) -> Rql:
+    r"""Case-sensitive match: a leading/trailing ``*`` is a wildcard, none means the whole value."""
+    return _pattern("like", field, pattern)
 
 
 def ilike(field: str, pattern: str) -> Rql:
-    r"""Case-insensitive whole-value match; ``*`` is a wildcard, ``\*`` a literal star."""
-    if not isinstance(pattern, str):
-        raise RqlBuildError(f"ilike() needs a text pattern, got {type(pattern).__name__}")
-    out: list[str] = []
-    i = 0
-    while i < len(pattern):
-        ch = pattern[i]
-        if ch == "\\":
-            following = pattern[i + 1 : i + 2]
-            # '\*' and '\\' are the pattern's own escapes; any other backslash is literal.
-            out.append("\\" + following if following in ("*", "\\") else "\\\\")
-            i += 2 if following in ("*", "\\") else 1
-            continue
-        out.append('\\"' if ch == '"' else ch)
-        i += 1
-    text = "".join(out)
-    _quote(text)  # rejects lone surrogates
-    return Rql(f'ilike({_field(field)},"{text}")', (field,))
+    r"""Case-insensitive ``like``: ``*x*`` contains, ``x*`` starts with, ``*x`` ends with ``x``.
+
+    A ``*`` in the middle is a literal star, as is ``\*`` at the very start or end.
+    """
+    return _pattern("ilike", field, pattern)
 
 
 def _listed(op: str, field: str, values: Iterable[Value]) -> Rql:
@@ -291,27 +342,26 @@ def raw(text: str) -> Rql:
         raise RqlBuildError("an RQL filter cannot be empty")
     depth = 0
     quote_char: str | None = None
-    i = 0
-    while i < len(text):
-        ch = text[i]
+    for i, ch in enumerate(text):
         if quote_char is not None:
-            if ch == "\\":
-                i += 1
-            elif ch == quote_char:
+            # No escapes inside quotes: a quoted value ends at the next quote of its kind.
+            if ch == quote_char:
                 quote_char = None
         elif ch in "\"'":
             quote_char = ch
-        elif ch == "\\":
-            i += 1
         elif ch == "(":
             depth += 1
         elif ch == ")":
             depth -= 1
             if depth < 0:
                 raise RqlBuildError(f"unbalanced ')' at character {i + 1} of {text!r}")
-        elif ch == "&" or (ch == "," and depth == 0):
-            raise RqlBuildError(f"{ch!r} at character {i + 1} of {text!r}: give one expression")
-        i += 1
+        elif ch in "&,|;" and depth == 0:
+            # Between expressions these are and/or: they would join the filter to the query
+            # parameters around it. Group them: and(...), or(...) or ( ... ).
+            raise RqlBuildError(
+                f"{ch!r} at character {i + 1} of {text!r}: give one expression "
+                "(group several in and(...), or(...) or parentheses)"
+            )
     if quote_char is not None:
         raise RqlBuildError(f"unterminated {quote_char} string in {text!r}")
     if depth:

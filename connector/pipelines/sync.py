@@ -17,7 +17,7 @@ from typing import Any
 from connector.evinotice.client import EviNoticeClient
 from connector.evinotice.records import evinotice_batch_rows
 from connector.marketplace import rql
-from connector.marketplace.client import MarketplaceClient, ReadReport
+from connector.marketplace.client import MarketplaceClient, ReadReport, changed_since
 from connector.marketplace.records import batch_rows, category_rows, contact_rows, message_rows
 from connector.marketplace.rql import format_datetime as format_timestamp
 from connector.warehouse.engine import MergeCounts, Stage, Transaction, Warehouse
@@ -62,7 +62,8 @@ async def sync_contacts(
     result = await _load_contacts(client, warehouse, full_refresh, policy, now)
     result.api_count = await client.count("contacts")
     result.table_count = warehouse.count("contacts", "where deleted_at is null")
-    if result.mode == "incremental" and result.api_count != result.table_count:
+    counted = result.api_count is not None  # the API may answer a null total
+    if result.mode == "incremental" and counted and result.api_count != result.table_count:
         # An incremental read cannot see deletions; the counts say something was deleted
         # (or created and missed), so a full refresh settles it now rather than tomorrow.
         note = (
@@ -91,14 +92,15 @@ async def _load_contacts(
     synced_at = format_timestamp(now)
     # The newest change before the read starts: anything changed during the read is newer,
     # so the next incremental run starts from here (minus the look-back) and misses nothing.
-    high_water = await _latest_update(client)
+    high_water = await client.latest_change("contacts")
     with warehouse.transaction() as tx:
         cursor = tx.get_state(CONTACTS_CURSOR)
         last_full = tx.get_state(CONTACTS_LAST_FULL_REFRESH)
         due = last_full is None or now - _parse(last_full) >= policy.full_refresh_every
         full = full_refresh or cursor is None or due
         since = None if full else _parse(cursor) - policy.lookback
-        filter = None if since is None else rql.gt("audit.updated.at", since)
+        # Created or updated since: a new contact has no audit.updated until it changes.
+        filter = None if since is None else changed_since(since)
         result = SyncResult(mode="full" if full else "incremental", read=ReadReport("contacts"))
         if since is not None:
             result.notes.append(f"changes since {format_timestamp(since)}")
@@ -159,13 +161,6 @@ async def _merged_contacts(
 
         await _pipe(chunks, write)
         yield stage, tx.merge(stage, (opt_outs, "contact_id"))
-
-
-async def _latest_update(client: MarketplaceClient) -> str | None:
-    query = rql.build_query_string(None, select=("audit",), order=("-audit.updated.at",), limit=1)
-    body = await client.http.send_json("GET", "/contacts", params=query, safe_to_retry=True)
-    rows = body.get("data") or []
-    return ((rows[0].get("audit") or {}).get("updated") or {}).get("at") if rows else None
 
 
 async def sync_categories(

@@ -85,8 +85,20 @@ ACCOUNT = {"id": "ACC-1000-2000", "name": "Sandbox Vendor", "type": "Vendor", "s
 
 
 def contact_id(n: int) -> str:
-    """``CTT-####-####-####`` for the n-th contact; fixed width, so text order is number order."""
+    """The id for contact number n: ``CTT-####-####-####``, one in ten ``CTT-####-####``.
+
+    The platform hands out both shapes, so text order is not creation order: clients must
+    not assume either (the two shapes never collide: their lengths differ).
+    """
+    if n % 10 == 7 and n < 10**8:
+        return f"CTT-{n // 10**4 % 10**4:04d}-{n % 10**4:04d}"
     return f"CTT-{n // 10**8 % 10**4:04d}-{n // 10**4 % 10**4:04d}-{n % 10**4:04d}"
+
+
+def contact_number(n: int) -> int:
+    """The number in the n-th created contact's id: odd, so that contacts inserted later at
+    earlier positions (``MarketplaceStore.reinsert_step``) can take the even ones between."""
+    return 2 * n - 1
 
 
 def category_id(n: int) -> str:
@@ -107,11 +119,15 @@ def user_id(n: int) -> str:
 
 
 def audit(created: datetime, updated: datetime | None = None) -> dict[str, Any]:
-    """The audit block in the API's shape (``created.at`` / ``updated.at``)."""
-    return {
-        "created": {"at": format_timestamp(created)},
-        "updated": {"at": format_timestamp(updated or created)},
-    }
+    """The audit block in the API's shape: one ``{"at"}`` per event that happened.
+
+    An event that has not happened is left out, key included, as the platform does: a record
+    never updated has ``audit.created`` and no ``audit.updated``.
+    """
+    events: dict[str, Any] = {"created": {"at": format_timestamp(created)}}
+    if updated is not None:
+        events["updated"] = {"at": format_timestamp(updated)}
+    return events
 
 
 def category_ref(category: dict[str, Any]) -> dict[str, Any]:
@@ -187,13 +203,14 @@ def _contact(
             for c in sorted(picked, key=lambda c: c["id"])
         ]
     contact = new_contact(
-        contact_id(n),
+        contact_id(contact_number(n)),
         f"{first}.{last}.{n}@{DOMAINS[n % len(DOMAINS)]}".lower(),
         f"{first} {last}",
         opt_outs,
         created,
     )
-    contact["audit"] = audit(created, updated)
+    # A third of the contacts were never updated after they were created.
+    contact["audit"] = audit(created, None if n % 3 == 0 else updated)
     if rng.random() < 0.08:
         contact["status"] = "Blocked"
         contact["blockedReason"] = rng.choice(BLOCK_REASONS)

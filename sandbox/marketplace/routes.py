@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import AsyncIterator, Callable, Iterable
+from email.parser import BytesParser
+from email.policy import HTTP
 from typing import Any
 
 import orjson
@@ -17,8 +19,15 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
-from sandbox.marketplace.rql import FieldSet, ParsedQuery, RqlSyntaxError, parse_query, sort_key
-from sandbox.marketplace.store import MarketplaceStore, Record, StoreError
+from sandbox.behaviour import Behaviour
+from sandbox.marketplace.rql import (
+    FieldSet,
+    ParsedQuery,
+    RqlSyntaxError,
+    parse_query,
+    sort_in_place,
+)
+from sandbox.marketplace.store import Attachment, MarketplaceStore, Record, StoreError
 from sandbox.problems import problem_response
 
 PREFIX = "/public/v1/notifications"
@@ -82,9 +91,12 @@ FIELDS: dict[str, FieldSet] = {
 class MarketplaceApi:
     """Request handlers bound to one store and one accepted token."""
 
-    def __init__(self, store: MarketplaceStore, token: str) -> None:
+    def __init__(
+        self, store: MarketplaceStore, token: str, *, behaviour: Behaviour | None = None
+    ) -> None:
         self.store = store
         self._token = token.encode()
+        self._behaviour = behaviour
 
     def routes(self) -> list[BaseRoute]:
         """Starlette routes for every notifications endpoint the sandbox serves."""
@@ -148,7 +160,7 @@ class MarketplaceApi:
         collection = self.store.collection(resource)
         with self.store.lock:
             total, page = collection.query(
-                query.filter_text, query.predicate, query.order, sort_key
+                query.filter_text, query.predicate, query.order, sort_in_place
             )
             if _wants_stream(request):
                 rows = page(0, total)
@@ -167,7 +179,12 @@ class MarketplaceApi:
         limit = DEFAULT_LIMIT if query.limit is None else query.limit
         body = {
             "$meta": {
-                "pagination": {"offset": query.offset, "limit": limit, "total": total},
+                "pagination": {
+                    "offset": query.offset,
+                    "limit": limit,
+                    # The total is nullable in the OpenAPI document; a switch answers null.
+                    "total": None if self._behaviour and self._behaviour.null_totals else total,
+                },
                 "omitted": list(shape.omitted),
             },
             "data": [shape.apply(r) for r in rows],
@@ -219,7 +236,13 @@ class MarketplaceApi:
         return _json(self.store.set_blocked(request.path_params["id"], False))
 
     async def create_batch(self, request: Request) -> Response:
-        return _json(self.store.create_batch(await _body(request)), status=201)
+        # The OpenAPI document says JSON; the official SDK sends multipart/form-data (a
+        # "batch" JSON part and optional "attachment" file parts). Both are accepted.
+        if request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
+            body, attachments = _batch_form(request.headers["content-type"], await request.body())
+        else:
+            body, attachments = await _body(request), []
+        return _json(self.store.create_batch(body, attachments), status=201)
 
 
 class _Shape:
@@ -259,6 +282,38 @@ async def _body(request: Request) -> Any:
         return orjson.loads(raw) if raw else None
     except orjson.JSONDecodeError as exc:
         raise StoreError(400, "Bad Request", f"The request body is not valid JSON: {exc}") from exc
+
+
+def _batch_form(content_type: str, raw: bytes) -> tuple[Any, list[Attachment]]:
+    """The ``batch`` JSON part and the ``attachment`` file parts of a multipart body."""
+    message = BytesParser(policy=HTTP).parsebytes(
+        b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + raw
+    )
+    if not message.is_multipart():
+        raise StoreError(400, "Bad Request", "The multipart body could not be read.")
+    batch: Any = None
+    attachments: list[Attachment] = []
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        data = part.get_payload(decode=True) or b""
+        if name == "batch":
+            try:
+                batch = orjson.loads(data)
+            except orjson.JSONDecodeError as exc:
+                raise StoreError(400, "Bad Request", f"The batch part is not JSON: {exc}") from exc
+        elif name == "attachment":
+            attachments.append(
+                Attachment(
+                    filename=part.get_filename() or "attachment",
+                    content_type=part.get_content_type(),
+                    data=data,
+                )
+            )
+    if batch is None:
+        raise StoreError(
+            400, "Bad Request", "A multipart batch needs a 'batch' part holding the JSON body."
+        )
+    return batch, attachments
 
 
 def _json(body: Any, status: int = 200) -> Response:

@@ -1,6 +1,6 @@
 """The sandbox's in-memory Marketplace data and the operations the API performs on it.
 
-Records are kept in id order (ids are fixed width, so text order is creation order). An
+Records are kept in id (text) order, whatever the shape of the ids. An
 unfiltered read in id order is a slice; a filtered or re-ordered read is computed once per
 collection version and cached, so paging through a million records never rescans per page.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import bisect
 import random
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -20,7 +20,6 @@ from sandbox.marketplace import data as gen
 
 Record = dict[str, Any]
 Predicate = Callable[[Record], bool]
-SortKey = Callable[[Record], Any]
 
 
 class StoreError(Exception):
@@ -92,7 +91,7 @@ class Collection:
         cache_key: str,
         predicate: Predicate | None,
         order: tuple[tuple[str, bool], ...],
-        sort_key: Callable[[tuple[tuple[str, bool], ...]], SortKey] | None,
+        sort: Callable[[list[Record], tuple[tuple[str, bool], ...]], None] | None,
     ) -> tuple[int, Callable[[int, int], list[Record]]]:
         """Total count and a slicer ``(offset, limit) -> records`` for a filtered, ordered read."""
         by_id = self._by_id
@@ -105,12 +104,21 @@ class Collection:
             rows = [by_id[i] for i in self._ids]
             if predicate is not None:
                 rows = [r for r in rows if predicate(r)]
-            if order and sort_key is not None:
-                rows.sort(key=sort_key(order))
+            if order and sort is not None:
+                sort(rows, order)
             cached = (self.version, rows)
             self._cache[key] = cached
         rows = cached[1]
         return len(rows), lambda offset, limit: rows[offset : offset + limit]
+
+
+@dataclass(frozen=True)
+class Attachment:
+    """A file sent with a batch (multipart ``attachment`` part)."""
+
+    filename: str
+    content_type: str
+    data: bytes
 
 
 @dataclass
@@ -120,6 +128,7 @@ class ChurnStats:
     blocked: int = 0
     unblocked: int = 0
     deleted: int = 0
+    reinserted: int = 0
     deleted_ids: list[str] = field(default_factory=list)
 
 
@@ -201,18 +210,23 @@ class MarketplaceStore:
                     f"A contact with email {email} already exists.",
                     {"email": ["A contact with this email already exists."]},
                 )
-            identifier = gen.contact_id(self._next_contact)
+            identifier = gen.contact_id(gen.contact_number(self._next_contact))
             self._next_contact += 1
-            contact = gen.new_contact(identifier, email, name, opt_outs, self.clock.now())
-            self.contacts.put(contact)
-            self._emails[email.casefold()] = identifier
-            return contact
+            return self._insert_contact(identifier, email, name, opt_outs)
+
+    def _insert_contact(
+        self, identifier: str, email: str, name: str | None, opt_outs: list[Record]
+    ) -> Record:
+        contact = gen.new_contact(identifier, email, name, opt_outs, self.clock.now())
+        self.contacts.put(contact)
+        self._emails[email.casefold()] = identifier
+        return contact
 
     def update_contact(self, identifier: str, body: Any) -> Record:
         """PUT /contacts/{id}."""
         email, name, opt_outs = self._contact_fields(body)
         with self.lock:
-            contact = self._contact(identifier)
+            contact = self._contact(identifier, unknown_status=400)
             owner = self._emails.get(email.casefold())
             if owner is not None and owner != identifier:
                 raise StoreError(
@@ -226,7 +240,7 @@ class MarketplaceStore:
     def set_blocked(self, identifier: str, blocked: bool, reason: str | None = None) -> Record:
         """POST /contacts/{id}/block and /unblock."""
         with self.lock:
-            contact = self._contact(identifier)
+            contact = self._contact(identifier, unknown_status=400)
             target = "Blocked" if blocked else "Active"
             if contact["status"] == target:
                 raise StoreError(
@@ -249,10 +263,12 @@ class MarketplaceStore:
             self.contacts.remove(identifier)
             del self._emails[contact["email"].casefold()]
 
-    def _contact(self, identifier: str) -> Record:
+    def _contact(self, identifier: str, *, unknown_status: int = 404) -> Record:
         contact = self.contacts.get(identifier)
         if contact is None:
-            raise StoreError(404, "Not Found", f"Contact {identifier} was not found.")
+            # Block, unblock and update publish only 200 and 400: an unknown id is a 400.
+            title = "Not Found" if unknown_status == 404 else "Bad Request"
+            raise StoreError(unknown_status, title, f"Contact {identifier} was not found.")
         return contact
 
     def _save(self, contact: Record) -> Record:
@@ -308,7 +324,7 @@ class MarketplaceStore:
 
     # -- batches ----------------------------------------------------------------------------
 
-    def create_batch(self, body: Any) -> Record:
+    def create_batch(self, body: Any, attachments: Sequence[Attachment] = ()) -> Record:
         """POST /batches: one batch and a Queued message per contact."""
         if not isinstance(body, dict):
             raise StoreError(400, "Bad Request", "The request body must be a JSON object.")
@@ -344,7 +360,16 @@ class MarketplaceStore:
                 "body": body.get("body"),
                 "category": gen.category_ref(category),
                 "account": dict(gen.ACCOUNT),
-                "attachments": [],
+                "attachments": [
+                    {
+                        "id": f"ATT-{number:04d}-{position:04d}",
+                        "name": attachment.filename,
+                        "filename": attachment.filename,
+                        "contentType": attachment.content_type,
+                        "size": len(attachment.data),
+                    }
+                    for position, attachment in enumerate(attachments, start=1)
+                ],
                 "audit": gen.audit(now),
             }
             self.batches.put(batch)
@@ -400,6 +425,26 @@ class MarketplaceStore:
                     self.delete_contact(contact["id"])
                     self.churn.deleted += 1
                     self.churn.deleted_ids.append(contact["id"])
+
+    def reinsert_step(self, events: int = 1) -> None:
+        """Create ``events`` contacts whose ids sort among the existing ones, not after them:
+        every row after such an id moves one position later, so a client paging by offset
+        meets the row at a page boundary twice."""
+        rng = self._churn_rng
+        with self.lock:
+            for _ in range(events):
+                for _attempt in range(20):
+                    number = 2 * rng.randrange(1, self._next_contact)  # even: between two
+                    identifier = gen.contact_id(number)
+                    if self.contacts.get(identifier) is None:
+                        break
+                else:
+                    continue
+                email = f"early.{number}@churn.test"
+                if email in self._emails:
+                    continue
+                self._insert_contact(identifier, email, f"Early {number}", [])
+                self.churn.reinserted += 1
 
 
 def _looks_like_email(value: str) -> bool:
