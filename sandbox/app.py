@@ -71,6 +71,8 @@ class SandboxConfig:
     evinotice_username: str = SANDBOX_EVINOTICE_USERNAME
     evinotice_password: str = SANDBOX_EVINOTICE_PASSWORD
     evinotice_site_id: str = SANDBOX_EVINOTICE_SITE_ID
+    # Answer with the vendor pages' spellings HashMoreResults / ProgessPercentage.
+    evinotice_vendor_spellings: bool = False
     start: datetime | None = None
     clock_speed: float = 1.0
     behaviour: Behaviour = field(default_factory=Behaviour)
@@ -115,6 +117,7 @@ class Sandbox:
             seed=config.seed,
             batches=config.evinotice_batches,
             site_id=config.evinotice_site_id,
+            vendor_spellings=config.evinotice_vendor_spellings,
         )
         self.behaviour = config.behaviour
         self.stats = TrafficStats()

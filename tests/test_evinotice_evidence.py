@@ -21,7 +21,9 @@ from assets.evidence import evinotice_evidence
 from assets.resources import EviNoticeResource, WarehouseResource
 from connector.evinotice.client import EviNoticeClient, InvalidRequestError
 from connector.evinotice.records import evinotice_batch_rows
+from connector.pipelines import sync
 from connector.pipelines.evidence_sync import sync_evidence
+from connector.settings import EviNoticeSettings, Secret
 from connector.warehouse.engine import Warehouse
 from sandbox.clock import SandboxClock
 from sandbox.evinotice.store import EviNoticeStore
@@ -219,6 +221,27 @@ def test_an_unknown_batch_state_is_stored_and_only_warns(warehouse: Warehouse) -
     assert not accepted.passed and accepted.severity == AssetCheckSeverity.WARN
     assert accepted.metadata["unaccepted_state"].value == 1  # Completed is a documented state
     assert results["unique_key"].passed and results["required_columns"].passed
+
+
+def test_a_batch_sync_against_the_vendor_spellings_reads_every_page(warehouse: Warehouse) -> None:
+    sandbox = make_sandbox(contacts=10, evinotice_batches=250, evinotice_vendor_spellings=True)
+    site = sandbox.config.evinotice_site_id
+    transport = httpx.ASGITransport(app=sandbox.app)
+    settings = EviNoticeSettings(
+        base_url="http://sandbox.local",
+        username=sandbox.config.evinotice_username,
+        password=Secret(sandbox.config.evinotice_password),
+        site_id=site,
+    )
+
+    async def run() -> Any:
+        async with EviNoticeClient(settings, limits=FAST, transport=transport) as client:
+            return await sync.sync_evinotice_batches(client, warehouse, site)
+
+    result = asyncio.run(run())
+    mine = [b for b in sandbox.truth("evinotice-batches") if b["SiteId"] == site]
+    assert len(mine) > 100  # more than one page
+    assert result.api_count == result.table_count == len(mine)
 
 
 # --- the asset -----------------------------------------------------------------------------
