@@ -4,6 +4,8 @@
     for chunk in read:                                    # CrmChunk(contacts, rejected)
         ...
     read.summary                                          # CrmSummary: counts, mapping, warnings
+    read_export("book.xlsx", sheet="Leads")               # one sheet; default: every sheet
+                                                          # whose header has the email column
     merged, conflicts = merge_duplicates(all_contact_rows)
 
 ``read_export`` checks the file before returning: a file that cannot be read at all (empty,
