@@ -83,4 +83,10 @@ RECONCILE_TABLE_NAMES = (
     "pushback_results",
     "reconciliation_runs",
 )
-ALL_TABLE_NAMES = TABLE_NAMES + RECONCILE_TABLE_NAMES
+CAMPAIGN_TABLE_NAMES = (
+    "campaigns",
+    "campaign_plan",
+    "campaign_results",
+    "campaign_batch_recipients",
+)
+ALL_TABLE_NAMES = TABLE_NAMES + RECONCILE_TABLE_NAMES + CAMPAIGN_TABLE_NAMES
