@@ -399,14 +399,21 @@ class MarketplaceClient:
         subject: str,
         body: str,
         contacts: Sequence[dict[str, str]],
+        *,
+        account: dict[str, Any] | None = None,
+        buyer: dict[str, Any] | None = None,
     ) -> Row:
         """POST /batches (not safe to repeat: a retry would send the email twice)."""
-        payload = {
+        payload: dict[str, Any] = {
             "category": {"id": category_id},
             "subject": subject,
             "body": body,
             "contacts": list(contacts),
         }
+        if account is not None:
+            payload["account"] = account
+        if buyer is not None:
+            payload["buyer"] = buyer
         return await self.http.send_json("POST", "/batches", json=payload, safe_to_retry=False)
 
 

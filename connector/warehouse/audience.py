@@ -46,7 +46,7 @@ def load_audience(tx: Transaction, audience: str, *, is_table: bool, source: str
     except sa.exc.DBAPIError as exc:
         raise AudienceQueryError(_describe(source, query, exc)) from None
     result = tx.run("campaigns/select_audience_columns")
-    columns = [c.lower() for c in result.keys()]
+    columns = [c.lower() for c in result.keys()]  # noqa: SIM118 - a result, not a dict
     result.close()
     if "contact_id" not in columns and "email" not in columns:
         raise AudienceQueryError(

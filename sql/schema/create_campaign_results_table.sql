@@ -6,6 +6,8 @@ create table if not exists campaign_results (
     campaign text, -- Campaign name (campaigns.name)
     provider text, -- marketplace (evinotice later)
     content_key text, -- Campaign version sent
+    category_id text, -- Category the batch was sent in (what a lookup searches by)
+    subject text, -- Subject the batch was sent with (what a lookup searches by)
     batch_number bigint, -- Chunk number in the plan that claimed it
     recipients bigint, -- Recipients in the batch
     run_id text, -- Run that last tried it
