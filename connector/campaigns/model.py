@@ -209,7 +209,10 @@ def load_campaign(path: Path | str) -> CampaignBase:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise CampaignError(f"{path}: not valid YAML{where}") from None
+        problem = getattr(exc, "problem", None)
+        raise CampaignError(
+            f"{path}: not valid YAML{where}" + (f" ({problem})" if problem else "")
+        ) from None
     return parse_campaign(data, str(path))
 
 

@@ -101,7 +101,7 @@ recent_by_email as (
 judged as (
     select
         m.audience_row,
-        m.known_id as contact_id,
+        coalesce(m.known_id, m.given_contact_id) as contact_id,
         m.email,
         m.name,
         m.recipient_key,
