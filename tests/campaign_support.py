@@ -7,7 +7,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import pytest
 from conftest import fresh_postgres_database
 
 from connector.campaigns import parse_campaign
@@ -31,11 +30,6 @@ def open_warehouse(kind: str, tmp_path: Path) -> Iterator[Warehouse]:
         warehouse.ensure_tables()
         yield warehouse
         warehouse.dispose()
-
-
-@pytest.fixture(params=["duckdb", "postgres"])
-def warehouse(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Warehouse]:
-    yield from open_warehouse(request.param, tmp_path)
 
 
 def contact(identifier: str, email: str, status: str = "Active", **extra: Any) -> dict[str, Any]:

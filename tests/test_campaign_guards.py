@@ -3,23 +3,31 @@ stops the send until overridden with a recorded reason, and a dry run plans only
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
-from campaign_support import (  # noqa: F401 - the warehouse fixture
+from campaign_support import (
     CATEGORY,
     NOW,
     contact,
     make_audience,
     make_campaign,
+    open_warehouse,
     seed,
-    warehouse,
 )
 
 from connector.campaigns import CampaignError
 from connector.campaigns import plan as campaign_plan
 from connector.campaigns.model import CampaignBase
 from connector.warehouse.engine import Warehouse
+
+
+@pytest.fixture(params=["duckdb", "postgres"])
+def warehouse(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Warehouse]:
+    """A fresh DuckDB file or PostgreSQL database with every table."""
+    yield from open_warehouse(request.param, tmp_path)
 
 
 def judged(

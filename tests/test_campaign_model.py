@@ -99,8 +99,8 @@ def test_an_attachment_must_exist_and_changes_the_version(tmp_path: Path) -> Non
 
 
 def test_a_table_name_is_an_audience_too(tmp_path: Path) -> None:
-    campaign = load_campaign(write(tmp_path, GOOD.replace(
-        "audience: |\n  select id as contact_id, name\n  from contacts\n  where status = 'Active'\n",
-        "audience: analytics.vip_contacts\n",
-    )))  # fmt: skip
+    query = (
+        "audience: |\n  select id as contact_id, name\n  from contacts\n  where status = 'Active'\n"
+    )
+    campaign = load_campaign(write(tmp_path, GOOD.replace(query, "audience: vip_contacts\n")))
     assert campaign.audience_is_table

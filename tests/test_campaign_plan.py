@@ -3,22 +3,30 @@ PostgreSQL; audience queries that fail; the plan's batches."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
-from campaign_support import (  # noqa: F401 - the warehouse fixture
+from campaign_support import (
     CATEGORY,
     NOW,
     contact,
     make_audience,
     make_campaign,
+    open_warehouse,
     seed,
-    warehouse,
 )
 
 from connector.campaigns import plan as campaign_plan
 from connector.warehouse.audience import AudienceQueryError
 from connector.warehouse.engine import Warehouse
+
+
+@pytest.fixture(params=["duckdb", "postgres"])
+def warehouse(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Warehouse]:
+    """A fresh DuckDB file or PostgreSQL database with every table."""
+    yield from open_warehouse(request.param, tmp_path)
 
 
 def reasons(warehouse: Warehouse, campaign: str = "spring") -> dict[str | None, set[str | None]]:
