@@ -65,7 +65,10 @@ class CampaignPlan:
 
     @property
     def excluded_share(self) -> float:
-        return self.excluded / max(1, self.audience_rows)
+        """Excluded rows as a share of the audience, leaving out the rows this campaign already
+        reached: a campaign planned again after sending is not a suspicious audience."""
+        reached = self.excluded_by_reason.get("already_reached", 0)
+        return (self.excluded - reached) / max(1, self.audience_rows - reached)
 
 
 def make_plan(
@@ -143,8 +146,8 @@ def evaluate_guards(
             plan.excluded_share <= limits.max_excluded_share,
             f"{plan.excluded_share:.2%}",
             f"{limits.max_excluded_share:.2%}",
-            f"{plan.excluded} of {plan.audience_rows} audience rows excluded "
-            f"= {plan.excluded_share:.2%} (limit {limits.max_excluded_share:.2%})",
+            f"{plan.excluded_share:.2%} of the audience excluded, not counting rows already "
+            f"reached (limit {limits.max_excluded_share:.2%})",
         ),
         (
             "category_published",

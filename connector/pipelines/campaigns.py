@@ -161,7 +161,7 @@ async def _send(
         summary.claimed_elsewhere += sum(item.batch_key not in held for item in group)
         group = [item for item in group if item.batch_key in held]
         outcomes = await asyncio.gather(
-            *(_settle(client, campaign, item, recipients[item.batch_key]) for item in group)
+            *(_settle(client, campaign, item, recipients[item.batch_key], now) for item in group)
         )
         now = clock()
         with warehouse.transaction() as tx:
@@ -236,6 +236,7 @@ async def _settle(
     campaign: MarketplaceCampaign,
     item: Work,
     recipients: Sequence[dict[str, Any]],
+    now: datetime,
 ) -> Outcome:
     """Look a pending batch up, then send it if the platform does not have it."""
     if not recipients:
@@ -246,7 +247,7 @@ async def _settle(
                 client,
                 category_id=item.category_id or campaign.category,
                 subject=item.subject or campaign.subject,
-                since=(item.claimed_at or datetime.now(UTC)) - LOOKUP_MARGIN,
+                since=(item.claimed_at or now) - LOOKUP_MARGIN,
                 recipients=recipients,
             )
         except ConnectorError as exc:
@@ -259,14 +260,15 @@ async def _settle(
             )
         if found is not None:
             return Outcome("done", sent=False, batch_id=found, resolved_by="lookup")
-    return await _create(client, campaign, item, recipients)
+    return await _create(client, campaign, recipients, since=now - LOOKUP_MARGIN)
 
 
 async def _create(
     client: MarketplaceClient,
     campaign: MarketplaceCampaign,
-    item: Work,
     recipients: Sequence[dict[str, Any]],
+    *,
+    since: datetime,
 ) -> Outcome:
     contacts = [
         {"id": r["contact_id"]} if r["contact_id"] else {"email": r["email"]} for r in recipients
@@ -298,7 +300,7 @@ async def _create(
                 client,
                 category_id=campaign.category,
                 subject=campaign.subject,
-                since=datetime.now(UTC) - LOOKUP_MARGIN,
+                since=since,
                 recipients=recipients,
             )
         except ConnectorError:
