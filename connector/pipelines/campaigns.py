@@ -160,6 +160,7 @@ async def _send(
             }
         summary.claimed_elsewhere += sum(item.batch_key not in held for item in group)
         group = [item for item in group if item.batch_key in held]
+        log.debug("claimed %d batches of %s", len(group), campaign.name)
         outcomes = await asyncio.gather(
             *(_settle(client, campaign, item, recipients[item.batch_key], now) for item in group)
         )
@@ -172,6 +173,7 @@ async def _send(
                     for item, outcome in zip(group, outcomes, strict=True)
                 ],
             )
+        log.debug("recorded %d outcomes of %s", len(group), campaign.name)
         for item, outcome in zip(group, outcomes, strict=True):
             summary.outcomes[outcome.state] += 1
             if outcome.state == "done":
