@@ -27,6 +27,7 @@ from dagster import (
     schedule,
 )
 
+from assets.campaigns import CAMPAIGN_ASSETS, CAMPAIGN_JOBS, CAMPAIGN_REPORTING, campaign_sensor
 from assets.ingest import PARTITIONED, UNPARTITIONED, messages, messages_partitions
 from assets.reconcile import BY_PRODUCTS, RECONCILE_ASSETS, crm_export_sensor
 from assets.reporting import REPORTING
@@ -83,7 +84,7 @@ reconcile_job = define_asset_job(
 # after it).
 publish_reports_job = define_asset_job(
     "publish_reports",
-    selection=AssetSelection.assets(*REPORTING),
+    selection=AssetSelection.assets(*REPORTING, *CAMPAIGN_REPORTING),
     description="Reporting tables rebuilt from the synced tables; runs after each successful sync.",
     executor_def=_executor(),
 )
@@ -122,10 +123,17 @@ def sync_messages_schedule(context: ScheduleEvaluationContext) -> Iterator[RunRe
 defs = Definitions(
     # Also for runs the UI launches outside these jobs (materialise, backfills).
     executor=_executor(),
-    assets=[*UNPARTITIONED, *PARTITIONED, *RECONCILE_ASSETS, *BY_PRODUCTS, *REPORTING],
-    jobs=[sync_platform_job, sync_messages_job, reconcile_job, publish_reports_job],
+    assets=[
+        *UNPARTITIONED,
+        *PARTITIONED,
+        *RECONCILE_ASSETS,
+        *BY_PRODUCTS,
+        *REPORTING,
+        *CAMPAIGN_ASSETS,
+    ],
+    jobs=[sync_platform_job, sync_messages_job, reconcile_job, publish_reports_job, *CAMPAIGN_JOBS],
     schedules=[sync_platform_schedule, sync_messages_schedule],
-    sensors=[publish_reports_after_sync, crm_export_sensor],
+    sensors=[publish_reports_after_sync, crm_export_sensor, campaign_sensor],
     resources={
         "marketplace": MarketplaceResource(
             base_url=EnvVar(MPT_API_BASE_URL), token=EnvVar(MPT_API_TOKEN)

@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from connector.campaigns.model import CampaignBase, CampaignError
+from connector.campaigns.model import CampaignBase, CampaignError, parse_campaign
 from connector.pipelines.reconcile import GuardResult
 from connector.pipelines.sync import CONTACTS_SYNCED_AT
 from connector.warehouse.audience import load_audience
@@ -224,6 +224,7 @@ def record_plan(
                 "category_id": getattr(campaign, "category", None),
                 "subject": getattr(campaign, "subject", None),
                 "body": getattr(campaign, "body", None),
+                "definition": campaign.model_dump_json(),
                 "send_at": send_at,
                 "status": status,
                 "audience_rows": plan.audience_rows,
@@ -260,7 +261,17 @@ def campaign_row(warehouse: Warehouse, name: str) -> dict[str, Any] | None:
     return {k: _json_value(v) if k in _JSON_COLUMNS else v for k, v in dict(row).items()}
 
 
-_JSON_COLUMNS = ("excluded_by_reason", "guards_tripped", "overrides")
+_JSON_COLUMNS = ("excluded_by_reason", "guards_tripped", "overrides", "definition")
+
+
+def planned_in_run(warehouse: Warehouse, run_id: str) -> tuple[CampaignBase, str] | None:
+    """The campaign a run planned, as validated then, and its source; None if none."""
+    with warehouse.transaction() as tx:
+        row = tx.run("campaigns/select_campaign_by_run", {"run_id": run_id}).first()
+    if row is None:
+        return None
+    source = row[2] or "campaign"
+    return parse_campaign(_json_value(row[1]), source), source
 
 
 def unapproved_reason(warehouse: Warehouse, campaign: CampaignBase) -> str | None:

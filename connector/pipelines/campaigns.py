@@ -31,6 +31,7 @@ from connector.campaigns.plan import campaign_row, unapproved_reason
 from connector.errors import AmbiguousOutcomeError, ApiError, ConnectorError
 from connector.marketplace import rql
 from connector.marketplace.client import MarketplaceClient
+from connector.pipelines.sync import SyncResult, sync_batches, sync_messages
 from connector.warehouse.engine import Warehouse
 
 log = logging.getLogger(__name__)
@@ -355,6 +356,21 @@ async def find_batch(
         if ids <= seen_ids and emails <= seen_emails:
             return batch_id
     return None
+
+
+async def refresh_after_send(
+    client: MarketplaceClient, warehouse: Warehouse, since: datetime, now: datetime | None = None
+) -> list[SyncResult]:
+    """Sync ``batches`` and the messages created since ``since`` (whole UTC days), so the
+    warehouse shows what the send created."""
+    now = now or datetime.now(UTC)
+    start = since.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    # Messages of a big batch carry creation times a little after the batch's: a day ahead.
+    end = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=2)
+    return [
+        await sync_batches(client, warehouse, now=now),
+        await sync_messages(client, warehouse, start, end, now=now),
+    ]
 
 
 def _pending_work(warehouse: Warehouse, campaign: str) -> list[Work]:

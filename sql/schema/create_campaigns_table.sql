@@ -8,6 +8,7 @@ create table if not exists campaigns (
     category_id text, -- Category the emails are sent in
     subject text, -- Email subject
     body text, -- Email body
+    definition json, -- The whole campaign as validated (what the send step sends)
     send_at timestamptz, -- When it is due (null: as soon as it is run)
     status text, -- planned, dry_run, stopped_by_guard, waiting, sending, sent, cancelled
     audience_rows bigint, -- Rows the audience returned
