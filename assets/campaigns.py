@@ -30,7 +30,6 @@ from dagster import (
     OpExecutionContext,
     RunRequest,
     SensorEvaluationContext,
-    SkipReason,
     asset,
     define_asset_job,
     job,
@@ -136,7 +135,7 @@ def campaign_plan_asset(
     store = warehouse.warehouse()
     store.ensure_tables()
     try:
-        plan = campaign_plan.make_plan(store, campaign, source=source, run_id=context.run_id)
+        plan = campaign_plan.make_plan(store, campaign, source=source, run_id=context.run.run_id)
         guards = campaign_plan.evaluate_guards(plan, campaign, config.override_guards)
     except (AudienceQueryError, CampaignError) as exc:
         raise Failure(description=str(exc)) from None
@@ -146,7 +145,7 @@ def campaign_plan_asset(
         plan,
         guards,
         source=source,
-        run_id=context.run_id,
+        run_id=context.run.run_id,
         override_reason=config.override_reason,
         dry_run=config.dry_run,
     )
@@ -229,7 +228,7 @@ def campaign_results_asset(
 ) -> MaterializeResult:
     """Send each batch of the run's plan exactly once, then sync the batches and messages."""
     store = warehouse.warehouse()
-    found = campaign_plan.planned_in_run(store, context.run_id)
+    found = campaign_plan.planned_in_run(store, context.run.run_id)
     if found is None:
         raise Failure("this run planned no campaign: materialise campaign_plan in the same run")
     campaign, _ = found
@@ -239,7 +238,7 @@ def campaign_results_asset(
     async def send() -> sending.SendSummary:
         async with marketplace.client() as client:
             summary = await sending.send_campaign(
-                client, store, campaign, run_id=context.run_id, concurrency=config.concurrency
+                client, store, campaign, run_id=context.run.run_id, concurrency=config.concurrency
             )
             if summary.batches and summary.started_at is not None:
                 await sending.refresh_after_send(client, store, summary.started_at)
@@ -389,7 +388,7 @@ def file_key(path: Path) -> str:
     default_status=DefaultSensorStatus.RUNNING,
     description="A dry-run plan per new or changed file in CAMPAIGN_DIR, then one send when due.",
 )
-def campaign_sensor(context: SensorEvaluationContext) -> Iterator[RunRequest | SkipReason]:
+def campaign_sensor(context: SensorEvaluationContext) -> Iterator[RunRequest]:
     """Dagster skips a run key it has seen, so the same content never sends twice."""
     now = datetime.now(UTC)
     waiting = []
@@ -421,7 +420,7 @@ def campaign_sensor(context: SensorEvaluationContext) -> Iterator[RunRequest | S
             tags={"campaign_file": path.name, "campaign_step": "send"},
         )
     if waiting:
-        yield SkipReason("waiting for send_at: " + "; ".join(waiting))
+        context.log.info("waiting for send_at: %s", "; ".join(waiting))
 
 
 # What the code location registers (assets/definitions.py adds these to its lists).

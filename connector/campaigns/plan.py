@@ -65,10 +65,10 @@ class CampaignPlan:
 
     @property
     def excluded_share(self) -> float:
-        """Excluded rows as a share of the audience, leaving out the rows this campaign already
+        """Excluded rows as a share of the audience, not counting the rows this campaign already
         reached: a campaign planned again after sending is not a suspicious audience."""
         reached = self.excluded_by_reason.get("already_reached", 0)
-        return (self.excluded - reached) / max(1, self.audience_rows - reached)
+        return (self.excluded - reached) / max(1, self.audience_rows)
 
 
 def make_plan(
