@@ -337,6 +337,14 @@ def campaign_status(warehouse: Warehouse, name: str) -> dict[str, Any]:
     return row
 
 
+def campaign_performance(warehouse: Warehouse, name: str) -> dict[str, Any] | None:
+    """The campaign's row of the ``campaign_performance`` report, if it was built."""
+    with warehouse.transaction() as tx:
+        row = tx.run("campaigns/select_campaign_performance", {"campaign": name}).mappings()
+        first = row.first()
+    return dict(first) if first is not None else None
+
+
 def _json_value(value: Any) -> Any:
     # DuckDB hands JSON back as text, PostgreSQL as Python values.
     return orjson.loads(value) if isinstance(value, str | bytes) else value
