@@ -138,32 +138,35 @@ async def _send(
     _set_status(warehouse, campaign, key, "sending", started=clock())
     work = _pending_work(warehouse, campaign.name) + _new_work(warehouse, campaign.name)
     claim = uuid.uuid4().hex
-    for start in range(0, len(work), concurrency):
+    # Claims go to the ledger a group at a time (few transactions per group); within a group
+    # at most ``concurrency`` creates are in flight.
+    group_size = concurrency * 4
+    gate = asyncio.Semaphore(concurrency)
+
+    async def settle(item: Work, recipients: list[dict[str, Any]], now: datetime) -> Outcome:
+        async with gate:
+            return await _settle(client, campaign, item, recipients, now)
+
+    for start in range(0, len(work), group_size):
         if _is_cancelled(warehouse, campaign):
             summary.cancelled = True
             break
-        group = work[start : start + concurrency]
+        group = work[start : start + group_size]
         now = clock()
         with warehouse.transaction() as tx:
-            for item in group:
-                _claim(tx, campaign, key, item, run_id, claim, now)
+            _claim(tx, campaign, key, group, run_id, claim, now)
+        keys = [item.batch_key for item in group]
+        recipients: dict[str, list[dict[str, Any]]] = {k: [] for k in keys}
         with warehouse.transaction() as tx:
             held = set(tx.run("campaigns/select_claims", {"claim": claim}).scalars())
-            recipients = {
-                item.batch_key: [
-                    dict(r)
-                    for r in tx.run(
-                        "campaigns/select_batch_recipients", {"batch_key": item.batch_key}
-                    ).mappings()
-                ]
-                for item in group
-                if item.batch_key in held
-            }
+            rows = tx.run("campaigns/select_batch_recipients", {"batch_keys": keys}).mappings()
+            for row in rows:
+                recipients[row["batch_key"]].append(dict(row))
         summary.claimed_elsewhere += sum(item.batch_key not in held for item in group)
         group = [item for item in group if item.batch_key in held]
         log.debug("claimed %d batches of %s", len(group), campaign.name)
         outcomes = await asyncio.gather(
-            *(_settle(client, campaign, item, recipients[item.batch_key], now) for item in group)
+            *(settle(item, recipients[item.batch_key], now) for item in group)
         )
         now = clock()
         with warehouse.transaction() as tx:
@@ -195,14 +198,16 @@ def _claim(
     tx: Any,
     campaign: MarketplaceCampaign,
     key: str,
-    item: Work,
+    group: Sequence[Work],
     run_id: str,
     claim: str,
     now: datetime,
 ) -> None:
-    if item.previous_state is None:
-        tx.run(
-            "campaigns/insert_batch_claim",
+    """Write the group's claims (and the new batches' recipients) in the caller's transaction."""
+    fresh = [item for item in group if item.previous_state is None]
+    tx.run_many(
+        "campaigns/insert_batch_claim",
+        [
             {
                 "batch_key": item.batch_key,
                 "campaign": campaign.name,
@@ -215,23 +220,33 @@ def _claim(
                 "run_id": run_id,
                 "claim": claim,
                 "now": now,
-            },
-        )
+            }
+            for item in fresh
+        ],
+    )
+    if fresh:
         tx.run(
             "campaigns/insert_batch_recipients",
-            {"batch_key": item.batch_key, "campaign": campaign.name, "claim": claim},
+            {
+                "campaign": campaign.name,
+                "claim": claim,
+                "batch_keys": [item.batch_key for item in fresh],
+            },
         )
-    else:
-        tx.run(
-            "campaigns/update_batch_reclaim",
+    tx.run_many(
+        "campaigns/update_batch_reclaim",
+        [
             {
                 "batch_key": item.batch_key,
                 "run_id": run_id,
                 "claim": claim,
                 "previous_claim": item.previous_claim,
                 "now": now,
-            },
-        )
+            }
+            for item in group
+            if item.previous_state is not None
+        ],
+    )
 
 
 async def _settle(

@@ -13,22 +13,27 @@ with audience as (
     from campaign_audience_rows
 ),
 
--- One platform contact per email: an active one first, deleted ones last.
+-- One platform contact per email the audience gives without an id: an active one first,
+-- deleted ones last. Only those emails are ranked (most audiences give ids).
+wanted_emails as (
+    select distinct given_email from audience where given_contact_id is null
+),
+
 platform_by_email as (
     select id, email_key
     from (
         select
-            id,
-            email_key,
+            c.id,
+            c.email_key,
             row_number() over (
-                partition by email_key
+                partition by c.email_key
                 order by
-                    case when deleted_at is null then 0 else 1 end,
-                    case when status = 'Active' then 0 else 1 end,
-                    id
+                    case when c.deleted_at is null then 0 else 1 end,
+                    case when c.status = 'Active' then 0 else 1 end,
+                    c.id
             ) as email_rank
-        from contacts
-        where email_key is not null
+        from contacts as c
+        join wanted_emails as w on w.given_email = c.email_key
     ) as ranked
     where email_rank = 1
 ),
@@ -78,6 +83,12 @@ reached as (
     where b.campaign = :campaign and b.state <> 'rejected'
 ),
 
+opted_out as (
+    select distinct contact_id
+    from contact_opt_outs
+    where category_id = :category_id
+),
+
 recent_by_contact as (
     select distinct contact_id
     from messages
@@ -116,10 +127,7 @@ judged as (
             when m.occurrence > 1 then 'duplicate'
             when m.deleted_at is not null then 'deleted_contact'
             when m.known_id is not null and m.status <> 'Active' then 'blocked_contact'
-            when exists (
-                select 1 from contact_opt_outs as o
-                where o.contact_id = m.known_id and o.category_id = :category_id
-            ) then 'opted_out'
+            when opted_out.contact_id is not null then 'opted_out'
             when crm.do_not_email = 1 then 'crm_do_not_email'
             when crm.unsubscribed = 1 then 'crm_unsubscribed'
             when crm.hard_bounced = 1 then 'crm_hard_bounced'
@@ -131,6 +139,7 @@ judged as (
         end as reason
     from matched as m
     left join crm on crm.email = m.email
+    left join opted_out on opted_out.contact_id = m.known_id
     left join reached on reached.recipient_key = m.recipient_key
     left join recent_by_contact on recent_by_contact.contact_id = m.known_id
     left join recent_by_email on recent_by_email.email = m.email
