@@ -24,8 +24,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import orjson
-
 from connector.campaigns.model import CampaignBase, CampaignError, MarketplaceCampaign
 from connector.campaigns.plan import campaign_row, unapproved_reason
 from connector.errors import AmbiguousOutcomeError, ApiError, ConnectorError
@@ -55,6 +53,8 @@ class Work:
     recipients: int
     previous_state: str | None = None
     previous_claim: str | None = None
+    attempts: int = 1
+    content_key: str | None = None
     category_id: str | None = None
     subject: str | None = None
     claimed_at: datetime | None = None
@@ -169,14 +169,14 @@ async def _send(
             *(settle(item, recipients[item.batch_key], now) for item in group)
         )
         now = clock()
-        with warehouse.transaction() as tx:
-            tx.run_many(
-                "campaigns/update_batch_outcome",
+        with warehouse.transaction() as tx, tx.stage("campaign_results") as stage:
+            stage.write(
                 [
                     _outcome_row(campaign, key, item, outcome, now)
                     for item, outcome in zip(group, outcomes, strict=True)
-                ],
+                ]
             )
+            tx.run("campaigns/update_staged_outcomes", stage=stage.name)
         log.debug("recorded %d outcomes of %s", len(group), campaign.name)
         for item, outcome in zip(group, outcomes, strict=True):
             summary.outcomes[outcome.state] += 1
@@ -205,26 +205,34 @@ def _claim(
 ) -> None:
     """Write the group's claims (and the new batches' recipients) in the caller's transaction."""
     fresh = [item for item in group if item.previous_state is None]
-    tx.run_many(
-        "campaigns/insert_batch_claim",
-        [
-            {
-                "batch_key": item.batch_key,
-                "campaign": campaign.name,
-                "provider": campaign.provider,
-                "content_key": key,
-                "category_id": campaign.category,
-                "subject": campaign.subject,
-                "batch_number": item.batch_number,
-                "recipients": item.recipients,
-                "run_id": run_id,
-                "claim": claim,
-                "now": now,
-            }
-            for item in fresh
-        ],
-    )
     if fresh:
+        # Staged and inserted in one statement: a row at a time is slow on DuckDB.
+        at = now.isoformat()
+        with tx.stage("campaign_results") as stage:
+            stage.write(
+                [
+                    {
+                        "batch_key": item.batch_key,
+                        "batch_number": item.batch_number,
+                        "recipients": item.recipients,
+                    }
+                    for item in fresh
+                ],
+                {
+                    "campaign": campaign.name,
+                    "provider": campaign.provider,
+                    "content_key": key,
+                    "category_id": campaign.category,
+                    "subject": campaign.subject,
+                    "run_id": run_id,
+                    "claim": claim,
+                    "state": "sending",
+                    "attempts": 1,
+                    "claimed_at": at,
+                    "last_attempt_at": at,
+                },
+            )
+            tx.run("campaigns/insert_staged_claims", stage=stage.name)
         tx.run(
             "campaigns/insert_batch_recipients",
             {
@@ -398,6 +406,8 @@ def _pending_work(warehouse: Warehouse, campaign: str) -> list[Work]:
             recipients=int(r["recipients"] or 0),
             previous_state=r["state"],
             previous_claim=r["claim"],
+            attempts=int(r["attempts"] or 0),
+            content_key=r["content_key"],
             category_id=r["category_id"],
             subject=r["subject"],
             claimed_at=_aware(r["claimed_at"]),
@@ -419,20 +429,18 @@ def _outcome_row(
     return {
         "batch_key": item.batch_key,
         "state": outcome.state,
-        "extra_attempts": 1 if resent else 0,
+        "attempts": item.attempts + (1 if resent else 0),
         # A pending batch of an older version that was sent again went out as this version.
-        "content_key": key if resent else None,
-        "subject": campaign.subject if resent else None,
+        "content_key": key if resent or item.content_key is None else item.content_key,
+        "subject": campaign.subject if resent or item.subject is None else item.subject,
         "batch_id": outcome.batch_id,
         "resolved_by": outcome.resolved_by,
         "http_status": outcome.http_status,
         "problem_title": outcome.problem_title,
         "problem_detail": outcome.problem_detail,
-        "field_errors": orjson.dumps(outcome.field_errors).decode()
-        if outcome.field_errors
-        else None,
-        "now": now,
-        "done_at": now if outcome.state == "done" else None,
+        "field_errors": outcome.field_errors,
+        "last_attempt_at": now.isoformat(),
+        "done_at": now.isoformat() if outcome.state == "done" else None,
     }
 
 
