@@ -50,6 +50,13 @@ identified as (
         on a.given_contact_id is null and by_email.email_key = a.given_email
 ),
 
+-- The first audience row of each recipient; later ones are duplicates.
+first_rows as (
+    select coalesce(contact_id, given_email) as recipient_key, min(audience_row) as first_row
+    from identified
+    group by coalesce(contact_id, given_email)
+),
+
 matched as (
     select
         i.*,
@@ -58,11 +65,10 @@ matched as (
         c.deleted_at,
         coalesce(c.email_key, i.given_email) as email,
         coalesce(i.contact_id, i.given_email) as recipient_key,
-        row_number() over (
-            partition by coalesce(i.contact_id, i.given_email) order by i.audience_row
-        ) as occurrence
+        case when f.first_row = i.audience_row then 1 else 2 end as occurrence
     from identified as i
     left join contacts as c on c.id = i.contact_id
+    left join first_rows as f on f.recipient_key = coalesce(i.contact_id, i.given_email)
 ),
 
 crm as (
