@@ -275,3 +275,17 @@ def test_send_at_due_sends(sandbox: Sandbox, warehouse: Warehouse) -> None:
     sandbox.clock.advance(31 * 60)
     assert send(sandbox.app, warehouse, campaign, sandbox.clock.now).outcomes == {"done": 1}
     assert campaign_plan.campaign_status(warehouse, "spring")["status"] == "sent"
+
+
+def test_attachments_are_refused_before_anything_is_sent(
+    sandbox: Sandbox, warehouse: Warehouse, tmp_path: Path
+) -> None:
+    synced(sandbox, warehouse)
+    attachment = tmp_path / "terms.pdf"
+    attachment.write_bytes(b"%PDF-1.4")
+    campaign = make_campaign(audience=active_audience(3), attachments=[{"path": str(attachment)}])
+    planned(warehouse, sandbox, campaign)
+    faulty = Faulty(sandbox.app)
+    with pytest.raises(CampaignError, match="attachments: sending attachments is not supported"):
+        send(faulty, warehouse, campaign, sandbox.clock.now)
+    assert faulty.posts == 0 and warehouse.count("campaign_results") == 0

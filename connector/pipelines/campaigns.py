@@ -108,6 +108,13 @@ async def send_campaign(
     """
     if not isinstance(campaign, MarketplaceCampaign):
         raise CampaignError(f"{campaign.provider} campaigns cannot be sent by this pipeline")
+    if campaign.attachments:
+        # Create Batch takes attachments as a multipart part (the official SDK's form); this
+        # version sends JSON only, so it refuses rather than send the email without them.
+        raise CampaignError(
+            f"{campaign.name}: attachments: sending attachments is not supported yet; "
+            "remove them to send this campaign"
+        )
     summary = SendSummary(campaign.name, started_at=clock())
     if _is_cancelled(warehouse, campaign):
         summary.cancelled = True
