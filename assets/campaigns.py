@@ -39,7 +39,6 @@ from dagster import (
 from pydantic import Field
 
 from assets.metadata import definition_metadata, markdown_table, run_metadata
-from assets.reporting import Report, _checks, _report_asset, non_negative_check, rates_check
 from assets.resources import MarketplaceResource, WarehouseResource
 from assets.runner import run_async
 from connector.campaigns import CampaignError, load_campaign, parse_campaign
@@ -232,7 +231,8 @@ def campaign_results_asset(
     if found is None:
         raise Failure("this run planned no campaign: materialise campaign_plan in the same run")
     campaign, _ = found
-    if config.dry_run:
+    row = campaign_plan.campaign_row(store, campaign.name)
+    if config.dry_run or (row is not None and row["status"] == "dry_run"):
         return MaterializeResult(metadata={"campaign": campaign.name, "dry_run": True, "sent": 0})
 
     async def send() -> sending.SendSummary:
@@ -272,49 +272,6 @@ def campaign_results_asset(
     )
 
 
-CAMPAIGN_PERFORMANCE = Report(
-    "campaign_performance",
-    deps=("campaign_results", "messages"),
-    checks=_checks(
-        "campaign_performance",
-        ("campaign",),
-        ("campaign", "status"),
-        status=(
-            "planned",
-            "dry_run",
-            "stopped_by_guard",
-            "waiting",
-            "sending",
-            "sent",
-            "cancelled",
-        ),
-    ),
-    count_checks=(
-        rates_check("sent_rate", "bounce_rate", "complaint_rate", "failure_rate"),
-        non_negative_check("recipients_sent", "messages", "pending", "not_synced"),
-    ),
-    preview_order="planned_at",
-    preview_columns=(
-        "campaign",
-        "status",
-        "audience_rows",
-        "planned_recipients",
-        "excluded",
-        "batches_done",
-        "recipients_sent",
-        "messages",
-        "sent",
-        "bounced",
-        "complained",
-        "failed",
-        "discarded",
-        "pending",
-        "sent_rate",
-        "bounce_rate",
-    ),
-)
-campaign_performance = _report_asset(CAMPAIGN_PERFORMANCE)
-
 # Tables the campaign steps write along the way, declared for lineage and column docs.
 CAMPAIGN_BY_PRODUCTS = [
     AssetSpec(
@@ -331,13 +288,12 @@ CAMPAIGN_BY_PRODUCTS = [
     )
 ]
 
-CAMPAIGN_REPORTING = [campaign_performance]
 
 send_campaign_job = define_asset_job(
     "send_campaign",
-    selection=AssetSelection.assets(
-        campaign_plan_asset, campaign_results_asset, campaign_performance
-    ),
+    # campaign_performance is declared with the other reports (assets/reporting.py).
+    selection=AssetSelection.assets(campaign_plan_asset, campaign_results_asset)
+    | AssetSelection.assets("campaign_performance"),
     description="Campaign file → plan (guards block unusual plans) → send exactly once → "
     "refresh batches and messages → campaign_performance.",
 )
@@ -428,6 +384,5 @@ CAMPAIGN_ASSETS = [
     campaign_plan_asset,
     campaign_results_asset,
     *CAMPAIGN_BY_PRODUCTS,
-    *CAMPAIGN_REPORTING,
 ]
 CAMPAIGN_JOBS = [send_campaign_job, cancel_campaign_job]

@@ -27,7 +27,7 @@ from dagster import (
     schedule,
 )
 
-from assets.campaigns import CAMPAIGN_ASSETS, CAMPAIGN_JOBS, CAMPAIGN_REPORTING, campaign_sensor
+from assets.campaigns import CAMPAIGN_ASSETS, CAMPAIGN_JOBS, campaign_sensor
 from assets.ingest import PARTITIONED, UNPARTITIONED, messages, messages_partitions
 from assets.reconcile import BY_PRODUCTS, RECONCILE_ASSETS, crm_export_sensor
 from assets.reporting import REPORTING
@@ -84,7 +84,7 @@ reconcile_job = define_asset_job(
 # after it).
 publish_reports_job = define_asset_job(
     "publish_reports",
-    selection=AssetSelection.assets(*REPORTING, *CAMPAIGN_REPORTING),
+    selection=AssetSelection.assets(*REPORTING),
     description="Reporting tables rebuilt from the synced tables; runs after each successful sync.",
     executor_def=_executor(),
 )

@@ -1,6 +1,43 @@
--- One row per campaign: plan figures from campaigns, batches from the ledger, delivery from
--- the synced messages of the batches the ledger created.
-with ledger as (
+-- campaign_performance: one row per campaign.
+--
+-- Plan figures from campaigns, batches from the ledger (campaign_results), delivery from the
+-- synced messages of the batches the ledger created (a batch whose messages lie in days not
+-- synced yet counts in not_synced).
+
+with
+
+campaigns as (
+    select
+        name,
+        provider,
+        status,
+        category_id,
+        subject,
+        send_at,
+        planned_at,
+        send_started_at,
+        send_finished_at,
+        audience_rows,
+        recipients,
+        excluded,
+        excluded_by_reason,
+        batches_planned,
+        cancelled_at,
+        cancel_reason
+    from campaigns
+),
+
+campaign_results as (
+    select campaign, state, recipients, batch_id
+    from campaign_results
+),
+
+messages as (
+    select batch_id, status
+    from messages
+),
+
+ledger as (
     select
         campaign,
         sum(case when state = 'done' then 1 else 0 end) as batches_done,
