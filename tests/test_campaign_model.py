@@ -104,3 +104,11 @@ def test_a_table_name_is_an_audience_too(tmp_path: Path) -> None:
     )
     campaign = load_campaign(write(tmp_path, GOOD.replace(query, "audience: vip_contacts\n")))
     assert campaign.audience_is_table
+
+
+def test_the_readme_example_is_a_valid_campaign(tmp_path: Path) -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Campaigns") :]
+    example = section[section.index("```yaml") + len("```yaml") : section.index("```\n", 10)]
+    campaign = load_campaign(write(tmp_path, example))
+    assert campaign.name == "spring-offer" and campaign.exclusions.frequency_cap_days == 7
