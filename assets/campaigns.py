@@ -22,6 +22,7 @@ from dagster import (
     AssetExecutionContext,
     AssetSelection,
     AssetSpec,
+    AutomationCondition,
     Config,
     DefaultSensorStatus,
     Failure,
@@ -38,7 +39,16 @@ from dagster import (
 )
 from pydantic import Field
 
+from assets.checks import TableChecks
 from assets.metadata import definition_metadata, markdown_table, run_metadata
+from assets.reporting import (
+    Report,
+    build_report,
+    evaluate_checks,
+    non_negative_check,
+    rates_check,
+    report_metadata,
+)
 from assets.resources import MarketplaceResource, WarehouseResource
 from assets.runner import run_async
 from connector.campaigns import CampaignError, load_campaign, parse_campaign
@@ -289,11 +299,81 @@ CAMPAIGN_BY_PRODUCTS = [
 ]
 
 
+CAMPAIGN_STATUSES = (
+    "planned",
+    "dry_run",
+    "stopped_by_guard",
+    "waiting",
+    "sending",
+    "sent",
+    "cancelled",
+)
+CAMPAIGN_PERFORMANCE = Report(
+    "campaign_performance",
+    deps=("campaigns", "campaign_results", "messages"),
+    checks=TableChecks(
+        "campaign_performance",
+        ("campaign",),
+        ("campaign", "status"),
+        {"status": CAMPAIGN_STATUSES},
+        matches_api_count=False,
+    ),
+    count_checks=(
+        rates_check("sent_rate", "bounce_rate", "complaint_rate", "failure_rate"),
+        non_negative_check("recipients_sent", "messages", "pending", "not_synced"),
+    ),
+    preview_order="planned_at",
+    preview_columns=(
+        "campaign",
+        "status",
+        "audience_rows",
+        "planned_recipients",
+        "excluded",
+        "batches_done",
+        "recipients_sent",
+        "messages",
+        "sent",
+        "bounced",
+        "complained",
+        "failed",
+        "discarded",
+        "pending",
+        "sent_rate",
+        "bounce_rate",
+    ),
+)
+
+
+@asset(
+    name="campaign_performance",
+    group_name="reporting",
+    deps=list(CAMPAIGN_PERFORMANCE.deps),
+    description=table("campaign_performance").description,
+    metadata=definition_metadata("campaign_performance"),
+    check_specs=[
+        *CAMPAIGN_PERFORMANCE.checks.specs(),
+        *(c.spec("campaign_performance") for c in CAMPAIGN_PERFORMANCE.count_checks),
+    ],
+    # Rebuilt by send_campaign and, as delivery outcomes are synced, whenever messages change.
+    automation_condition=AutomationCondition.eager(),
+    kinds={"sql"},
+)
+def campaign_performance(
+    context: AssetExecutionContext, warehouse: WarehouseResource
+) -> Iterator[MaterializeResult | AssetCheckResult]:
+    """One row per campaign: audience, exclusions by reason, batches, delivery and rates."""
+    store = warehouse.warehouse()
+    rows = build_report(store, CAMPAIGN_PERFORMANCE.name)
+    context.log.info("campaign_performance: %d rows", rows)
+    yield MaterializeResult(metadata=report_metadata(store, CAMPAIGN_PERFORMANCE, rows))
+    yield from evaluate_checks(store, CAMPAIGN_PERFORMANCE)
+
+
 send_campaign_job = define_asset_job(
     "send_campaign",
-    # campaign_performance is declared with the other reports (assets/reporting.py).
-    selection=AssetSelection.assets(campaign_plan_asset, campaign_results_asset)
-    | AssetSelection.assets("campaign_performance"),
+    selection=AssetSelection.assets(
+        campaign_plan_asset, campaign_results_asset, campaign_performance
+    ),
     description="Campaign file → plan (guards block unusual plans) → send exactly once → "
     "refresh batches and messages → campaign_performance.",
 )
@@ -384,5 +464,6 @@ CAMPAIGN_ASSETS = [
     campaign_plan_asset,
     campaign_results_asset,
     *CAMPAIGN_BY_PRODUCTS,
+    campaign_performance,
 ]
 CAMPAIGN_JOBS = [send_campaign_job, cancel_campaign_job]

@@ -451,47 +451,6 @@ REPORTS = (
             "run_id",
         ),
     ),
-    Report(
-        "campaign_performance",
-        deps=("campaigns", "campaign_results", "messages"),
-        checks=_checks(
-            "campaign_performance",
-            ("campaign",),
-            ("campaign", "status"),
-            status=(
-                "planned",
-                "dry_run",
-                "stopped_by_guard",
-                "waiting",
-                "sending",
-                "sent",
-                "cancelled",
-            ),
-        ),
-        count_checks=(
-            rates_check("sent_rate", "bounce_rate", "complaint_rate", "failure_rate"),
-            non_negative_check("recipients_sent", "messages", "pending", "not_synced"),
-        ),
-        preview_order="planned_at",
-        preview_columns=(
-            "campaign",
-            "status",
-            "audience_rows",
-            "planned_recipients",
-            "excluded",
-            "batches_done",
-            "recipients_sent",
-            "messages",
-            "sent",
-            "bounced",
-            "complained",
-            "failed",
-            "discarded",
-            "pending",
-            "sent_rate",
-            "bounce_rate",
-        ),
-    ),
 )
 REPORT_NAMES = tuple(report.name for report in REPORTS)
 
