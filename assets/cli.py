@@ -15,6 +15,7 @@ from pathlib import Path
 
 import click
 
+from assets.campaign_cli import campaign, sample_campaign_summary, send_sample_campaign
 from assets.reconcile import export_dir
 from assets.reporting import REPORT_NAMES
 from connector.cli import main
@@ -33,6 +34,7 @@ from sandbox.crm_export import write_sample_export
 from sandbox.server import serve_in_thread
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
+main.add_command(campaign)
 _PLANNED = ("planned_create", "planned_block", "planned_unblock", "planned_update")
 _LAST_RECONCILE = "select * from reconciliation_runs order by started_at desc limit 1"
 
@@ -121,6 +123,7 @@ def demo(contacts: int, seed: int, days: int, keep: bool) -> None:
                     instance=instance, raise_on_error=False, run_config=reconcile_config
                 )
             )
+            outcomes.append(send_sample_campaign(defs, instance, quiet))
             outcomes.append(
                 defs.resolve_job_def("publish_reports").execute_in_process(
                     instance=instance, raise_on_error=False, run_config=quiet
@@ -155,6 +158,9 @@ def _summary(warehouse: Warehouse, outcomes: list) -> None:
             + f" planned; {run['applied_done']} done, {run['applied_rejected']} rejected; "
             f"{run['rejected_rows']} CRM lines rejected, {run['conflicts']} conflicts"
         )
+    campaign_line = sample_campaign_summary(warehouse)
+    if campaign_line:
+        click.echo(f"\n{campaign_line}")
     evaluations = [e for o in outcomes for e in o.get_asset_check_evaluations()]
     failed = [e for e in evaluations if not e.passed]
     click.echo(f"\nAsset checks: {len(evaluations) - len(failed)} passed, {len(failed)} failed")

@@ -28,6 +28,7 @@ from dagster import (
 )
 
 from assets.evidence import EVIDENCE_ASSETS
+from assets.campaigns import CAMPAIGN_ASSETS, CAMPAIGN_JOBS, campaign_sensor
 from assets.ingest import PARTITIONED, UNPARTITIONED, messages, messages_partitions
 from assets.reconcile import BY_PRODUCTS, RECONCILE_ASSETS, crm_export_sensor
 from assets.reporting import REPORTING
@@ -130,10 +131,11 @@ defs = Definitions(
         *BY_PRODUCTS,
         *REPORTING,
         *EVIDENCE_ASSETS,
+        *CAMPAIGN_ASSETS,
     ],
-    jobs=[sync_platform_job, sync_messages_job, reconcile_job, publish_reports_job],
+    jobs=[sync_platform_job, sync_messages_job, reconcile_job, publish_reports_job, *CAMPAIGN_JOBS],
     schedules=[sync_platform_schedule, sync_messages_schedule],
-    sensors=[publish_reports_after_sync, crm_export_sensor],
+    sensors=[publish_reports_after_sync, crm_export_sensor, campaign_sensor],
     resources={
         "marketplace": MarketplaceResource(
             base_url=EnvVar(MPT_API_BASE_URL), token=EnvVar(MPT_API_TOKEN)

@@ -4,7 +4,8 @@ Prints, in one run: rows per second for sequential paging, concurrent paging and
 the same collection (same added latency) and their ratios; a full contacts sync into DuckDB
 against fetching alone; peak memory of a 1M-contact sync; planning 1M CRM lines against 1M
 contacts; push-back throughput as a share of the sandbox's rate limit; a 200k-contact paged
-read under a 20% fault mix against the same read fault-free.
+read under a 20% fault mix against the same read fault-free; planning a 1M-row campaign
+audience against 1M contacts; campaign send throughput as a share of the rate limit.
 
     python -m benchmarks.run [--contacts 100000] [--latency-ms 30]
 """
@@ -16,6 +17,8 @@ import asyncio
 import time
 
 from benchmarks.faults import fault_benchmark
+from benchmarks.campaigns import plan_benchmark as campaign_plan_benchmark
+from benchmarks.campaigns import send_benchmark as campaign_send_benchmark
 from benchmarks.reconcile import apply_benchmark, plan_benchmark
 from benchmarks.sandbox_process import sandbox_process
 from benchmarks.sync import memory_benchmark, sync_benchmark
@@ -69,6 +72,8 @@ def main() -> None:
     parser.add_argument("--apply-rate", type=float, default=50)
     parser.add_argument("--apply-actions", type=int, default=600)
     parser.add_argument("--fault-contacts", type=int, default=200_000)
+    parser.add_argument("--audience-rows", type=int, default=1_000_000)
+    parser.add_argument("--send-batches", type=int, default=300)
     args = parser.parse_args()
     fetch_benchmark(args.contacts, args.latency_ms, args.concurrency)
     sync_benchmark(args.contacts, args.latency_ms)
@@ -76,6 +81,8 @@ def main() -> None:
     plan_benchmark(args.crm_rows)
     apply_benchmark(args.apply_rate, args.apply_actions, args.latency_ms)
     fault_benchmark(args.fault_contacts, "0.2", slow_seconds=12.0)
+    campaign_plan_benchmark(args.audience_rows)
+    campaign_send_benchmark(args.apply_rate, args.send_batches, args.latency_ms)
 
 
 if __name__ == "__main__":

@@ -443,6 +443,8 @@ class MarketplaceClient:
         body: str,
         contacts: Sequence[dict[str, str]],
         *,
+        account: dict[str, Any] | None = None,
+        buyer: dict[str, Any] | None = None,
         attachments: Sequence[BatchAttachment] = (),
     ) -> Row:
         """POST /batches (not safe to repeat: a retry would send the email twice).
@@ -450,12 +452,16 @@ class MarketplaceClient:
         Sent as JSON, as the OpenAPI document says; with attachments as multipart/form-data,
         as the official SDK does: a ``batch`` JSON part and one ``attachment`` part per file.
         """
-        payload = {
+        payload: dict[str, Any] = {
             "category": {"id": category_id},
             "subject": subject,
             "body": body,
             "contacts": list(contacts),
         }
+        if account is not None:
+            payload["account"] = account
+        if buyer is not None:
+            payload["buyer"] = buyer
         if not attachments:
             return await self.http.send_json("POST", "/batches", json=payload, safe_to_retry=False)
         content, content_type = _multipart(payload, attachments)

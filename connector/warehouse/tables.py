@@ -85,4 +85,10 @@ RECONCILE_TABLE_NAMES = (
 )
 # Per-recipient evidence of certified mail (connector.pipelines.evidence_sync).
 EVIDENCE_TABLE_NAMES = ("evinotice_evidence",)
-ALL_TABLE_NAMES = TABLE_NAMES + RECONCILE_TABLE_NAMES + EVIDENCE_TABLE_NAMES
+CAMPAIGN_TABLE_NAMES = (
+    "campaigns",
+    "campaign_plan",
+    "campaign_results",
+    "campaign_batch_recipients",
+)
+ALL_TABLE_NAMES = TABLE_NAMES + RECONCILE_TABLE_NAMES + EVIDENCE_TABLE_NAMES + CAMPAIGN_TABLE_NAMES

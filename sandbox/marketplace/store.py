@@ -17,6 +17,7 @@ from typing import Any
 
 from sandbox.clock import SandboxClock, format_timestamp
 from sandbox.marketplace import data as gen
+from sandbox.marketplace.sending import Delivery
 
 Record = dict[str, Any]
 Predicate = Callable[[Record], bool]
@@ -148,6 +149,7 @@ class MarketplaceStore:
         self._next_batch = len(data.batches) + 1
         self._churn_rng = random.Random(seed * 7919 + 17)
         self.churn = ChurnStats()
+        self.delivery = Delivery(self, seed)  # queued messages settle over sandbox time
         # (timestamp, status) per category, kept sorted, so statistics are a bisect per window.
         self._message_times: dict[str, list[tuple[str, str]]] = {}
         for message in data.messages:
@@ -156,6 +158,7 @@ class MarketplaceStore:
             times.sort()
 
     def collection(self, name: str) -> Collection:
+        self.delivery.settle()
         return {
             "contacts": self.contacts,
             "categories": self.categories,
@@ -171,6 +174,7 @@ class MarketplaceStore:
 
     def statistics(self, category: str) -> dict[str, dict[str, int]]:
         """Message counts per status for today, this week and this month (UTC calendar windows)."""
+        self.delivery.settle()
         now = self.clock.now()
         day = now.replace(hour=0, minute=0, second=0, microsecond=0)
         windows = {
@@ -380,6 +384,8 @@ class MarketplaceStore:
                     batch, contact, gen.message_id(number, position), status, now, position
                 )
                 self.messages.put(message)
+                if status == "Queued":
+                    self.delivery.queued(message, contact)
                 self._index_message(message)
                 self._message_times[category["id"]].sort()
             return batch

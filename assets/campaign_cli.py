@@ -1,0 +1,235 @@
+"""``notifsync campaign plan | send | status | cancel``: campaigns from the command line, with
+the same plan, guards, ledger and report as the ``send_campaign`` job.
+
+Settings come from the environment as everywhere: ``WAREHOUSE_URL`` (default the embedded
+DuckDB file) and, to send, ``MPT_API_BASE_URL`` / ``MPT_API_TOKEN``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import click
+
+from assets.reporting import build_report
+from connector.campaigns import CampaignError, load_campaign
+from connector.campaigns import plan as campaign_plan
+from connector.campaigns.model import CampaignBase
+from connector.errors import ConnectorError
+from connector.marketplace.client import MarketplaceClient
+from connector.pipelines import campaigns as sending
+from connector.settings import MarketplaceSettings
+from connector.warehouse.engine import DEFAULT_WAREHOUSE_URL, WAREHOUSE_URL, Warehouse
+
+
+def _warehouse() -> Warehouse:
+    warehouse = Warehouse(os.environ.get(WAREHOUSE_URL) or DEFAULT_WAREHOUSE_URL)
+    warehouse.ensure_tables()
+    return warehouse
+
+
+def _load(path: str) -> CampaignBase:
+    try:
+        return load_campaign(path)
+    except CampaignError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _plan(
+    warehouse: Warehouse,
+    campaign: CampaignBase,
+    source: str,
+    overrides: tuple[str, ...],
+    reason: str,
+    *,
+    dry_run: bool,
+) -> tuple[str, bool]:
+    """Plan and judge; prints the figures. Returns (status, may send)."""
+    if overrides and not reason.strip():
+        raise click.ClickException("--override needs --reason, which is recorded")
+    run_id = f"cli-{uuid.uuid4().hex[:12]}"
+    try:
+        plan = campaign_plan.make_plan(warehouse, campaign, source=source, run_id=run_id)
+        guards = campaign_plan.evaluate_guards(plan, campaign, overrides)
+    except ConnectorError as exc:
+        raise click.ClickException(str(exc)) from None
+    status = campaign_plan.record_plan(
+        warehouse,
+        campaign,
+        plan,
+        guards,
+        source=source,
+        run_id=run_id,
+        override_reason=reason,
+        dry_run=dry_run,
+    )
+    click.echo(
+        f"Campaign {campaign.name}: {plan.audience_rows} audience rows, "
+        f"{plan.recipients} recipients in {plan.batches} batches, {plan.excluded} excluded"
+    )
+    for why, count in sorted(plan.excluded_by_reason.items()):
+        click.echo(f"  excluded {why:<22}{count:>8}")
+    for guard in guards:
+        verdict = "overridden" if guard.overridden else ("ok" if guard.passed else "STOP")
+        click.echo(f"  guard {guard.name:<20}{verdict:<11}{guard.message}")
+    click.echo(f"Status: {status}")
+    return status, all(g.allows_apply for g in guards)
+
+
+@click.group("campaign")
+def campaign() -> None:
+    """Plan, send, follow and cancel campaigns (see the README's Campaigns section)."""
+
+
+@campaign.command("plan")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--override", "overrides", multiple=True, help="A guard to let pass (repeat).")
+@click.option("--reason", default="", help="Why the guards are overridden (recorded).")
+@click.option("--sample", default=5, show_default=True, help="Rows of each reason to show.")
+def plan_command(file: str, overrides: tuple[str, ...], reason: str, sample: int) -> None:
+    """Plan a campaign file and show who is included, who is not and why; sends nothing."""
+    warehouse = _warehouse()
+    loaded = _load(file)
+    _plan(warehouse, loaded, file, overrides, reason, dry_run=True)
+    for row in campaign_plan.plan_preview(warehouse, loaded.name, per_reason=sample):
+        click.echo(f"  {row['reason']:<22}{row['contact_id'] or '-':<22}{row['email'] or '-'}")
+
+
+@campaign.command("send")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--override", "overrides", multiple=True, help="A guard to let pass (repeat).")
+@click.option("--reason", default="", help="Why the guards are overridden (recorded).")
+@click.option("--concurrency", default=4, show_default=True, type=click.IntRange(min=1))
+def send_command(file: str, overrides: tuple[str, ...], reason: str, concurrency: int) -> None:
+    """Plan, check the guards and send each batch exactly once; then sync what it created."""
+    warehouse = _warehouse()
+    loaded = _load(file)
+    _, allowed = _plan(warehouse, loaded, file, overrides, reason, dry_run=False)
+    if not allowed:
+        raise click.ClickException("not sent: a guard stopped the plan (see above)")
+    try:
+        settings = MarketplaceSettings.from_env()
+        summary = asyncio.run(_send(settings, warehouse, loaded, concurrency))
+    except ConnectorError as exc:
+        raise click.ClickException(str(exc)) from None
+    build_report(warehouse, "campaign_performance")
+    if summary.cancelled:
+        click.echo("Cancelled: nothing more was sent.")
+    click.echo(
+        f"Sent: {dict(summary.outcomes) or 'nothing new'}; {summary.recipients_sent} recipients, "
+        f"{summary.found_by_lookup} earlier batches found on the platform"
+    )
+
+
+async def _send(
+    settings: MarketplaceSettings, warehouse: Warehouse, campaign: CampaignBase, concurrency: int
+) -> sending.SendSummary:
+    async with MarketplaceClient(settings) as client:
+        summary = await sending.send_campaign(
+            client,
+            warehouse,
+            campaign,
+            run_id=f"cli-{uuid.uuid4().hex[:12]}",
+            concurrency=concurrency,
+        )
+        if summary.batches and summary.started_at is not None:
+            await sending.refresh_after_send(client, warehouse, summary.started_at)
+        return summary
+
+
+@campaign.command("status")
+@click.argument("name")
+def status_command(name: str) -> None:
+    """Where a campaign stands: its plan, its batches by state, and its delivery so far."""
+    warehouse = _warehouse()
+    try:
+        row = campaign_plan.campaign_status(warehouse, name)
+    except CampaignError as exc:
+        raise click.ClickException(str(exc)) from None
+    build_report(warehouse, "campaign_performance")
+    performance = campaign_plan.campaign_performance(warehouse, name)
+    shown: dict[str, Any] = {
+        k: row[k]
+        for k in ("status", "send_at", "audience_rows", "recipients", "excluded_by_reason")
+    }
+    shown["batches"] = row["batches_by_state"]
+    if row["cancelled_at"] is not None:
+        shown["cancelled"] = f"{row['cancelled_at']} ({row['cancel_reason']})"
+    if performance:
+        shown["messages"] = {
+            k: performance[k]
+            for k in ("sent", "bounced", "complained", "failed", "discarded", "pending")
+        }
+    click.echo(f"Campaign {name}")
+    for key, value in shown.items():
+        click.echo(f"  {key:<20}{value}")
+
+
+@campaign.command("cancel")
+@click.argument("campaign_ref", metavar="NAME_OR_FILE")
+@click.option("--reason", required=True, help="Why it is cancelled (recorded).")
+def cancel_command(campaign_ref: str, reason: str) -> None:
+    """Cancel a campaign before it goes out: no batch of it not yet claimed is sent."""
+    warehouse = _warehouse()
+    target: CampaignBase | str = (
+        _load(campaign_ref) if Path(campaign_ref).is_file() else campaign_ref
+    )
+    try:
+        row = campaign_plan.cancel_campaign(warehouse, target, reason=reason)
+    except CampaignError as exc:
+        raise click.ClickException(str(exc)) from None
+    done = row["batches_by_state"].get("done", 0)
+    click.echo(
+        f"Cancelled {row['name']}" + (f" ({done} batches had already gone out)" if done else "")
+    )
+
+
+SAMPLE_CAMPAIGN = """\
+# A sample campaign for the sandbox: the first active contacts, in the Marketing category.
+name: sandbox-welcome
+audience: |
+  select id as contact_id, name
+  from contacts
+  where status = 'Active' and deleted_at is null
+  order by id
+  limit 60
+category: NTC-0000-0005
+subject: Welcome to the sandbox
+body: This message was planned, guarded and sent exactly once by notifsync.
+max_contacts_per_batch: 25
+exclusions:
+  frequency_cap_days: 7
+guards:
+  max_excluded_share: 0.9
+"""
+
+
+def send_sample_campaign(defs: Any, instance: Any, run_config: dict[str, Any]) -> Any:
+    """Write the sample campaign under CAMPAIGN_DIR and run ``send_campaign`` on it (demo)."""
+    from assets.campaigns import campaign_dir
+
+    path = campaign_dir() / "sandbox-welcome.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(SAMPLE_CAMPAIGN, encoding="utf-8")
+    click.echo(f"Sending the sample campaign {path} ...")
+    config = {**run_config, "ops": {"campaign_plan": {"config": {"file": str(path)}}}}
+    return defs.resolve_job_def("send_campaign").execute_in_process(
+        instance=instance, raise_on_error=False, run_config=config
+    )
+
+
+def sample_campaign_summary(warehouse: Warehouse) -> str | None:
+    """One line on the demo's sample campaign, from ``campaign_performance``."""
+    row = campaign_plan.campaign_performance(warehouse, "sandbox-welcome")
+    if row is None:
+        return None
+    return (
+        f"Campaign {row['campaign']}: {row['audience_rows']} audience rows, "
+        f"{row['excluded']} excluded, {row['recipients_sent']} recipients in "
+        f"{row['batches_done']} batches ({row['status']}); messages: {row['sent']} sent, "
+        f"{row['pending']} queued, {row['bounced']} bounced"
+    )

@@ -1,0 +1,1 @@
+select count(distinct batch_key) from campaign_plan where campaign = :campaign and included

@@ -1,0 +1,1 @@
+drop table if exists campaign_audience_rows

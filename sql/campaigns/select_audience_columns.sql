@@ -1,0 +1,1 @@
+select * from campaign_audience_rows where 1 = 0

@@ -1,0 +1,1 @@
+select * from campaign_performance where campaign = :campaign

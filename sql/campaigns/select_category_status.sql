@@ -1,0 +1,1 @@
+select status from categories where id = :category_id

@@ -1,0 +1,1 @@
+select batch_key from campaign_results where claim = :claim and state = 'sending'

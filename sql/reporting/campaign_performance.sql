@@ -1,0 +1,143 @@
+-- campaign_performance: one row per campaign.
+--
+-- Plan figures from campaigns, batches from the ledger (campaign_results), delivery from the
+-- synced messages of the batches the ledger created (a batch whose messages lie in days not
+-- synced yet counts in not_synced).
+
+with
+
+campaigns as (
+    select
+        name,
+        provider,
+        status,
+        category_id,
+        subject,
+        send_at,
+        planned_at,
+        send_started_at,
+        send_finished_at,
+        audience_rows,
+        recipients,
+        excluded,
+        excluded_by_reason,
+        batches_planned,
+        cancelled_at,
+        cancel_reason
+    from campaigns
+),
+
+campaign_results as (
+    select campaign, state, recipients, batch_id
+    from campaign_results
+),
+
+messages as (
+    select batch_id, status
+    from messages
+),
+
+ledger as (
+    select
+        campaign,
+        sum(case when state = 'done' then 1 else 0 end) as batches_done,
+        sum(case when state = 'rejected' then 1 else 0 end) as batches_rejected,
+        sum(case when state in ('sending', 'ambiguous', 'retry') then 1 else 0 end)
+            as batches_unsettled,
+        sum(case when state = 'done' then recipients else 0 end) as recipients_sent
+    from campaign_results
+    group by campaign
+),
+
+delivery as (
+    select
+        r.campaign,
+        count(*) as messages,
+        sum(case when m.status = 'Sent' then 1 else 0 end) as sent,
+        sum(case when m.status = 'Bounced' then 1 else 0 end) as bounced,
+        sum(case when m.status = 'Complained' then 1 else 0 end) as complained,
+        sum(case when m.status = 'Failed' then 1 else 0 end) as failed,
+        sum(case when m.status = 'Discarded' then 1 else 0 end) as discarded,
+        sum(case when m.status = 'Queued' then 1 else 0 end) as pending
+    from campaign_results as r
+    join messages as m on m.batch_id = r.batch_id
+    where r.batch_id is not null
+    group by r.campaign
+),
+
+joined as (
+    select
+        c.name as campaign,
+        c.provider,
+        c.status,
+        c.category_id,
+        c.subject,
+        c.send_at,
+        c.planned_at,
+        c.send_started_at,
+        c.send_finished_at,
+        c.audience_rows,
+        c.recipients as planned_recipients,
+        c.excluded,
+        c.excluded_by_reason,
+        c.batches_planned,
+        coalesce(l.batches_done, 0) as batches_done,
+        coalesce(l.batches_rejected, 0) as batches_rejected,
+        coalesce(l.batches_unsettled, 0) as batches_unsettled,
+        coalesce(l.recipients_sent, 0) as recipients_sent,
+        coalesce(d.messages, 0) as messages,
+        coalesce(d.sent, 0) as sent,
+        coalesce(d.bounced, 0) as bounced,
+        coalesce(d.complained, 0) as complained,
+        coalesce(d.failed, 0) as failed,
+        coalesce(d.discarded, 0) as discarded,
+        coalesce(d.pending, 0) as pending,
+        c.cancelled_at,
+        c.cancel_reason
+    from campaigns as c
+    left join ledger as l on l.campaign = c.name
+    left join delivery as d on d.campaign = c.name
+),
+
+final as (
+    select
+        campaign,
+        provider,
+        status,
+        category_id,
+        subject,
+        send_at,
+        planned_at,
+        send_started_at,
+        send_finished_at,
+        audience_rows,
+        planned_recipients,
+        excluded,
+        excluded_by_reason,
+        batches_planned,
+        batches_done,
+        batches_rejected,
+        batches_unsettled,
+        recipients_sent,
+        messages,
+        sent,
+        bounced,
+        complained,
+        failed,
+        discarded,
+        pending,
+        case when recipients_sent > messages then recipients_sent - messages else 0 end
+            as not_synced,
+        case when messages > 0 then cast(sent as double precision) / messages end as sent_rate,
+        case when messages > 0 then cast(bounced as double precision) / messages end
+            as bounce_rate,
+        case when messages > 0 then cast(complained as double precision) / messages end
+            as complaint_rate,
+        case when messages > 0 then cast(failed + discarded as double precision) / messages end
+            as failure_rate,
+        cancelled_at,
+        cancel_reason
+    from joined
+)
+
+select * from final
