@@ -27,8 +27,8 @@ from dagster import (
     schedule,
 )
 
-from assets.evidence import EVIDENCE_ASSETS
 from assets.campaigns import CAMPAIGN_ASSETS, CAMPAIGN_JOBS, campaign_sensor
+from assets.evidence import EVIDENCE_ASSETS
 from assets.ingest import PARTITIONED, UNPARTITIONED, messages, messages_partitions
 from assets.reconcile import BY_PRODUCTS, RECONCILE_ASSETS, crm_export_sensor
 from assets.reporting import REPORTING

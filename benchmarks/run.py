@@ -16,9 +16,9 @@ import argparse
 import asyncio
 import time
 
-from benchmarks.faults import fault_benchmark
 from benchmarks.campaigns import plan_benchmark as campaign_plan_benchmark
 from benchmarks.campaigns import send_benchmark as campaign_send_benchmark
+from benchmarks.faults import fault_benchmark
 from benchmarks.reconcile import apply_benchmark, plan_benchmark
 from benchmarks.sandbox_process import sandbox_process
 from benchmarks.sync import memory_benchmark, sync_benchmark
