@@ -138,7 +138,9 @@ def fetch(
         report = asyncio.run(_fetch(resource, filter_text, output, mode, limits))
     except ConnectorError as exc:
         raise click.ClickException(str(exc)) from exc
-    if report is not None and not report.complete:
+    if report is not None and report.final_count is None:
+        click.echo(f"{resource}: {report.completeness}", err=True)  # total: null, nothing to check
+    elif report is not None and not report.complete:
         raise click.ClickException(
             f"read {report.rows} {resource} but the server counts {report.final_count}"
         )

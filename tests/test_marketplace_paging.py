@@ -41,6 +41,8 @@ def test_a_held_page_does_not_stall_the_pages_after_it() -> None:
         assert gate.held >= 1 and not reading.done()
         offsets = {a.offset for a in gate.arrivals if a.offset}
         assert max(offsets) >= 20 * PAGE
+        # ...within the client's concurrency limit, the held request included.
+        assert gate.max_in_flight <= 4
         gate.release()
         return await reading
 

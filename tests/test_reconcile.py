@@ -895,10 +895,12 @@ def test_apply_records_every_outcome_and_never_sends_a_settled_action_again(
     }
     assert "refused@suppressed.example" not in truth
     missing = ledger[gone["email"]]
+    # Block answers an unknown id with 400 "not found" (its published responses are 200 and
+    # 400); the client calls that ContactGoneError: final, not retried.
     assert (missing["state"], missing["http_status"], missing["problem_title"]) == (
         "rejected",
-        404,
-        "Not Found",
+        400,
+        "Bad Request",
     )
     assert missing["problem_detail"] == f"Contact {gone['id']} was not found."
 

@@ -143,7 +143,7 @@ def test_builder_like_patterns_are_written_as_given() -> None:
     ],
 )
 def test_pattern_matches_text_literally(text: str, match: Any, written: str) -> None:
-    assert rql.pattern(text, match) == written
+    assert rql.like_pattern(text, match) == written
     kind = {"equals": "exact", "startswith": "prefix", "endswith": "suffix"}
     engine_kind, literal = like_pattern(written)
     assert (kind.get(engine_kind, engine_kind), literal) == (match, text)
@@ -155,11 +155,11 @@ def test_pattern_matches_text_literally(text: str, match: Any, written: str) -> 
 )
 def test_pattern_refuses_what_the_engine_cannot_read_literally(text: str, match: Any) -> None:
     with pytest.raises(RqlBuildError, match="no like pattern matches"):
-        rql.pattern(text, match)
+        rql.like_pattern(text, match)
 
 
 def test_escape_wildcards_is_the_exact_pattern() -> None:
-    assert rql.escape_wildcards("a*b*") == rql.pattern("a*b*", "exact") == "a*b\\*"
+    assert rql.escape_wildcards("a*b*") == rql.like_pattern("a*b*", "exact") == "a*b\\*"
 
 
 def test_builder_lists_groups_and_quantifiers() -> None:
@@ -275,7 +275,7 @@ def test_query_string_parts_and_readable_structure() -> None:
 
 
 def test_query_string_survives_httpx_unchanged() -> None:
-    query = rql.build_query_string(rql.ilike("email", rql.pattern("a&b*+c", "contains")))
+    query = rql.build_query_string(rql.ilike("email", rql.like_pattern("a&b*+c", "contains")))
     request = httpx.Request("GET", "http://sandbox.local/contacts?" + query)
     assert request.url.query.decode() == query
     parsed = parse_query(request.url.query.decode(), FIELDS)

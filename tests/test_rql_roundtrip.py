@@ -109,7 +109,7 @@ def text_leaf(draw: Any, key: str) -> Case:
         fold = draw(st.booleans())
         matches = _like_reference(match, text, fold)
         build = rql.ilike if fold else rql.like
-        return Case(build(key, rql.pattern(text, match)), lambda r: matches(r.get(key)))
+        return Case(build(key, rql.like_pattern(text, match)), lambda r: matches(r.get(key)))
     if kind in ("in", "out"):
         values = draw(st.lists(st.one_of(st.none(), literal_text), min_size=1, max_size=4))
         build = rql.in_ if kind == "in" else rql.out

@@ -53,12 +53,12 @@ __all__ = [
     "in_",
     "le",
     "like",
+    "like_pattern",
     "lt",
     "ne",
     "not_",
     "or_",
     "out",
-    "pattern",
     "raw",
 ]
 
@@ -208,7 +208,7 @@ def le(field: str, value: Value) -> Rql:
 Match = Literal["exact", "prefix", "suffix", "contains"]
 
 
-def pattern(text: str, match: Match = "exact") -> str:
+def like_pattern(text: str, match: Match = "exact") -> str:
     r"""A ``like`` / ``ilike`` pattern matching values that equal, start with, end with or
     contain ``text``, every character of it taken literally.
 
@@ -234,7 +234,7 @@ def pattern(text: str, match: Match = "exact") -> str:
 
 
 def _read_like(written: str) -> tuple[str, str]:
-    """How the engine reads a pattern (to check ``pattern``): (match, literal text)."""
+    """How the engine reads a pattern (to check ``like_pattern``): (match, literal text)."""
     starts_wild = written.startswith("*")
     starts_escaped = written.startswith("\\*")
     ends_escaped = written.endswith("\\*")
@@ -251,8 +251,8 @@ def _read_like(written: str) -> tuple[str, str]:
 
 
 def escape_wildcards(text: str) -> str:
-    """A ``like`` / ``ilike`` pattern matching exactly ``text`` (``pattern(text, "exact")``)."""
-    return pattern(text, "exact")
+    """The pattern matching exactly ``text``: ``like_pattern(text, "exact")``."""
+    return like_pattern(text, "exact")
 
 
 def _pattern(op: str, field: str, pattern: str) -> Rql:
