@@ -277,15 +277,24 @@ def test_send_at_due_sends(sandbox: Sandbox, warehouse: Warehouse) -> None:
     assert campaign_plan.campaign_status(warehouse, "spring")["status"] == "sent"
 
 
-def test_attachments_are_refused_before_anything_is_sent(
+def test_attachments_go_with_every_batch(
     sandbox: Sandbox, warehouse: Warehouse, tmp_path: Path
 ) -> None:
     synced(sandbox, warehouse)
     attachment = tmp_path / "terms.pdf"
-    attachment.write_bytes(b"%PDF-1.4")
-    campaign = make_campaign(audience=active_audience(3), attachments=[{"path": str(attachment)}])
+    attachment.write_bytes(b"%PDF-1.4 terms")
+    campaign = make_campaign(
+        audience=active_audience(3),
+        max_contacts_per_batch=2,
+        attachments=[{"path": str(attachment), "name": "Terms.pdf"}],
+    )
     planned(warehouse, sandbox, campaign)
-    faulty = Faulty(sandbox.app)
-    with pytest.raises(CampaignError, match="attachments: sending attachments is not supported"):
-        send(faulty, warehouse, campaign, sandbox.clock.now)
-    assert faulty.posts == 0 and warehouse.count("campaign_results") == 0
+
+    assert send(sandbox.app, warehouse, campaign, sandbox.clock.now).outcomes == {"done": 2}
+    batch_ids = {m["batch"]["id"] for m in campaign_messages(sandbox, "Spring news")}
+    batches = [b for b in sandbox.truth("batches") if b["id"] in batch_ids]
+    assert len(batches) == 2
+    for batch in batches:
+        assert [(a["filename"], a["contentType"]) for a in batch["attachments"]] == [
+            ("Terms.pdf", "application/pdf")
+        ]

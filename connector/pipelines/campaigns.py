@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import mimetypes
 import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -28,7 +29,7 @@ from connector.campaigns.model import CampaignBase, CampaignError, MarketplaceCa
 from connector.campaigns.plan import campaign_row, unapproved_reason
 from connector.errors import AmbiguousOutcomeError, ApiError, ConnectorError
 from connector.marketplace import rql
-from connector.marketplace.client import MarketplaceClient
+from connector.marketplace.client import BatchAttachment, MarketplaceClient
 from connector.pipelines.sync import SyncResult, sync_batches, sync_messages
 from connector.warehouse.engine import Warehouse
 
@@ -108,13 +109,6 @@ async def send_campaign(
     """
     if not isinstance(campaign, MarketplaceCampaign):
         raise CampaignError(f"{campaign.provider} campaigns cannot be sent by this pipeline")
-    if campaign.attachments:
-        # Create Batch takes attachments as a multipart part (the official SDK's form); this
-        # version sends JSON only, so it refuses rather than send the email without them.
-        raise CampaignError(
-            f"{campaign.name}: attachments: sending attachments is not supported yet; "
-            "remove them to send this campaign"
-        )
     summary = SendSummary(campaign.name, started_at=clock())
     if _is_cancelled(warehouse, campaign):
         summary.cancelled = True
@@ -315,6 +309,7 @@ async def _create(
             contacts,
             account=fields.get("account"),
             buyer=fields.get("buyer"),
+            attachments=_attachments(campaign),
         )
     except ApiError as exc:
         problem = exc.problem
@@ -484,3 +479,16 @@ def _aware(value: Any) -> datetime | None:
     if isinstance(value, datetime):
         return value if value.tzinfo else value.replace(tzinfo=UTC)
     return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+
+
+def _attachments(campaign: MarketplaceCampaign) -> list[BatchAttachment]:
+    """The campaign's files as Create Batch parts (sent as multipart, as the official SDK does)."""
+    return [
+        BatchAttachment(
+            filename=attachment.name or attachment.path.name,
+            data=attachment.path.read_bytes(),
+            content_type=mimetypes.guess_type(attachment.path.name)[0]
+            or "application/octet-stream",
+        )
+        for attachment in campaign.attachments
+    ]
