@@ -61,7 +61,7 @@ async def sync_contacts(
     now = _now(now)
     result = await _load_contacts(client, warehouse, full_refresh, policy, now)
     result.api_count = await client.count("contacts")
-    result.table_count = warehouse.count("contacts", "where deleted_at is null")
+    result.table_count = warehouse.count_live("contacts")
     if result.mode == "incremental" and result.api_count != result.table_count:
         # An incremental read cannot see deletions; the counts say something was deleted
         # (or created and missed), so a full refresh settles it now rather than tomorrow.
@@ -76,7 +76,7 @@ async def sync_contacts(
             full.counts[name].updated += counts.updated
             full.counts[name].deleted += counts.deleted
         full.api_count = await client.count("contacts")
-        full.table_count = warehouse.count("contacts", "where deleted_at is null")
+        full.table_count = warehouse.count_live("contacts")
         return full
     return result
 
@@ -190,7 +190,7 @@ async def sync_categories(
         result.counts["categories"] = tx.replace_all(stage)
         result.counts["category_statistics_snapshots"] = tx.append(stats)
     result.api_count = await client.count("categories")
-    result.table_count = warehouse.count("categories")
+    result.table_count = warehouse.count_rows("categories")
     return result
 
 
@@ -208,7 +208,7 @@ async def sync_batches(
         )
         result.counts = tx.merge(stage)
     result.api_count = await client.count("batches")
-    result.table_count = warehouse.count("batches")
+    result.table_count = warehouse.count_rows("batches")
     return result
 
 
@@ -237,9 +237,7 @@ async def sync_messages(
         )
         result.counts["messages"] = tx.replace_window(stage, "created_at", start, end)
     result.api_count = await client.count("messages", window)
-    result.table_count = warehouse.count(
-        "messages", "where created_at >= :start and created_at < :end", start=start, end=end
-    )
+    result.table_count = warehouse.count_window("messages", "created_at", start, end)
     return result
 
 
@@ -261,7 +259,7 @@ async def sync_evinotice_batches(
         )
         result.counts = tx.merge(stage)
     result.api_count = seen
-    result.table_count = warehouse.count("evinotice_batches")
+    result.table_count = warehouse.count_rows("evinotice_batches")
     return result
 
 

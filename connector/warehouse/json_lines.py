@@ -1,0 +1,46 @@
+"""JSON lines into columns, in bulk: a chunk of source records (one JSON object per line, as
+the API streams them) becomes an Arrow table through ``sql/load/flatten_<name>.sql``, run by
+an in-process DuckDB. Python only moves the buffer: no record becomes a Python object.
+
+The flattening DuckDB is a private in-memory database per thread, capped small
+(``FLATTEN_MEMORY_LIMIT``): it holds one chunk at a time, whichever warehouse receives the rows.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from connector.warehouse.sql_files import statements
+
+FLATTEN_MEMORY_LIMIT = "64MB"
+_LOCAL = threading.local()
+
+
+def lines_table(lines: bytes) -> pa.Table:
+    """One row per non-empty line, in column ``raw`` (UTF-8 checked, no JSON parsed)."""
+    values = pc.split_pattern(pa.array([lines], pa.large_binary()), b"\n").flatten()
+    values = values.filter(pc.greater(pc.binary_length(values), 0))
+    return pa.table({"raw": values.cast(pa.large_string())})
+
+
+def flatten(lines: bytes | pa.Table, name: str) -> pa.Table:
+    """The rows ``sql/load/flatten_<name>.sql`` makes of a chunk of JSON lines."""
+    table = lines if isinstance(lines, pa.Table) else lines_table(lines)
+    (statement,) = statements(f"load/flatten_{name}")
+    return _connection().from_arrow(table).query("lines", statement).to_arrow_table()
+
+
+def _connection() -> duckdb.DuckDBPyConnection:
+    # One per thread: a DuckDB connection is not shared between threads at once.
+    connection = getattr(_LOCAL, "duck", None)
+    if connection is None:
+        connection = duckdb.connect(
+            ":memory:",
+            config={"memory_limit": FLATTEN_MEMORY_LIMIT, "threads": 2},
+        )
+        _LOCAL.duck = connection
+    return connection
