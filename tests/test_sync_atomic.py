@@ -12,19 +12,24 @@ import pytest
 import sqlalchemy as sa
 from conftest import fresh_postgres_database
 from sync_support import (
+    ALL_MESSAGES,
     Paging,
     assert_contacts_match_truth,
+    evinotice_client,
     frozen_sandbox,
     marketplace_client,
     rows,
     run,
     sync_contacts,
+    sync_everything,
 )
 
 from connector.errors import ConnectorError
 from connector.marketplace.client import MarketplaceClient
 from connector.pipelines import sync
 from connector.warehouse.engine import Warehouse
+from connector.warehouse.sql_files import read_sql
+from sandbox.app import Sandbox
 
 # --- atomic failure --------------------------------------------------------------------------
 
@@ -127,3 +132,103 @@ def test_a_database_error_during_a_load_surfaces_as_itself(open_warehouse: Any) 
             sync_contacts(sandbox, warehouse)
         warehouse.dispose()
     assert "injected failure" in str(raised.value)
+
+
+# --- every synced table ----------------------------------------------------------------------
+
+# Per table, a text column that a CHECK constraint refuses to hold the value REFUSED: a record
+# carrying it makes the load fail inside its transaction, after the table's old rows were
+# already deleted or replaced there (replace_all, replace_window, merge) - on both warehouses.
+REFUSED = "refused by the test"
+POISON = {
+    "contacts": "name",
+    "categories": "name",
+    "batches": "subject",
+    "messages": "subject",
+    "evinotice_batches": "description",
+}
+SYNCED = (*POISON, "contact_opt_outs", "category_statistics_snapshots", "sync_state")
+
+
+def _create_refusing_tables(warehouse: Warehouse) -> None:
+    with warehouse.transaction() as tx:
+        for name, column in POISON.items():
+            ddl = read_sql(f"schema/create_{name}_table").rstrip().rstrip(";").rstrip()
+            assert ddl.endswith(")")
+            check = f"\n    , check (coalesce({column}, '') <> '{REFUSED}')\n)"
+            tx.connection.exec_driver_sql(ddl[:-1].rstrip() + check)
+    warehouse.ensure_tables()
+
+
+def _poison(sandbox: Sandbox, name: str) -> None:
+    """Change two records of ``name`` upstream: one harmlessly, one to the refused value."""
+    store = sandbox.marketplace
+    if name == "evinotice_batches":
+        site = sandbox.config.evinotice_site_id
+        ids = [b["Id"] for b in sandbox.truth("evinotice-batches") if b["SiteId"] == site]
+        batches = sandbox.evinotice._batches  # the store keeps no public setter for this
+        batches[ids[0]].description = "changed upstream"
+        batches[ids[-1]].description = REFUSED
+        return
+    collection = getattr(store, name)
+    records = sorted(collection.all(), key=lambda r: r["id"])
+    column = POISON[name]
+    collection.put({**records[0], column: "changed upstream"})
+    collection.put({**records[-1], column: REFUSED})
+
+
+def _unpoison(sandbox: Sandbox, name: str) -> None:
+    if name == "evinotice_batches":
+        for batch in sandbox.evinotice._batches.values():
+            if batch.description == REFUSED:
+                batch.description = "accepted"
+        return
+    collection = getattr(sandbox.marketplace, name)
+    column = POISON[name]
+    for record in list(collection.all()):
+        if record.get(column) == REFUSED:
+            collection.put({**record, column: "accepted"})
+
+
+def _sync_one(sandbox: Sandbox, warehouse: Warehouse, name: str) -> None:
+    async def go() -> None:
+        if name == "evinotice_batches":
+            async with evinotice_client(sandbox) as evi:
+                site = sandbox.config.evinotice_site_id
+                await sync.sync_evinotice_batches(evi, warehouse, site)
+            return
+        async with marketplace_client(sandbox.app) as client:
+            if name == "messages":
+                await sync.sync_messages(client, warehouse, *ALL_MESSAGES)
+            else:
+                await getattr(sync, f"sync_{name}")(client, warehouse)
+
+    run(go())
+
+
+@pytest.mark.parametrize("name", list(POISON))
+def test_a_load_failing_part_way_leaves_every_table_as_it_was(
+    name: str, warehouse_url: str, open_warehouse: Any
+) -> None:
+    sandbox = frozen_sandbox(contacts=600)
+    warehouse = open_warehouse(warehouse_url, ensure=False)
+    _create_refusing_tables(warehouse)
+    sync_everything(sandbox, warehouse)
+    before = {table_name: rows(warehouse, table_name) for table_name in SYNCED}
+    assert all(before[t] for t in SYNCED), "every table has rows to lose"
+    sandbox.clock.advance(60)
+    _poison(sandbox, name)
+
+    with pytest.raises(sa.exc.IntegrityError, match=r"(?i)check"):
+        _sync_one(sandbox, warehouse, name)
+
+    # Row by row, every table is as it was: the old rows the load had already deleted or
+    # replaced inside its transaction are back, the harmless change is not half-applied.
+    for table_name in SYNCED:
+        assert rows(warehouse, table_name) == before[table_name], table_name
+
+    # Without the refused value the same load goes through and brings the harmless change.
+    _unpoison(sandbox, name)
+    _sync_one(sandbox, warehouse, name)
+    column = POISON[name]
+    assert "changed upstream" in {r[column] for r in rows(warehouse, name)}
