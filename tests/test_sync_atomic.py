@@ -173,6 +173,11 @@ def _poison(sandbox: Sandbox, name: str) -> None:
     collection = getattr(store, name)
     records = sorted(collection.all(), key=lambda r: r["id"])
     column = POISON[name]
+    if name == "contacts":
+        # Through the API's own update, so audit.updated.at moves and the incremental run sees it.
+        for record, value in ((records[0], "changed upstream"), (records[-1], REFUSED)):
+            store.update_contact(record["id"], {"email": record["email"], column: value})
+        return
     collection.put({**records[0], column: "changed upstream"})
     collection.put({**records[-1], column: REFUSED})
 
@@ -186,7 +191,13 @@ def _unpoison(sandbox: Sandbox, name: str) -> None:
     collection = getattr(sandbox.marketplace, name)
     column = POISON[name]
     for record in list(collection.all()):
-        if record.get(column) == REFUSED:
+        if record.get(column) != REFUSED:
+            continue
+        if name == "contacts":
+            sandbox.marketplace.update_contact(
+                record["id"], {"email": record["email"], column: "accepted"}
+            )
+        else:
             collection.put({**record, column: "accepted"})
 
 
