@@ -80,7 +80,8 @@ def test_flattened_contacts_equal_the_row_builder_rows() -> None:
     lines = b"".join(orjson.dumps(r) + b"\n" for r in records)
     expected, expected_opt_outs = contact_rows(records, "2026-11-18T15:30:00.000Z")
 
-    flat = with_email_keys(flatten(lines_table(lines), "contacts")).to_pylist()
+    flat_table = with_email_keys(flatten(lines_table(lines), "contacts"))
+    flat = flat_table.to_pylist()
     assert len(flat) == len(expected)
     for got, want in zip(flat, expected, strict=True):
         for column in ("id", "email", "email_key", "name", "status", "blocked_reason"):
@@ -94,7 +95,7 @@ def test_flattened_contacts_equal_the_row_builder_rows() -> None:
         for column in ("created_at", "updated_at"):
             text = want[column]
             assert got[column] == (text and datetime.fromisoformat(text)), column
-    opt_outs = flatten(lines_table(lines), "contact_opt_outs").to_pylist()
+    opt_outs = flatten(flat_table, "contact_opt_outs").to_pylist()
     assert sorted((r["contact_id"], r["category_id"], r["category_name"]) for r in opt_outs) == (
         sorted((r["contact_id"], r["category_id"], r["category_name"]) for r in expected_opt_outs)
     )

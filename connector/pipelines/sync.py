@@ -191,9 +191,9 @@ async def _merged_contacts(
 
         def write(chunk: Chunk) -> None:
             if isinstance(chunk, bytes):
-                lines = lines_table(chunk)
-                stage.write_arrow(with_email_keys(tx.flatten(lines, "contacts")), constants)
-                opt_outs.write_arrow(tx.flatten(lines, "contact_opt_outs"), constants)
+                contacts = with_email_keys(tx.flatten(chunk, "contacts"))
+                stage.write_arrow(contacts, constants)
+                opt_outs.write_arrow(tx.flatten(contacts, "contact_opt_outs"), constants)
                 return
             contacts, categories = contact_rows(chunk, synced_at)
             stage.write(contacts)

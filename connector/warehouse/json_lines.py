@@ -49,11 +49,12 @@ def lines_table(lines: bytes) -> pa.Table:
     return pa.table({"raw": values})
 
 
-def flatten(lines: bytes | pa.Table, name: str) -> pa.Table:
-    """The rows ``sql/load/flatten_<name>.sql`` makes of a chunk of JSON lines."""
-    table = lines if isinstance(lines, pa.Table) else lines_table(lines)
+def flatten(chunk: bytes | pa.Table, name: str) -> pa.Table:
+    """The rows ``sql/load/flatten_<name>.sql`` makes of a chunk: JSON lines (bytes, or a
+    ``lines_table``), or columns an earlier flatten made (the statement reads ``chunk``)."""
+    table = chunk if isinstance(chunk, pa.Table) else lines_table(chunk)
     (statement,) = statements(f"load/flatten_{name}")
-    return _connection().from_arrow(table).query("lines", statement).to_arrow_table()
+    return _connection().from_arrow(table).query("chunk", statement).to_arrow_table()
 
 
 def _connection() -> duckdb.DuckDBPyConnection:

@@ -1,4 +1,4 @@
--- batches rows from a chunk of JSON lines (relation `lines`), as
+-- batches rows from a chunk of JSON lines (relation `chunk`), as
 -- connector/marketplace/records.py `batch_rows` builds them one at a time.
 with parsed as (
     select
@@ -11,7 +11,7 @@ with parsed as (
               "attachments": ["JSON"],
               "audit": {"created": {"at": "VARCHAR"}, "updated": {"at": "VARCHAR"}}}'
         ) as r
-    from lines
+    from chunk
 )
 select
     r.id as id,

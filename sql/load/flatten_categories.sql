@@ -1,4 +1,4 @@
--- categories rows from a chunk of JSON lines (relation `lines`), as
+-- categories rows from a chunk of JSON lines (relation `chunk`), as
 -- connector/marketplace/records.py `category_rows` builds them one at a time.
 with parsed as (
     select
@@ -9,7 +9,7 @@ with parsed as (
               "description": "VARCHAR", "status": "VARCHAR", "optOutAllowed": "BOOLEAN",
               "audit": {"created": {"at": "VARCHAR"}, "updated": {"at": "VARCHAR"}}}'
         ) as r
-    from lines
+    from chunk
 )
 select
     r.id as id,

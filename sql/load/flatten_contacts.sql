@@ -1,9 +1,10 @@
--- Contacts rows from a chunk of JSON lines (relation `lines`, one source record per row in
+-- Contacts rows from a chunk of JSON lines (relation `chunk`, one source record per row in
 -- `raw`), parsed once each, flattened, typed and hashed in bulk: the columns
 -- connector/marketplace/records.py `contact_rows` builds one record at a time.
 -- email_key is filled here for plain ASCII addresses (the pattern of
 -- connector/crm/emails.py PLAIN_EMAIL, up to 64 characters: only case to fold); the few
--- others are left null for the Python normaliser.
+-- others are left null for the Python normaliser. The opt-outs come along as a list, so
+-- their rows are made without parsing the JSON again.
 with parsed as (
     select
         raw,
@@ -11,10 +12,10 @@ with parsed as (
             raw,
             '{"id": "VARCHAR", "email": "VARCHAR", "name": "VARCHAR", "status": "VARCHAR",
               "blockedReason": "VARCHAR", "user": {"id": "VARCHAR", "name": "VARCHAR"},
-              "optOuts": ["JSON"],
+              "optOuts": [{"id": "VARCHAR", "name": "VARCHAR"}],
               "audit": {"created": {"at": "VARCHAR"}, "updated": {"at": "VARCHAR"}}}'
         ) as r
-    from lines
+    from chunk
 )
 select
     r.id as id,
@@ -36,5 +37,6 @@ select
     cast(r.audit.created.at as timestamptz) as created_at,
     cast(r.audit.updated.at as timestamptz) as updated_at,
     md5(raw) as row_hash,
-    raw
+    raw,
+    r.optOuts as opt_outs -- not a column of contacts: flatten_contact_opt_outs reads it
 from parsed
