@@ -4,14 +4,20 @@ by column, on DuckDB and PostgreSQL, streamed and paged."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime
 from typing import Any
 
+import httpx
 import orjson
 import pytest
+from conftest import asgi_marketplace, make_sandbox
 from sync_support import Paging, frozen_sandbox, rows, sync_everything
 
+from connector.http import ClientLimits
+from connector.marketplace.client import MarketplaceClient, ReadReport
 from connector.marketplace.records import contact_rows, with_email_keys
+from connector.settings import SANDBOX_TOKEN, MarketplaceSettings, Secret
 from connector.warehouse.engine import Warehouse
 from connector.warehouse.json_lines import flatten, lines_table
 from connector.warehouse.tables import TABLE_NAMES
@@ -99,3 +105,55 @@ def test_flattened_contacts_equal_the_row_builder_rows() -> None:
     assert sorted((r["contact_id"], r["category_id"], r["category_name"]) for r in opt_outs) == (
         sorted((r["contact_id"], r["category_id"], r["category_name"]) for r in expected_opt_outs)
     )
+
+
+# --- the client's JSON-lines read keeps the read's guarantees ---------------------------------
+
+
+async def _read_lines(client: MarketplaceClient, mode: str) -> tuple[list[dict], ReadReport]:
+    report = ReadReport("contacts")
+    records: list[dict] = []
+    async for chunk in client.read_lines("contacts", mode=mode, report=report):  # type: ignore[arg-type]
+        assert chunk.endswith(b"\n")
+        records.extend(orjson.loads(line) for line in chunk.splitlines())
+    return records, report
+
+
+@pytest.mark.parametrize("mode", ["auto", "concurrent"])
+def test_json_lines_under_faults_are_exact(loopback: Any, mode: str) -> None:
+    sandbox = make_sandbox(contacts=3000, seed=21, faults="drop=0.15,truncate=0.15,error=0.1")
+    url = loopback(sandbox)
+    client = MarketplaceClient(
+        MarketplaceSettings(base_url=url, token=Secret(SANDBOX_TOKEN)),
+        limits=ClientLimits(max_attempts=12, backoff_base=0.001, backoff_max=0.01),
+    )
+
+    async def run() -> tuple[list[dict], ReadReport]:
+        async with client:
+            return await _read_lines(client, mode)
+
+    records, report = asyncio.run(run())
+    assert report.complete
+    assert records == sorted(sandbox.truth("contacts"), key=lambda r: r["id"])
+    stats = httpx.get(f"{url}/_sandbox/stats").json()
+    assert sum(v for k, v in stats.items() if k.startswith("fault:")) > 0
+    if mode == "auto":
+        assert report.mode == "streaming" and report.resumed_streams > 0
+
+
+@pytest.mark.parametrize("mode", ["concurrent", "auto"])
+def test_json_lines_while_rows_move_are_neither_skipped_nor_repeated(mode: str) -> None:
+    sandbox = make_sandbox(contacts=2500, seed=9, churn_per_request=4)
+    before = {c["id"] for c in sandbox.truth("contacts")}
+
+    async def run() -> tuple[list[dict], ReadReport]:
+        async with asgi_marketplace(sandbox, max_concurrency=4) as client:
+            return await _read_lines(client, mode)
+
+    records, report = asyncio.run(run())
+    sandbox.behaviour.churn_per_request = 0
+    ids = [r["id"] for r in records]
+    after = {c["id"] for c in sandbox.truth("contacts")}
+    assert len(ids) == len(set(ids)), "no row may be read twice"
+    assert (before & after) - set(ids) == set()
+    assert report.rows == len(ids)

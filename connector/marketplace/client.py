@@ -247,6 +247,9 @@ class MarketplaceClient:
                         break  # the server did not stream; page instead
                     report.mode = "streaming"
                     tail = b""
+                    # One stream is one snapshot, with no gap inside it: its blocks make one
+                    # segment, so gap repair probes only the seams between streams.
+                    opened = len(emitter.segments)
                     async for data in response.aiter_bytes():
                         cut = data.rfind(b"\n") + 1
                         if cut == 0:
@@ -254,6 +257,7 @@ class MarketplaceClient:
                             continue
                         block = _take_lines(emitter, tail + data[:cut])
                         tail = data[cut:]
+                        _join_segments(emitter, opened)
                         if block:
                             yield block
                     if tail.strip():
@@ -528,6 +532,14 @@ def _take_lines(emitter: _Emitter, block: bytes) -> bytes:
     emitter.last_id = last_id
     report.rows += rows
     return block
+
+
+def _join_segments(emitter: _Emitter, first: int) -> None:
+    segments = emitter.segments
+    while len(segments) > first + 1:
+        last = segments.pop()
+        segments[-1].last = last.last
+        segments[-1].rows += last.rows
 
 
 def _loads_id(line: bytes) -> str:
