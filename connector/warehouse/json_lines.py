@@ -2,8 +2,9 @@
 the API streams them) becomes an Arrow table through ``sql/load/flatten_<name>.sql``, run by
 an in-process DuckDB. Python only moves the buffer: no record becomes a Python object.
 
-The flattening DuckDB is a private in-memory database per thread, capped small
-(``FLATTEN_MEMORY_LIMIT``): it holds one chunk at a time, whichever warehouse receives the rows.
+On a DuckDB warehouse the flattening runs on the warehouse's own connection (one memory cap);
+otherwise on a private in-memory DuckDB per thread, capped small (``FLATTEN_MEMORY_LIMIT``): it
+holds one chunk at a time.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import pyarrow.compute as pc
 
 from connector.warehouse.sql_files import statements
 
-FLATTEN_MEMORY_LIMIT = "64MB"
+FLATTEN_MEMORY_LIMIT = "32MB"
 NEWLINE = 10
 _LOCAL = threading.local()
 
@@ -34,12 +35,18 @@ def lines_table(lines: bytes) -> pa.Table:
     return pa.table({"raw": values})
 
 
-def flatten(chunk: bytes | pa.Table, name: str) -> pa.Table:
+def flatten(
+    chunk: bytes | pa.Table, name: str, duck: duckdb.DuckDBPyConnection | None = None
+) -> pa.Table:
     """The rows ``sql/load/flatten_<name>.sql`` makes of a chunk: JSON lines (bytes, or a
-    ``lines_table``), or columns an earlier flatten made (the statement reads ``chunk``)."""
+    ``lines_table``), or columns an earlier flatten made (the statement reads ``chunk``).
+
+    ``duck``: a DuckDB connection to run it on (a DuckDB warehouse's own, so one memory cap
+    covers both); else this thread's private in-memory one."""
     table = chunk if isinstance(chunk, pa.Table) else lines_table(chunk)
     (statement,) = statements(f"load/flatten_{name}")
-    return _connection().from_arrow(table).query("chunk", statement).to_arrow_table()
+    connection = duck if duck is not None else _connection()
+    return connection.from_arrow(table).query("chunk", statement).to_arrow_table()
 
 
 def _connection() -> duckdb.DuckDBPyConnection:

@@ -76,9 +76,10 @@ class Transaction:
         return int(self.run("warehouse/count_rows", target=target).scalar())
 
     def flatten(self, lines: bytes | pa.Table, name: str) -> pa.Table:
-        """JSON lines turned into columns by ``sql/load/flatten_<name>.sql``, in bulk (by a
-        private in-memory DuckDB, whichever warehouse this is)."""
-        return json_lines.flatten(lines, name)
+        """JSON lines turned into columns by ``sql/load/flatten_<name>.sql``, in bulk (by
+        DuckDB: this warehouse's own connection, or a private in-memory one)."""
+        duck = self.connection.connection.driver_connection if self.dialect == "duckdb" else None
+        return json_lines.flatten(lines, name, duck)
 
     @contextlib.contextmanager
     def stage(self, target: str) -> Iterator[Stage]:
