@@ -16,7 +16,7 @@ from sync_support import Paging, frozen_sandbox, rows, sync_everything
 
 from connector.http import ClientLimits
 from connector.marketplace.client import MarketplaceClient, ReadReport
-from connector.marketplace.records import contact_rows, with_email_keys
+from connector.marketplace.records import contact_rows, email_key, with_email_keys
 from connector.settings import SANDBOX_TOKEN, MarketplaceSettings, Secret
 from connector.warehouse.engine import Warehouse
 from connector.warehouse.json_lines import flatten, lines_table
@@ -157,3 +157,35 @@ def test_json_lines_while_rows_move_are_neither_skipped_nor_repeated(mode: str) 
     assert len(ids) == len(set(ids)), "no row may be read twice"
     assert (before & after) - set(ids) == set()
     assert report.rows == len(ids)
+
+
+EDGE_EMAILS = [
+    "Plain@Example.COM",
+    "first.last+tag@sub.example.co",
+    "a-@b.com",
+    "a@b-.com",
+    "a@-b.com",
+    "a@b.c",
+    "a@b.co1",
+    "a..b@x.com",
+    ".a@x.com",
+    "a@x..com",
+    "o'neil{|}~@x.io",
+    "x" * 55 + "@example.com",
+    "x" * 60 + "@example.com",
+    " Lead.Space@x.com",
+    "Tab\t@x.com",
+    "Ann@Bücher.de",
+    "mailto:someone@x.org",
+    "Name <n@x.org>",
+    "two@@x.org",
+    "",
+    "   ",
+]
+
+
+def test_email_keys_of_the_bulk_path_equal_the_row_builders() -> None:
+    records = [{"id": f"CTT-{i:04d}", "email": e} for i, e in enumerate(EDGE_EMAILS)]
+    lines = b"".join(orjson.dumps(r) + b"\n" for r in records)
+    flat = with_email_keys(flatten(lines_table(lines), "contacts"))
+    assert flat.column("email_key").to_pylist() == [email_key(e) for e in EDGE_EMAILS]

@@ -2,7 +2,7 @@
 -- `raw`), parsed once each, flattened, typed and hashed in bulk: the columns
 -- connector/marketplace/records.py `contact_rows` builds one record at a time.
 -- email_key is filled here for plain ASCII addresses (the pattern of
--- connector/crm/emails.py PLAIN_EMAIL, up to 64 characters: only case to fold); the few
+-- PLAIN_EMAIL of the connector's email rules, up to 64 characters: only case to fold); the few
 -- others are left null for the Python normaliser. The opt-outs come along as a list, so
 -- their rows are made without parsing the JSON again.
 with parsed as (
