@@ -75,6 +75,8 @@ def sync_benchmark(contacts: int, latency_ms: float) -> dict[str, float]:
             fetch = _once(url, "duckdb:///:memory:", mode, "fetch-only")
             records = _once(url, "duckdb:///:memory:", mode, "fetch-records")
             duck = _once(url, f"duckdb:///{Path(scratch) / (mode + '.duckdb')}", mode)
+            rows_path = Path(scratch) / (mode + "-rows.duckdb")
+            reference = _once(url, f"duckdb:///{rows_path}", mode, "row-builders")
             with postgres_database() as pg_url:
                 pg = _once(url, pg_url, mode)
             fetch_rate = fetch["rows"] / fetch["seconds"]
@@ -83,7 +85,10 @@ def sync_benchmark(contacts: int, latency_ms: float) -> dict[str, float]:
             print(f"  fetch only (records)     : {_rate(records)}")
             print(f"  full sync, DuckDB        : {_rate(duck)}")
             print(f"  full sync, PostgreSQL    : {_rate(pg)}")
-            for name, synced in (("DuckDB", duck), ("PostgreSQL", pg)):
+            print(
+                f"  row builders, DuckDB     : {_rate(reference)}  (the path before the bulk one)"
+            )
+            for name, synced in (("DuckDB", duck), ("PostgreSQL", pg), ("rows", reference)):
                 ratio = (synced["rows"] / synced["seconds"]) / fetch_rate
                 print(f"  sync / fetch throughput, {name:<10}: {ratio:4.2f}")
                 figures[f"{mode}_{name.lower()}_ratio"] = ratio

@@ -1,10 +1,13 @@
 """One contacts sync in a process of its own, printing rows, seconds, requests and peak memory.
 
-python -m benchmarks.sync_once BASE_URL WAREHOUSE_URL MODE [fetch-only|fetch-records|incremental]
+python -m benchmarks.sync_once BASE_URL WAREHOUSE_URL MODE [KIND]
+
+KIND: ``fetch-only``, ``fetch-records``, ``incremental``, ``row-builders`` or none.
 
 - ``fetch-only``: read the collection as the sync does (JSON lines), write nothing;
 - ``fetch-records``: read it as parsed records (the client's ``read``), write nothing;
 - ``incremental``: an ordinary scheduled run against a warehouse a full sync filled;
+- ``row-builders``: a full refresh through the row builders (the path before the bulk one);
 - otherwise a full refresh into ``WAREHOUSE_URL``.
 """
 
@@ -47,7 +50,8 @@ async def run(url: str, warehouse_url: str, mode: str, kind: str) -> dict[str, f
             warehouse = Warehouse(warehouse_url)
             warehouse.ensure_tables()
             full = kind != "incremental"
-            result = await sync_contacts(client, warehouse, full_refresh=full)
+            bulk = kind != "row-builders"
+            result = await sync_contacts(client, warehouse, full_refresh=full, bulk=bulk)
             counts = result.counts["contacts"]
             rows = counts.inserted + counts.updated if full else result.read.rows  # type: ignore[union-attr]
             warehouse.dispose()
