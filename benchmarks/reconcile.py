@@ -8,19 +8,24 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import csv
+import io
+import pstats
 import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from benchmarks.sandbox_process import sandbox_process
+from benchmarks.sync import postgres_database
 from connector.http import ClientLimits
 from connector.marketplace.client import MarketplaceClient
 from connector.pipelines import pushback, reconcile
 from connector.pipelines.sync import sync_contacts
 from connector.settings import SANDBOX_TOKEN, MarketplaceSettings, Secret
-from connector.warehouse.engine import Warehouse
+from connector.warehouse.engine import Transaction, Warehouse
 
 # 1M platform contacts made in SQL: setting up is not what is measured.
 _FILL_CONTACTS = """
@@ -30,7 +35,7 @@ select
     'person.' || cast(i as text) || '@example.com',
     'person.' || cast(i as text) || '@example.com',
     'Person ' || cast(i as text),
-    case when i % 50 = 0 then 'Blocked' else 'Active' end,
+    case when mod(i, 50) = 0 then 'Blocked' else 'Active' end,
     0,
     now(),
     md5(cast(i as text))
@@ -53,33 +58,89 @@ def write_export(path: Path, rows: int) -> None:
             writer.writerow([f"003{i:012d}", "Person", str(i), email, i % 200 == 2])
 
 
-def plan_benchmark(rows: int) -> dict[str, float]:
-    """Read and plan ``rows`` CRM lines against ``rows`` platform contacts (DuckDB)."""
-    print(f"\n== plan: {rows:,} CRM lines against {rows:,} contacts (DuckDB) ==")
-    with tempfile.TemporaryDirectory() as scratch:
-        warehouse = Warehouse(f"duckdb:///{Path(scratch) / 'plan.duckdb'}")
-        warehouse.ensure_tables()
-        with warehouse.transaction() as tx:
-            tx.connection.exec_driver_sql(_FILL_CONTACTS.format(rows=int(rows)))
-            now = datetime.now(UTC)
-            tx.set_state("contacts.synced_at", now.isoformat(), now)
-        export = Path(scratch) / "crm.csv"
-        write_export(export, rows)
+def _fill_contacts(warehouse: Warehouse, rows: int) -> None:
+    # DuckDB numbers rows with range(), PostgreSQL with generate_series(); the rest is shared.
+    series = "range({rows})" if warehouse.dialect == "duckdb" else "generate_series(0, {rows} - 1)"
+    fill = _FILL_CONTACTS.replace("range({rows})", series).format(rows=int(rows))
+    with warehouse.transaction() as tx:
+        tx.connection.exec_driver_sql(fill)
+        tx.changed.add("contacts")  # as a sync would: fresh statistics after the commit
+        now = datetime.now(UTC)
+        tx.set_state("contacts.synced_at", now.isoformat(), now)
+
+
+def _statement_times() -> tuple[dict[str, float], Any]:
+    """Seconds per ``sql/`` file run through the warehouse while the block runs."""
+    times: dict[str, float] = {}
+    original = Transaction.run
+
+    def timed(self: Transaction, name: str, *args: Any, **kwargs: Any) -> Any:
         started = time.perf_counter()
+        try:
+            return original(self, name, *args, **kwargs)
+        finally:
+            times[name] = times.get(name, 0.0) + time.perf_counter() - started
+
+    return times, timed
+
+
+def _plan_once(warehouse_url: str, rows: int, export: Path, profile: bool) -> dict[str, float]:
+    warehouse = Warehouse(warehouse_url)
+    warehouse.ensure_tables()
+    _fill_contacts(warehouse, rows)
+    times, timed = _statement_times()
+    original = Transaction.run
+    Transaction.run = timed  # type: ignore[method-assign]
+    profiler = cProfile.Profile() if profile else None
+    try:
+        started = time.perf_counter()
+        if profiler:
+            profiler.enable()
         load = reconcile.load_exports(warehouse, [export], run_id="bench")
+        if profiler:
+            profiler.disable()
         read_seconds = time.perf_counter() - started
+        read_sql = sum(times.values())
         started = time.perf_counter()
         plan = reconcile.make_plan(warehouse, run_id="bench", export_key=load.export_key)
         plan_seconds = time.perf_counter() - started
+    finally:
+        Transaction.run = original  # type: ignore[method-assign]
+        warehouse.dispose()
     total = read_seconds + plan_seconds
     print(
-        f"read + normalise + stage: {read_seconds:6.2f} s ({load.rows / read_seconds:,.0f} lines/s)"
+        f"read + normalise + stage: {read_seconds:6.2f} s ({load.rows / read_seconds:,.0f} lines/s;"
+        f" of which SQL {read_sql:.2f} s)"
     )
     print(f"plan (SQL)              : {plan_seconds:6.2f} s")
     print(
         f"total                   : {total:6.2f} s; plan {plan.actions}, rejected {load.rejected}"
     )
-    return {"read_seconds": read_seconds, "plan_seconds": plan_seconds}
+    slowest = sorted(times.items(), key=lambda item: -item[1])[:6]
+    print("slowest statements      : " + ", ".join(f"{n} {t:.2f} s" for n, t in slowest))
+    if profiler:
+        out = io.StringIO()
+        pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(8)
+        lines = [line for line in out.getvalue().splitlines() if line.strip()][-9:]
+        print("where reading spends its time (cProfile, own time):")
+        for line in lines:
+            print("    " + line.strip())
+    return {"read_seconds": read_seconds, "plan_seconds": plan_seconds, "total": total}
+
+
+def plan_benchmark(rows: int) -> dict[str, float]:
+    """Read and plan ``rows`` CRM lines against ``rows`` platform contacts, DuckDB and
+    PostgreSQL, with where the time goes."""
+    print(f"\n== plan: {rows:,} CRM lines against {rows:,} contacts ==")
+    with tempfile.TemporaryDirectory() as scratch:
+        export = Path(scratch) / "crm.csv"
+        write_export(export, rows)
+        print("-- DuckDB")
+        duck = _plan_once(f"duckdb:///{Path(scratch) / 'plan.duckdb'}", rows, export, True)
+        print("-- PostgreSQL")
+        with postgres_database() as url:
+            pg = _plan_once(url, rows, export, False)
+    return {"duckdb_total": duck["total"], "postgresql_total": pg["total"]}
 
 
 def apply_benchmark(rate: float, actions: int, latency_ms: float = 30) -> dict[str, float]:

@@ -1,8 +1,9 @@
 """``make bench``: the connector's speed and memory against the sandbox over loopback.
 
 Prints, in one run: rows per second for sequential paging, concurrent paging and streaming of
-the same collection (same added latency) and their ratios; a full contacts sync into DuckDB
-against fetching alone; peak memory of a 1M-contact sync; planning 1M CRM lines against 1M
+the same collection (same added latency) and their ratios; a full contacts sync into DuckDB and
+PostgreSQL against fetching alone; an incremental run's requests after 1% changed; peak memory
+of full syncs at 100k and 1M contacts (flat is the goal); planning 1M CRM lines against 1M
 contacts; push-back throughput as a share of the sandbox's rate limit; a 200k-contact paged
 read under a 20% fault mix against the same read fault-free; planning a 1M-row campaign
 audience against 1M contacts; campaign send throughput as a share of the rate limit.
@@ -21,7 +22,7 @@ from benchmarks.campaigns import send_benchmark as campaign_send_benchmark
 from benchmarks.faults import fault_benchmark
 from benchmarks.reconcile import apply_benchmark, plan_benchmark
 from benchmarks.sandbox_process import sandbox_process
-from benchmarks.sync import memory_benchmark, sync_benchmark
+from benchmarks.sync import incremental_benchmark, memory_benchmark, sync_benchmark
 from connector.http import ClientLimits
 from connector.marketplace.client import MarketplaceClient, ReadReport
 from connector.settings import SANDBOX_TOKEN, MarketplaceSettings, Secret
@@ -77,7 +78,8 @@ def main() -> None:
     args = parser.parse_args()
     fetch_benchmark(args.contacts, args.latency_ms, args.concurrency)
     sync_benchmark(args.contacts, args.latency_ms)
-    memory_benchmark(args.memory_contacts)
+    incremental_benchmark(args.contacts, args.latency_ms)
+    memory_benchmark((args.contacts, args.memory_contacts))
     plan_benchmark(args.crm_rows)
     apply_benchmark(args.apply_rate, args.apply_actions, args.latency_ms)
     fault_benchmark(args.fault_contacts, "0.2", slow_seconds=12.0)

@@ -1,4 +1,5 @@
-"""Sync throughput and memory: a full contacts sync into DuckDB against fetching alone.
+"""Sync throughput, memory and incremental cost: full contacts syncs into DuckDB and
+PostgreSQL against fetching alone, peak memory at two sizes, and an incremental run's requests.
 
 Each figure comes from a separate process (the sandbox in another), so peak memory is the
 sync's own.
@@ -6,13 +7,26 @@ sync's own.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import subprocess
 import sys
 import tempfile
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
+import sqlalchemy as sa
+from sqlalchemy.pool import NullPool
+
 from benchmarks.sandbox_process import sandbox_process
+from connector.http import ClientLimits
+from connector.marketplace.client import MarketplaceClient
+from connector.settings import SANDBOX_TOKEN, MarketplaceSettings, Secret
+
+POSTGRES_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432"
 
 
 def _once(url: str, warehouse_url: str, *extra: str) -> dict[str, float]:
@@ -30,9 +44,27 @@ def _rate(figures: dict[str, float]) -> str:
     return f"{rows:>9,.0f} rows in {seconds:6.2f} s = {rows / seconds:>9,.0f} rows/s"
 
 
+@contextlib.contextmanager
+def postgres_database() -> Iterator[str]:
+    """A scratch PostgreSQL database on the local server, dropped afterwards."""
+    name = f"notifsync_bench_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(
+        f"{POSTGRES_SERVER}/postgres", isolation_level="AUTOCOMMIT", poolclass=NullPool
+    )
+    with admin.connect() as connection:
+        connection.exec_driver_sql(f"create database {name}")
+    try:
+        yield f"{POSTGRES_SERVER}/{name}"
+    finally:
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f"drop database if exists {name} with (force)")
+        admin.dispose()
+
+
 def sync_benchmark(contacts: int, latency_ms: float) -> dict[str, float]:
-    """Full sync of ``contacts`` into a fresh DuckDB file vs. fetching them, per read mode."""
-    print(f"\n== sync: {contacts:,} contacts into DuckDB, {latency_ms:g} ms latency ==")
+    """Full sync of ``contacts`` into a fresh DuckDB file and PostgreSQL database vs. fetching
+    them, per read mode."""
+    print(f"\n== sync: {contacts:,} contacts, {latency_ms:g} ms latency ==")
     figures: dict[str, float] = {}
     with (
         sandbox_process("--contacts", str(contacts), "--latency-ms", str(latency_ms)) as url,
@@ -41,28 +73,91 @@ def sync_benchmark(contacts: int, latency_ms: float) -> dict[str, float]:
         for mode in ("auto", "concurrent"):
             label = "streaming" if mode == "auto" else "concurrent paging"
             fetch = _once(url, "duckdb:///:memory:", mode, "fetch-only")
-            synced = _once(url, f"duckdb:///{Path(scratch) / (mode + '.duckdb')}", mode)
+            records = _once(url, "duckdb:///:memory:", mode, "fetch-records")
+            duck = _once(url, f"duckdb:///{Path(scratch) / (mode + '.duckdb')}", mode)
+            rows_path = Path(scratch) / (mode + "-rows.duckdb")
+            reference = _once(url, f"duckdb:///{rows_path}", mode, "row-builders")
+            with postgres_database() as pg_url:
+                pg = _once(url, pg_url, mode)
             fetch_rate = fetch["rows"] / fetch["seconds"]
-            sync_rate = synced["rows"] / synced["seconds"]
             print(f"{label}:")
-            print(f"  fetch only: {_rate(fetch)}")
-            print(f"  full sync : {_rate(synced)}")
-            print(f"  sync / fetch throughput: {sync_rate / fetch_rate:4.2f}")
-            figures[f"{mode}_ratio"] = sync_rate / fetch_rate
+            print(f"  fetch only (JSON lines)  : {_rate(fetch)}")
+            print(f"  fetch only (records)     : {_rate(records)}")
+            print(f"  full sync, DuckDB        : {_rate(duck)}")
+            print(f"  full sync, PostgreSQL    : {_rate(pg)}")
+            print(
+                f"  row builders, DuckDB     : {_rate(reference)}  (the path before the bulk one)"
+            )
+            for name, synced in (("DuckDB", duck), ("PostgreSQL", pg), ("rows", reference)):
+                ratio = (synced["rows"] / synced["seconds"]) / fetch_rate
+                print(f"  sync / fetch throughput, {name:<10}: {ratio:4.2f}")
+                figures[f"{mode}_{name.lower()}_ratio"] = ratio
     return figures
 
 
-def memory_benchmark(contacts: int) -> dict[str, float]:
-    """Peak memory of a full sync of ``contacts`` into DuckDB."""
-    print(f"\n== memory: full sync of {contacts:,} contacts into DuckDB ==")
-    with (
-        sandbox_process("--contacts", str(contacts), timeout=1200) as url,
-        tempfile.TemporaryDirectory() as scratch,
-    ):
-        small = _once(url, "duckdb:///:memory:", "auto", "fetch-only")
-        synced = _once(url, f"duckdb:///{Path(scratch) / 'bench.duckdb'}", "auto")
-    print(f"rows synced     : {synced['rows']:,.0f} in {synced['seconds']:.1f} s")
-    print(f"peak RSS        : {synced['peak_rss_mb']:,.0f} MB")
-    print(f"  of which interpreter + imports: {synced['baseline_rss_mb']:,.0f} MB")
-    print(f"fetch-only peak : {small['peak_rss_mb']:,.0f} MB")
-    return synced
+def memory_benchmark(sizes: tuple[int, ...]) -> dict[int, float]:
+    """Peak memory of a full sync into DuckDB at each size (flat is the goal)."""
+    print(f"\n== memory: full sync into DuckDB at {', '.join(f'{n:,}' for n in sizes)} contacts ==")
+    peaks: dict[int, float] = {}
+    for contacts in sizes:
+        with (
+            sandbox_process("--contacts", str(contacts), timeout=1200) as url,
+            tempfile.TemporaryDirectory() as scratch,
+        ):
+            fetch = _once(url, "duckdb:///:memory:", "auto", "fetch-only")
+            synced = _once(url, f"duckdb:///{Path(scratch) / 'bench.duckdb'}", "auto")
+        peaks[contacts] = synced["peak_rss_mb"]
+        print(f"{contacts:>9,} contacts: synced {synced['rows']:,.0f} in {synced['seconds']:.1f} s")
+        print(
+            f"           peak RSS {synced['peak_rss_mb']:,.0f} MB (interpreter + imports "
+            f"{synced['baseline_rss_mb']:,.0f} MB; fetch-only peak {fetch['peak_rss_mb']:,.0f} MB)"
+        )
+    if len(sizes) > 1:
+        small, large = peaks[min(sizes)], peaks[max(sizes)]
+        print(f"growth {min(sizes):,} -> {max(sizes):,} contacts: {large - small:+,.0f} MB")
+    return peaks
+
+
+async def _change(url: str, count: int) -> None:
+    """Rename ``count`` contacts through the API (set-up, not measured)."""
+    client = MarketplaceClient(
+        MarketplaceSettings(url, Secret(SANDBOX_TOKEN)), limits=ClientLimits(max_concurrency=16)
+    )
+    async with client:
+        contacts = []
+        async for chunk in client.read("contacts", mode="streaming"):
+            contacts.extend(chunk[: count - len(contacts)])
+            if len(contacts) >= count:
+                break
+        semaphore = asyncio.Semaphore(16)
+
+        async def rename(contact: dict) -> None:
+            async with semaphore:
+                await client.update_contact(
+                    contact["id"], contact["email"], f"{contact.get('name') or ''} (renamed)"
+                )
+
+        await asyncio.gather(*(rename(c) for c in contacts))
+
+
+def incremental_benchmark(contacts: int, latency_ms: float, share: float = 0.01) -> None:
+    """Requests and seconds of a scheduled (incremental) run after ``share`` of the contacts
+    changed, per read mode."""
+    changed = int(contacts * share)
+    print(f"\n== incremental: {changed:,} of {contacts:,} contacts changed, {latency_ms:g} ms ==")
+    for mode in ("auto", "concurrent"):
+        label = "streaming" if mode == "auto" else "concurrent paging"
+        with (
+            sandbox_process("--contacts", str(contacts), "--latency-ms", str(latency_ms)) as url,
+            tempfile.TemporaryDirectory() as scratch,
+        ):
+            warehouse_url = f"duckdb:///{Path(scratch) / 'incremental.duckdb'}"
+            _once(url, warehouse_url, mode)
+            asyncio.run(_change(url, changed))
+            httpx.post(f"{url}/_sandbox/stats/reset").raise_for_status()
+            run = _once(url, warehouse_url, mode, "incremental")
+        budget = changed / 100 + 3
+        print(
+            f"{label:>17}: {run['requests']:,.0f} requests (budget {budget:,.0f}), "
+            f"{run['rows']:,.0f} rows read, {run['seconds']:.2f} s"
+        )

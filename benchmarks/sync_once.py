@@ -1,6 +1,14 @@
-"""One full contacts sync in a process of its own, printing rows, seconds and peak memory.
+"""One contacts sync in a process of its own, printing rows, seconds, requests and peak memory.
 
-python -m benchmarks.sync_once BASE_URL WAREHOUSE_URL [fetch-only]
+python -m benchmarks.sync_once BASE_URL WAREHOUSE_URL MODE [KIND]
+
+KIND: ``fetch-only``, ``fetch-records``, ``incremental``, ``row-builders`` or none.
+
+- ``fetch-only``: read the collection as the sync does (JSON lines), write nothing;
+- ``fetch-records``: read it as parsed records (the client's ``read``), write nothing;
+- ``incremental``: an ordinary scheduled run against a warehouse a full sync filled;
+- ``row-builders``: a full refresh through the row builders (the path before the bulk one);
+- otherwise a full refresh into ``WAREHOUSE_URL``.
 """
 
 from __future__ import annotations
@@ -10,6 +18,8 @@ import json
 import resource
 import sys
 import time
+
+import httpx
 
 from connector.marketplace.client import MarketplaceClient
 from connector.pipelines.sync import sync_contacts
@@ -21,30 +31,40 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-async def run(url: str, warehouse_url: str, mode: str, fetch_only: bool) -> dict[str, float]:
+async def run(url: str, warehouse_url: str, mode: str, kind: str) -> dict[str, float]:
     client = MarketplaceClient(
         MarketplaceSettings(url, Secret(SANDBOX_TOKEN)),
         read_mode=mode,  # type: ignore[arg-type]
     )
+    httpx.post(f"{url}/_sandbox/stats/reset").raise_for_status()
     started = time.perf_counter()
     rows = 0
     async with client:
-        if fetch_only:
-            async for chunk in client.read("contacts"):
-                rows += len(chunk)
+        if kind == "fetch-only":
+            async for chunk in client.read_lines("contacts"):
+                rows += chunk.count(b"\n")
+        elif kind == "fetch-records":
+            async for records in client.read("contacts"):
+                rows += len(records)
         else:
             warehouse = Warehouse(warehouse_url)
             warehouse.ensure_tables()
-            result = await sync_contacts(client, warehouse, full_refresh=True)
-            rows = result.counts["contacts"].inserted
-    return {"rows": rows, "seconds": time.perf_counter() - started}
+            full = kind != "incremental"
+            bulk = kind != "row-builders"
+            result = await sync_contacts(client, warehouse, full_refresh=full, bulk=bulk)
+            counts = result.counts["contacts"]
+            rows = counts.inserted + counts.updated if full else result.read.rows  # type: ignore[union-attr]
+            warehouse.dispose()
+    seconds = time.perf_counter() - started
+    requests = httpx.get(f"{url}/_sandbox/stats").json().get("requests", 0)
+    return {"rows": rows, "seconds": seconds, "requests": requests}
 
 
 def main() -> None:
     url, warehouse_url, mode = sys.argv[1:4]
-    fetch_only = sys.argv[4:] == ["fetch-only"]
+    kind = sys.argv[4] if len(sys.argv) > 4 else "sync"
     baseline = peak_rss_mb()
-    figures = asyncio.run(run(url, warehouse_url, mode, fetch_only))
+    figures = asyncio.run(run(url, warehouse_url, mode, kind))
     figures.update(baseline_rss_mb=baseline, peak_rss_mb=peak_rss_mb())
     print(json.dumps(figures))
 

@@ -13,7 +13,8 @@
     │   └── ServerError           5xx
     ├── TransportError            no usable answer: timeout, dropped connection, truncated body
     ├── AmbiguousOutcomeError     a write may or may not have taken effect; check before retrying
-    └── IncompleteReadError       a collection read did not match the server's own ``total``
+    ├── IncompleteReadError       a collection read did not match the server's own ``total``
+    └── MassDeletionError         a full refresh would mark too many rows deleted; nothing changed
 
 ``retryable`` tells whether sending the same request again may succeed. Messages never contain
 credentials: clients build them from method, path and the server's problem details only.
@@ -230,3 +231,19 @@ def error_for_status(
     if status >= 500:
         return ServerError(method, path, problem)
     return ApiError(method, path, problem)
+
+
+class MassDeletionError(ConnectorError):
+    """A full refresh would mark more than the allowed share of live rows deleted; the load was
+    rolled back. Pass an override reason to the sync to let it through (it is recorded)."""
+
+    def __init__(self, table: str, missing: int, live: int, max_share: float) -> None:
+        self.table = table
+        self.missing = missing
+        self.live = live
+        self.max_share = max_share
+        super().__init__(
+            f"full refresh of {table} would mark {missing} of {live} rows deleted "
+            f"({missing / live:.1%}, more than the {max_share:.0%} allowed); nothing was "
+            "changed. If the API really lost them, run again with an override reason."
+        )

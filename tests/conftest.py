@@ -109,3 +109,43 @@ def load_definitions() -> Any:
 
 # EviNotice fixtures (sandbox routes in-process, clients) for the tests/test_evinotice*.py files.
 pytest_plugins = ["evinotice_api"]
+
+
+# --- warehouses (shared by the sync tests) ------------------------------------------------------
+
+from connector.warehouse.engine import Warehouse  # noqa: E402
+
+
+@pytest.fixture(params=["duckdb", "postgresql"])
+def warehouse_url(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[str]:
+    """A SQLAlchemy URL of an empty warehouse: a DuckDB file, or a fresh PostgreSQL database.
+
+    PostgreSQL is not optional: when the server is unreachable these tests fail."""
+    if request.param == "duckdb":
+        yield f"duckdb:///{tmp_path / 'warehouse.duckdb'}"
+    else:
+        with fresh_postgres_database() as url:
+            yield url
+
+
+@pytest.fixture
+def open_warehouse() -> Iterator[Any]:
+    """Factory: a ``Warehouse`` with its tables ensured, disposed at the end of the test."""
+    opened: list[Warehouse] = []
+
+    def open_(url: str, ensure: bool = True) -> Warehouse:
+        warehouse = Warehouse(url)
+        opened.append(warehouse)
+        if ensure:
+            warehouse.ensure_tables()
+        return warehouse
+
+    yield open_
+    for warehouse in opened:
+        warehouse.dispose()
+
+
+@pytest.fixture
+def warehouse(warehouse_url: str, open_warehouse: Any) -> Warehouse:
+    """An empty warehouse with every table, on DuckDB and on PostgreSQL."""
+    return open_warehouse(warehouse_url)

@@ -180,7 +180,7 @@ class StreamPaging:
                     async for line in lines:
                         if not line:
                             continue
-                        batch.append(_loads(line))
+                        batch.append(loads_line(line))
                         if len(batch) >= self.batch_rows:
                             last_id = batch[-1]["id"]
                             yield batch
@@ -200,7 +200,7 @@ class StreamPaging:
                     yield batch
 
 
-def _loads(line: str) -> Row:
+def loads_line(line: str) -> Row:
     try:
         return orjson.loads(line)
     except orjson.JSONDecodeError as exc:

@@ -10,6 +10,8 @@ from collections.abc import Iterable
 from typing import Any
 
 import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from connector.emails import normalize_email
 from connector.warehouse.rows import Row
@@ -75,6 +77,23 @@ def email_key(email: Any) -> str | None:
         return None
     normalised, _ = normalize_email(email)
     return normalised or email.strip().casefold()
+
+
+def with_email_keys(contacts: pa.Table) -> pa.Table:
+    """Bulk-flattened contacts with ``email_key`` filled where the flattening left it null.
+
+    The flatten statement folds plain ASCII addresses itself; an address it did not (IDN,
+    spaces around, junk) goes through ``email_key`` here, so both paths give the same key.
+    """
+    keys = contacts.column("email_key").combine_chunks()
+    emails = contacts.column("email").combine_chunks()
+    todo = pc.and_(pc.is_null(keys), pc.is_valid(emails))
+    if not pc.any(todo).as_py():
+        return contacts
+    positions = pc.indices_nonzero(todo)
+    fixed = [email_key(e) for e in pc.take(emails, positions).to_pylist()]
+    merged = pc.replace_with_mask(keys, todo, pa.array(fixed, pa.string()))
+    return contacts.set_column(contacts.schema.get_field_index("email_key"), "email_key", merged)
 
 
 def category_rows(records: Iterable[dict[str, Any]], synced_at: str) -> tuple[list[Row], list[Row]]:

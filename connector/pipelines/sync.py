@@ -8,23 +8,40 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
+
+from connector.errors import MassDeletionError
 from connector.evinotice.client import EviNoticeClient
 from connector.evinotice.records import evinotice_batch_rows
 from connector.marketplace import rql
 from connector.marketplace.client import MarketplaceClient, ReadReport, changed_since
-from connector.marketplace.records import batch_rows, category_rows, contact_rows, message_rows
+from connector.marketplace.records import (
+    batch_rows,
+    category_rows,
+    contact_rows,
+    message_rows,
+    with_email_keys,
+)
 from connector.marketplace.rql import format_datetime as format_timestamp
 from connector.warehouse.engine import MergeCounts, Stage, Transaction, Warehouse
+from connector.warehouse.json_lines import lines_table
 
 CONTACTS_CURSOR = "contacts.cursor"
 CONTACTS_LAST_FULL_REFRESH = "contacts.last_full_refresh"
 CONTACTS_SYNCED_AT = "contacts.synced_at"  # the last contacts sync of any kind
+# The last full refresh let through past the mass-deletion guard: when, why, how many.
+CONTACTS_MASS_DELETION_OVERRIDE = "contacts.mass_deletion_override"
+
+# A chunk of records as the client hands it: JSON lines (the bulk path) or parsed records
+# (the row builders, kept as the reference the bulk path is tested against).
+Chunk = bytes | list[dict[str, Any]]
 
 
 @dataclass
@@ -46,6 +63,10 @@ class ContactsPolicy:
 
     lookback: timedelta = timedelta(minutes=10)
     full_refresh_every: timedelta = timedelta(hours=24)
+    # A full refresh that would mark more than this share of live contacts deleted stops
+    # (MassDeletionError) unless given an override reason: a token scoped to another account,
+    # or a smaller sandbox, must not wipe the table.
+    max_deleted_share: float = 0.10
 
 
 async def sync_contacts(
@@ -55,13 +76,22 @@ async def sync_contacts(
     full_refresh: bool = False,
     policy: ContactsPolicy | None = None,
     now: datetime | None = None,
+    mass_deletion_reason: str | None = None,
+    bulk: bool = True,
 ) -> SyncResult:
-    """Merge contacts changed since the cursor (or all of them, on a full refresh)."""
+    """Merge contacts changed since the cursor (or all of them, on a full refresh).
+
+    A full refresh that would mark more than ``policy.max_deleted_share`` of the live
+    contacts deleted raises ``MassDeletionError`` and changes nothing, unless
+    ``mass_deletion_reason`` says why it is right (recorded in ``sync_state``). ``bulk``
+    False takes the row builders' path instead of JSON lines (the reference in tests).
+    """
     policy = policy or ContactsPolicy()
     now = _now(now)
-    result = await _load_contacts(client, warehouse, full_refresh, policy, now)
+    load = functools.partial(_load_contacts, mass_deletion_reason=mass_deletion_reason, bulk=bulk)
+    result = await load(client, warehouse, full_refresh, policy, now)
     result.api_count = await client.count("contacts")
-    result.table_count = warehouse.count("contacts", "where deleted_at is null")
+    result.table_count = warehouse.count_live("contacts")
     counted = result.api_count is not None  # the API may answer a null total
     if result.mode == "incremental" and counted and result.api_count != result.table_count:
         # An incremental read cannot see deletions; the counts say something was deleted
@@ -70,14 +100,14 @@ async def sync_contacts(
             f"incremental sync left {result.table_count} contacts but the API counts "
             f"{result.api_count}; running a full refresh"
         )
-        full = await _load_contacts(client, warehouse, True, policy, now)
+        full = await load(client, warehouse, True, policy, now)
         full.notes.insert(0, note)
         for name, counts in result.counts.items():
             full.counts[name].inserted += counts.inserted
             full.counts[name].updated += counts.updated
             full.counts[name].deleted += counts.deleted
         full.api_count = await client.count("contacts")
-        full.table_count = warehouse.count("contacts", "where deleted_at is null")
+        full.table_count = warehouse.count_live("contacts")
         return full
     return result
 
@@ -88,6 +118,9 @@ async def _load_contacts(
     full_refresh: bool,
     policy: ContactsPolicy,
     now: datetime,
+    *,
+    mass_deletion_reason: str | None,
+    bulk: bool,
 ) -> SyncResult:
     synced_at = format_timestamp(now)
     # The newest change before the read starts: anything changed during the read is newer,
@@ -104,10 +137,12 @@ async def _load_contacts(
         result = SyncResult(mode="full" if full else "incremental", read=ReadReport("contacts"))
         if since is not None:
             result.notes.append(f"changes since {format_timestamp(since)}")
-        chunks = client.read("contacts", filter=filter, report=result.read)
+        live = tx.run("load/count_live_rows", target="contacts").scalar() if full else 0
+        chunks = _read(client, "contacts", bulk, filter=filter, report=result.read)
         async with _merged_contacts(tx, chunks, synced_at) as (stage, counts):
             result.counts = counts
             if full and result.read.complete:
+                _guard_mass_deletion(tx, stage, live, policy, mass_deletion_reason, now)
                 result.counts["contacts"].deleted = tx.mark_missing_as_deleted(stage, now)
             elif full:
                 # Fewer rows than the API counts: "missing" may only mean "not read".
@@ -127,6 +162,7 @@ async def refresh_contacts(
     *,
     now: datetime | None = None,
     ids_per_request: int = 50,
+    bulk: bool = True,
 ) -> SyncResult:
     """Re-read the given contacts (e.g. those a push-back touched) and merge them."""
     now = _now(now)
@@ -134,10 +170,10 @@ async def refresh_contacts(
     result = SyncResult(mode="refresh", read=ReadReport("contacts"), synced_at=now)
     unique = sorted(set(ids))
 
-    async def chunks() -> AsyncIterator[list[dict[str, Any]]]:
+    async def chunks() -> AsyncIterator[Chunk]:
         groups = [unique[i : i + ids_per_request] for i in range(0, len(unique), ids_per_request)]
         for group in groups:
-            async for chunk in client.read("contacts", filter=rql.in_("id", group)):
+            async for chunk in _read(client, "contacts", bulk, filter=rql.in_("id", group)):
                 yield chunk
 
     with warehouse.transaction() as tx:
@@ -148,13 +184,19 @@ async def refresh_contacts(
 
 @contextlib.asynccontextmanager
 async def _merged_contacts(
-    tx: Transaction, chunks: AsyncIterator[list[dict[str, Any]]], synced_at: str
+    tx: Transaction, chunks: AsyncIterator[Chunk], synced_at: str
 ) -> AsyncIterator[tuple[Stage, dict[str, MergeCounts]]]:
     """Stage contacts and their opt-outs from ``chunks`` and merge them; the contacts stage
     stays open inside the block (a full refresh compares the table with it)."""
     with tx.stage("contacts") as stage, tx.stage("contact_opt_outs") as opt_outs:
+        constants = {"synced_at": synced_at}
 
-        def write(chunk: list[dict[str, Any]]) -> None:
+        def write(chunk: Chunk) -> None:
+            if isinstance(chunk, bytes):
+                contacts = with_email_keys(tx.flatten(chunk, "contacts"))
+                stage.write_arrow(contacts, constants)
+                opt_outs.write_arrow(tx.flatten(contacts, "contact_opt_outs"), constants)
+                return
             contacts, categories = contact_rows(chunk, synced_at)
             stage.write(contacts)
             opt_outs.write(categories)
@@ -163,8 +205,39 @@ async def _merged_contacts(
         yield stage, tx.merge(stage, (opt_outs, "contact_id"))
 
 
+def _guard_mass_deletion(
+    tx: Transaction,
+    stage: Stage,
+    live: int,
+    policy: ContactsPolicy,
+    reason: str | None,
+    now: datetime,
+) -> None:
+    """Stop a full refresh that would mark too many contacts deleted, or record why not."""
+    missing = tx.count_missing(stage)
+    if not live or missing <= policy.max_deleted_share * live:
+        return
+    if not reason or not reason.strip():
+        raise MassDeletionError("contacts", missing, live, policy.max_deleted_share)
+    record = {"at": now.isoformat(), "reason": reason.strip(), "missing": missing, "live": live}
+    tx.set_state(CONTACTS_MASS_DELETION_OVERRIDE, orjson.dumps(record).decode(), now)
+
+
+def _read(
+    client: MarketplaceClient, resource: str, bulk: bool, **options: Any
+) -> AsyncIterator[Chunk]:
+    """The collection as JSON lines (bulk) or parsed records (the row builders' path)."""
+    if bulk:
+        return client.read_lines(resource, **options)
+    return client.read(resource, **options)  # type: ignore[return-value]
+
+
 async def sync_categories(
-    client: MarketplaceClient, warehouse: Warehouse, *, now: datetime | None = None
+    client: MarketplaceClient,
+    warehouse: Warehouse,
+    *,
+    now: datetime | None = None,
+    bulk: bool = True,
 ) -> SyncResult:
     """Replace ``categories`` and append a statistics snapshot for each of them."""
     now = _now(now)
@@ -176,21 +249,31 @@ async def sync_categories(
         tx.stage("category_statistics_snapshots") as stats,
     ):
 
-        def write(chunk: list[dict[str, Any]]) -> None:
+        def write(chunk: Chunk) -> None:
+            if isinstance(chunk, bytes):
+                lines = lines_table(chunk)
+                stage.write_arrow(tx.flatten(lines, "categories"), {"synced_at": synced_at})
+                snapshots = tx.flatten(lines, "category_statistics_snapshots")
+                stats.write_arrow(snapshots, {"snapshot_at": synced_at})
+                return
             categories, snapshots = category_rows(chunk, synced_at)
             stage.write(categories)
             stats.write(snapshots)
 
-        await _pipe(client.read("categories", report=result.read), write)
+        await _pipe(_read(client, "categories", bulk, report=result.read), write)
         result.counts["categories"] = tx.replace_all(stage)
         result.counts["category_statistics_snapshots"] = tx.append(stats)
     result.api_count = await client.count("categories")
-    result.table_count = warehouse.count("categories")
+    result.table_count = warehouse.count_rows("categories")
     return result
 
 
 async def sync_batches(
-    client: MarketplaceClient, warehouse: Warehouse, *, now: datetime | None = None
+    client: MarketplaceClient,
+    warehouse: Warehouse,
+    *,
+    now: datetime | None = None,
+    bulk: bool = True,
 ) -> SyncResult:
     """Merge every batch (new and changed ones are written, the rest left alone)."""
     now = _now(now)
@@ -198,12 +281,12 @@ async def sync_batches(
     result = SyncResult(mode="merge", read=ReadReport("batches"), synced_at=now)
     with warehouse.transaction() as tx, tx.stage("batches") as stage:
         await _pipe(
-            client.read("batches", report=result.read),
-            lambda chunk: stage.write(batch_rows(chunk, synced_at)),
+            _read(client, "batches", bulk, report=result.read),
+            _writer(tx, stage, batch_rows, synced_at),
         )
         result.counts = tx.merge(stage)
     result.api_count = await client.count("batches")
-    result.table_count = warehouse.count("batches")
+    result.table_count = warehouse.count_rows("batches")
     return result
 
 
@@ -219,6 +302,7 @@ async def sync_messages(
     end: datetime,
     *,
     now: datetime | None = None,
+    bulk: bool = True,
 ) -> SyncResult:
     """Replace the messages created in ``[start, end)`` (one or more daily partitions)."""
     now = _now(now)
@@ -226,15 +310,13 @@ async def sync_messages(
     window = messages_window(start, end)
     result = SyncResult(mode="replace window", read=ReadReport("messages"), synced_at=now)
     with warehouse.transaction() as tx, tx.stage("messages") as stage:
-        await _pipe(
-            client.read("messages", filter=window, select=("audit", "-body"), report=result.read),
-            lambda chunk: stage.write(message_rows(chunk, synced_at)),
+        read = _read(
+            client, "messages", bulk, filter=window, select=("audit", "-body"), report=result.read
         )
+        await _pipe(read, _writer(tx, stage, message_rows, synced_at))
         result.counts["messages"] = tx.replace_window(stage, "created_at", start, end)
     result.api_count = await client.count("messages", window)
-    result.table_count = warehouse.count(
-        "messages", "where created_at >= :start and created_at < :end", start=start, end=end
-    )
+    result.table_count = warehouse.count_window("messages", "created_at", start, end)
     return result
 
 
@@ -256,13 +338,29 @@ async def sync_evinotice_batches(
         )
         result.counts = tx.merge(stage)
     result.api_count = seen
-    result.table_count = warehouse.count("evinotice_batches")
+    result.table_count = warehouse.count_rows("evinotice_batches")
     return result
 
 
-async def _pipe(
-    chunks: AsyncIterator[list[dict[str, Any]]], write: Callable[[list[dict[str, Any]]], None]
-) -> int:
+def _writer(
+    tx: Transaction,
+    stage: Stage,
+    build: Callable[[list[dict[str, Any]], str], list[dict[str, Any]]],
+    synced_at: str,
+) -> Callable[[Chunk], None]:
+    """Writes a chunk of one table's records: JSON lines flattened in bulk by
+    ``sql/load/flatten_<table>.sql``, or records through the row builder ``build``."""
+
+    def write(chunk: Chunk) -> None:
+        if isinstance(chunk, bytes):
+            stage.write_arrow(tx.flatten(chunk, stage.table.name), {"synced_at": synced_at})
+        else:
+            stage.write(build(chunk, synced_at))
+
+    return write
+
+
+async def _pipe(chunks: AsyncIterator[Any], write: Callable[[Any], None]) -> int:
     """Write each chunk in a worker thread while the next one is read; returns rows written.
 
     One write in flight at a time keeps the warehouse connection used by one thread at once
@@ -279,7 +377,7 @@ async def _pipe(
             if pending is not None:
                 await pending
             pending = asyncio.ensure_future(asyncio.to_thread(write, chunk))
-            rows += len(chunk)
+            rows += chunk.count(b"\n") if isinstance(chunk, bytes) else len(chunk)
         if pending is not None:
             await pending
     finally:

@@ -1,9 +1,10 @@
-"""The warehouse writer: one SQLAlchemy URL, DuckDB by default, PostgreSQL tested for real.
+"""The warehouse: one SQLAlchemy URL, DuckDB by default, PostgreSQL tested for real; its
+engine, connections, named locks and the read helpers other layers use.
 
-Every load happens in one transaction: rows are staged in a temporary table in chunks (Arrow
-batches into DuckDB, ``COPY`` into PostgreSQL, ``executemany`` elsewhere), then merged,
-replaced or appended by the statements in ``sql/load``. A failure anywhere rolls the whole
-load back, so the previous table stays as it was.
+Every load happens in one transaction (``transaction.py``): rows are staged in a temporary
+table in chunks (``staging.py``), then merged, replaced or appended by the statements in
+``sql/load``. A failure anywhere rolls the whole load back, so the previous table stays as it
+was. Schema upgrades are in ``schema.py``.
 """
 
 from __future__ import annotations
@@ -13,50 +14,44 @@ import logging
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import orjson
-import pyarrow as pa
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.pool import NullPool
 
 from connector.errors import ConfigurationError, ConnectorError
-from connector.warehouse.rows import Row
-from connector.warehouse.sql_files import statements
-from connector.warehouse.tables import ALL_TABLE_NAMES, Table, table
+from connector.warehouse.schema import ensure_tables
+from connector.warehouse.staging import Stage, column_values, to_arrow
+from connector.warehouse.tables import ALL_TABLE_NAMES, table
+from connector.warehouse.transaction import MergeCounts, Transaction
+
+__all__ = [
+    "DEFAULT_DUCKDB_MEMORY_LIMIT",
+    "DEFAULT_WAREHOUSE_URL",
+    "WAREHOUSE_URL",
+    "MergeCounts",
+    "Stage",
+    "Transaction",
+    "Warehouse",
+    "WarehouseBusyError",
+    "column_values",
+    "to_arrow",
+]
 
 log = logging.getLogger(__name__)
 
 WAREHOUSE_URL = "WAREHOUSE_URL"
 DEFAULT_WAREHOUSE_URL = "duckdb:///data/notifsync.duckdb"
+# DuckDB's own memory cap (its ``memory_limit`` setting; override in the URL's query, e.g.
+# ``?memory_limit=2GB``). Beyond it DuckDB spills to disk instead of growing the process: a
+# full sync of a million contacts stays within it.
 DEFAULT_DUCKDB_MEMORY_LIMIT = "256MB"
 
-_ARROW_TYPES: dict[str, pa.DataType] = {
-    "text": pa.string(),
-    "json": pa.string(),
-    "bigint": pa.int64(),
-    "boolean": pa.bool_(),
-    "double precision": pa.float64(),
-    "timestamptz": pa.timestamp("us", tz="UTC"),
-}
 
-
-@dataclass
-class MergeCounts:
-    """What a load did to its table."""
-
-    staged: int = 0
-    inserted: int = 0
-    updated: int = 0
-    deleted: int = 0
-
-    @property
-    def unchanged(self) -> int:
-        return self.staged - self.inserted - self.updated
+class WarehouseBusyError(ConnectorError):
+    """Another run holds the lock asked for."""
 
 
 class Warehouse:
@@ -93,9 +88,18 @@ class Warehouse:
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Transaction]:
-        """One transaction; committed when the block ends, rolled back if it raises."""
-        with self._connect() as connection, connection.begin():
-            yield Transaction(connection, self.dialect)
+        """One transaction; committed when the block ends, rolled back if it raises.
+
+        On PostgreSQL the tables it changed get fresh planner statistics after the commit.
+        """
+        with self._connect() as connection:
+            with connection.begin():
+                tx = Transaction(connection, self.dialect)
+                yield tx
+            if self.dialect == "postgresql" and tx.changed:
+                with connection.begin():
+                    for name in sorted(tx.changed):
+                        tx.run("load/analyze_table", target=name)
 
     @contextlib.contextmanager
     def _connect(self) -> Iterator[Connection]:
@@ -128,19 +132,16 @@ class Warehouse:
         try:
             with self._connect() as connection:
                 if self.dialect == "postgresql":
+                    tx = Transaction(connection, self.dialect)
                     key = {"name": f"notifsync:{name}"}
-                    taken = connection.execute(
-                        sa.text("select pg_try_advisory_lock(hashtext(:name))"), key
-                    ).scalar()
+                    taken = tx.run("warehouse/try_advisory_lock", key).scalar()
                     connection.commit()
                     if not taken:
                         raise WarehouseBusyError(f"{name} is already running elsewhere")
                     try:
                         yield
                     finally:
-                        connection.execute(
-                            sa.text("select pg_advisory_unlock(hashtext(:name))"), key
-                        )
+                        tx.run("warehouse/release_advisory_lock", key)
                         connection.commit()
                 else:
                     yield
@@ -150,26 +151,50 @@ class Warehouse:
     def ensure_tables(self, names: Sequence[str] = ALL_TABLE_NAMES) -> None:
         """Create missing tables, and add columns a newer version of the DDL defines."""
         with self.transaction() as tx:
-            for name in names:
-                definition = table(name)
-                tx.run(f"schema/create_{name}_table")
-                existing = set(
-                    tx.run("schema/select_table_columns", {"table_name": name}).scalars()
-                )
-                for column in definition.columns:
-                    if column.name not in existing:
-                        log.info("adding column %s.%s", name, column.name)
-                        tx.connection.exec_driver_sql(
-                            f"alter table {name} add column {column.name} {column.type}"
-                        )
+            ensure_tables(tx, names)
 
-    def count(self, table_name: str, where: str = "", **params: Any) -> int:
-        """Row count of a table (``where`` is SQL from this code base; values go in params)."""
+    # -- reads for other layers (metadata, checks, the CLI) ---------------------------------
+
+    def count_rows(self, table_name: str) -> int:
+        """Row count of a table."""
         with self.transaction() as tx:
-            return tx.scalar(f"select count(*) from {table_name} {where}", **params)
+            return tx.count_rows(table_name)
+
+    def count(self, table_name: str) -> int:
+        """Row count of a table (``count_rows``; the name other layers call today)."""
+        return self.count_rows(table_name)
+
+    def count_live(self, table_name: str) -> int:
+        """Rows not marked deleted (``deleted_at is null``)."""
+        with self.transaction() as tx:
+            return int(tx.run("load/count_live_rows", target=table_name).scalar())
+
+    def count_window(self, table_name: str, time_column: str, start: Any, end: Any) -> int:
+        """Rows with ``start <= time_column < end``."""
+        with self.transaction() as tx:
+            return tx.count_window(table_name, time_column, start, end)
+
+    def preview(self, table_name: str, limit: int = 5, order_column: str | None = None) -> list:
+        """The latest rows of a table (by ``order_column``, else ``synced_at`` or the first
+        column), every column of its DDL."""
+        columns = table(table_name).column_names
+        order = order_column or ("synced_at" if "synced_at" in columns else columns[0])
+        with self.transaction() as tx:
+            return tx.run(
+                "warehouse/select_preview",
+                {"limit": limit},
+                target=table_name,
+                columns=", ".join(columns),
+                order_column=order,
+            ).all()
+
+    def query_file(self, name: str, **params: Any) -> list[sa.Row[Any]]:
+        """Rows of the read-only statement in ``sql/<name>.sql``."""
+        with self.transaction() as tx:
+            return list(tx.run(name, params))
 
     def query(self, sql: str, **params: Any) -> list[sa.Row[Any]]:
-        """Rows of a read-only query."""
+        """Rows of a read-only query given as text (tests; use ``query_file`` in code)."""
         with self.transaction() as tx:
             return list(tx.connection.execute(sa.text(sql), params))
 
@@ -177,257 +202,4 @@ class Warehouse:
         self.engine.dispose()
 
 
-class WarehouseBusyError(ConnectorError):
-    """Another run holds the lock asked for."""
-
-
 _LOCAL_LOCKS: dict[tuple[str, str], threading.Lock] = {}
-
-
-class Transaction:
-    """A connection inside one transaction, with the load operations on it."""
-
-    def __init__(self, connection: Connection, dialect: str) -> None:
-        self.connection = connection
-        self.dialect = dialect
-
-    def run(self, name: str, params: dict[str, Any] | None = None, **identifiers: str) -> Any:
-        """Run the statements of ``sql/<name>.sql``; returns the last result."""
-        params = params or {}
-        # Sequence values (``in :values``) expand into one bound parameter per item.
-        expanding = [
-            sa.bindparam(k, expanding=True)
-            for k, v in params.items()
-            if isinstance(v, list | tuple)
-        ]
-        result = None
-        for statement in statements(name, **identifiers):
-            clause = sa.text(statement)
-            used = [b for b in expanding if f":{b.key}" in statement]
-            if used:
-                clause = clause.bindparams(*used)
-            result = self.connection.execute(clause, params)
-        return result
-
-    def run_many(self, name: str, rows: Sequence[dict[str, Any]]) -> None:
-        """Run the single statement of ``sql/<name>.sql`` once per parameter set, in bulk."""
-        if not rows:
-            return
-        (statement,) = statements(name)
-        self.connection.execute(sa.text(statement), list(rows))
-
-    def scalar(self, sql: str, **params: Any) -> Any:
-        return self.connection.execute(sa.text(sql), params).scalar()
-
-    @contextlib.contextmanager
-    def stage(self, target: str) -> Iterator[Stage]:
-        """A temporary, empty copy of ``target`` for this load; dropped afterwards."""
-        stage = Stage(self, table(target))
-        self.run("load/drop_stage_table", stage=stage.name)
-        self.run("load/create_stage_table", stage=stage.name, target=target, columns=stage.columns)
-        yield stage
-        # Only on success: after an error the transaction is aborted (the rollback drops the
-        # temporary table), and a statement here would hide the error that matters.
-        self.run("load/drop_stage_table", stage=stage.name)
-
-    # -- load strategies --------------------------------------------------------------------
-
-    def merge(self, stage: Stage, *children: tuple[Stage, str]) -> dict[str, MergeCounts]:
-        """Write staged rows that are new or changed; ``children`` (stage, key column) follow.
-
-        Returns the counts per table, the target's and each child's.
-        """
-        target, key = stage.table.name, _key(stage.table)
-        names = {"stage": stage.name, "target": target, "key": key}
-        self.run("load/drop_rows_to_write", **names)
-        self.run("load/create_rows_to_write", **names)
-        written, updated = self.run("load/count_rows_to_write", **names).one()
-        counts = {
-            target: MergeCounts(staged=stage.rows, inserted=written - updated, updated=updated)
-        }
-        for child, child_key in children:
-            child_names = {
-                **names,
-                "child": child.table.name,
-                "child_stage": child.name,
-                "child_key": child_key,
-            }
-            removed, added = self.run("load/count_children_of_written_rows", **child_names).one()
-            counts[child.table.name] = MergeCounts(
-                staged=child.rows, inserted=added, deleted=removed
-            )
-        self.run("load/delete_rows_to_write", **names)
-        self.run("load/insert_rows_to_write", **names, columns=stage.columns)
-        for child, child_key in children:
-            self.run(
-                "load/replace_children_of_written_rows",
-                **names,
-                child=child.table.name,
-                child_stage=child.name,
-                child_key=child_key,
-                child_columns=child.columns,
-            )
-        self.run("load/drop_rows_to_write", **names)
-        return counts
-
-    def mark_missing_as_deleted(self, stage: Stage, now: datetime) -> int:
-        """After a full read, flag rows the API no longer returns (``deleted_at``)."""
-        target = stage.table.name
-        before = self.scalar(f"select count(*) from {target} where deleted_at is not null")
-        self.run(
-            "load/mark_missing_as_deleted",
-            {"now": now},
-            stage=stage.name,
-            target=target,
-            key=_key(stage.table),
-        )
-        return self.scalar(f"select count(*) from {target} where deleted_at is not null") - before
-
-    def replace_all(self, stage: Stage) -> MergeCounts:
-        """The table becomes exactly the staged rows."""
-        target = stage.table.name
-        before = self.scalar(f"select count(*) from {target}")
-        self.run("load/delete_all_rows", target=target)
-        self.run(
-            "load/insert_all_staged_rows", stage=stage.name, target=target, columns=stage.columns
-        )
-        return MergeCounts(staged=stage.rows, inserted=stage.rows, deleted=before)
-
-    def replace_window(
-        self, stage: Stage, time_column: str, start: datetime, end: datetime
-    ) -> MergeCounts:
-        """Rows with ``start <= time_column < end`` become exactly the staged rows."""
-        target = stage.table.name
-        window = {"start": start, "end": end}
-        before = self.scalar(
-            f"select count(*) from {target} where {time_column} >= :start and {time_column} < :end",
-            **window,
-        )
-        self.run("load/delete_time_window", window, target=target, time_column=time_column)
-        self.run(
-            "load/insert_all_staged_rows", stage=stage.name, target=target, columns=stage.columns
-        )
-        return MergeCounts(staged=stage.rows, inserted=stage.rows, deleted=before)
-
-    def append(self, stage: Stage) -> MergeCounts:
-        """Add the staged rows."""
-        self.run(
-            "load/insert_all_staged_rows",
-            stage=stage.name,
-            target=stage.table.name,
-            columns=stage.columns,
-        )
-        return MergeCounts(staged=stage.rows, inserted=stage.rows)
-
-    # -- sync state -------------------------------------------------------------------------
-
-    def get_state(self, name: str) -> str | None:
-        """A value from ``sync_state``."""
-        return self.run("load/select_sync_state", {"name": name}).scalar()
-
-    def set_state(self, name: str, value: str, now: datetime) -> None:
-        """Write a value to ``sync_state``, committed with the load it belongs to."""
-        self.run("load/upsert_sync_state", {"name": name, "value": value, "now": now})
-
-
-class Stage:
-    """A temporary table that receives one load's rows, chunk by chunk."""
-
-    def __init__(self, tx: Transaction, definition: Table) -> None:
-        self.tx = tx
-        self.table = definition
-        self.name = f"stage_{definition.name}"
-        self.columns = ", ".join(definition.column_names)
-        self.rows = 0
-
-    def write(self, rows: Sequence[Row], constants: Row | None = None) -> None:
-        """Append rows (dicts keyed by column name; missing keys are null).
-
-        ``constants`` fills columns that hold one value for every row (a run id), without
-        copying each row to add it. Values of ``json`` columns may be Python structures.
-        """
-        if not rows:
-            return
-        constants = constants or {}
-        columns = column_values(self.table, rows, constants)
-        if self.tx.dialect == "duckdb":
-            duck = self.tx.connection.connection.driver_connection
-            # A relation over the Arrow table, not register()/unregister(): registered views
-            # keep their memory until the connection closes.
-            duck.from_arrow(to_arrow(self.table, columns, constants)).insert_into(self.name)
-        elif self.tx.dialect == "postgresql" and self.tx.connection.dialect.driver == "psycopg":
-            cursor = self.tx.connection.connection.driver_connection.cursor()
-            with cursor.copy(f"copy {self.name} ({self.columns}) from stdin") as copy:
-                for row in zip(*columns, strict=True):
-                    copy.write_row(row)
-        else:
-            names = self.table.column_names
-            statement = sa.text(
-                f"insert into {self.name} ({self.columns}) "
-                f"values ({', '.join(':' + n for n in names)})"
-            )
-            self.tx.connection.execute(
-                statement,
-                [dict(zip(names, row, strict=True)) for row in zip(*columns, strict=True)],
-            )
-        self.rows += len(rows)
-
-
-def column_values(definition: Table, rows: Sequence[Row], constants: Row) -> list[list[Any]]:
-    """The rows as one list of values per column, in the order of ``definition``."""
-    columns = []
-    for column in definition.columns:
-        name = column.name
-        if name in constants:
-            values = [constants[name]] * len(rows)
-        else:
-            values = [row.get(name) for row in rows]
-        if column.type == "json":
-            values = _json_texts(values)
-        columns.append(values)
-    return columns
-
-
-def _json_texts(values: list[Any]) -> list[str | None]:
-    # Tuples (e.g. a CRM line's opt-out ids, mostly empty) repeat: encode each once.
-    encoded: dict[tuple[Any, ...], str] = {}
-    texts: list[str | None] = []
-    for value in values:
-        if value is None or isinstance(value, str):
-            texts.append(value)
-        elif isinstance(value, tuple):
-            text = encoded.get(value)
-            if text is None:
-                text = encoded[value] = orjson.dumps(value).decode()
-            texts.append(text)
-        else:
-            texts.append(orjson.dumps(value).decode())
-    return texts
-
-
-def to_arrow(
-    definition: Table, columns: Sequence[list[Any]], constants: Row | None = None
-) -> pa.Table:
-    """An Arrow table in the column order and types of ``definition``."""
-    constants = constants or {}
-    arrays = []
-    for column, values in zip(definition.columns, columns, strict=True):
-        arrow_type = _ARROW_TYPES[column.type]
-        if column.name in constants:
-            # One value for every row: converted once, repeated in Arrow.
-            value = _json_texts([constants[column.name]])[0] if column.type == "json" else None
-            scalar = pa.scalar(value if value is not None else constants[column.name])
-            if scalar.type != arrow_type:
-                scalar = scalar.cast(arrow_type)
-            arrays.append(pa.repeat(scalar, len(values)))
-        elif pa.types.is_timestamp(arrow_type):
-            arrays.append(pa.array(values, pa.string()).cast(arrow_type))
-        else:
-            arrays.append(pa.array(values, arrow_type))
-    return pa.Table.from_arrays(arrays, names=list(definition.column_names))
-
-
-def _key(definition: Table) -> str:
-    if definition.key is None:
-        raise ValueError(f"table {definition.name} has no single-column key to merge on")
-    return definition.key

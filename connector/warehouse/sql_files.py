@@ -11,8 +11,9 @@ import re
 from pathlib import Path
 
 SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
-# A plain identifier, or a comma-separated list of them (column lists).
-_IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]*(?:\s*,\s*[a-z_][a-z0-9_]*)*")
+# A plain identifier, a comma-separated list of them (column lists), or words separated by
+# single spaces (a column type such as ``double precision``): never quotes, never a semicolon.
+_IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]*(?:(?:\s*,\s*| )[a-z_][a-z0-9_]*)*")
 
 
 @functools.cache
@@ -26,7 +27,8 @@ def statements(name: str, **identifiers: str) -> list[str]:
     for value in identifiers.values():
         if not _IDENTIFIER.fullmatch(value):
             raise ValueError(f"not a plain SQL identifier: {value!r}")
-    text = read_sql(name).format(**identifiers)
+    # Files without placeholders (the flatten statements, full of JSON braces) are taken as is.
+    text = read_sql(name).format(**identifiers) if identifiers else read_sql(name)
     # Comments go before splitting (they may contain semicolons). The files under sql/ keep
     # "--" and ";" out of string literals, so this simple split is exact for them.
     body = "\n".join(line.split("--", 1)[0] for line in text.splitlines())

@@ -1,0 +1,61 @@
+"""JSON lines into columns, in bulk: a chunk of source records (one JSON object per line, as
+the API streams them) becomes an Arrow table through ``sql/load/flatten_<name>.sql``, run by
+an in-process DuckDB. Python only moves the buffer: no record becomes a Python object.
+
+On a DuckDB warehouse the flattening runs on the warehouse's own connection (one memory cap);
+otherwise on a private in-memory DuckDB per thread, capped small (``FLATTEN_MEMORY_LIMIT``): it
+holds one chunk at a time.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from connector.warehouse.sql_files import statements
+
+FLATTEN_MEMORY_LIMIT = "32MB"
+NEWLINE = 10
+_LOCAL = threading.local()
+
+
+def lines_table(lines: bytes) -> pa.Table:
+    """One row per non-empty line, in column ``raw`` (UTF-8 checked, no JSON parsed)."""
+    # bytes.split hands Arrow the lines as buffers to copy; nothing is decoded or parsed.
+    # (Arrow's own compute kernels were tried: their first call in a process costs seconds.)
+    parts = lines.split(b"\n")
+    if parts and not parts[-1]:
+        parts.pop()
+    values = pa.array(parts, pa.large_string())
+    if any(not part for part in parts):
+        values = values.filter(pc.greater(pc.binary_length(values), 0))
+    return pa.table({"raw": values})
+
+
+def flatten(
+    chunk: bytes | pa.Table, name: str, duck: duckdb.DuckDBPyConnection | None = None
+) -> pa.Table:
+    """The rows ``sql/load/flatten_<name>.sql`` makes of a chunk: JSON lines (bytes, or a
+    ``lines_table``), or columns an earlier flatten made (the statement reads ``chunk``).
+
+    ``duck``: a DuckDB connection to run it on (a DuckDB warehouse's own, so one memory cap
+    covers both); else this thread's private in-memory one."""
+    table = chunk if isinstance(chunk, pa.Table) else lines_table(chunk)
+    (statement,) = statements(f"load/flatten_{name}")
+    connection = duck if duck is not None else _connection()
+    return connection.from_arrow(table).query("chunk", statement).to_arrow_table()
+
+
+def _connection() -> duckdb.DuckDBPyConnection:
+    # One per thread: a DuckDB connection is not shared between threads at once.
+    connection = getattr(_LOCAL, "duck", None)
+    if connection is None:
+        connection = duckdb.connect(
+            ":memory:",
+            config={"memory_limit": FLATTEN_MEMORY_LIMIT, "threads": 2},
+        )
+        _LOCAL.duck = connection
+    return connection

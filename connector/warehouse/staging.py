@@ -1,0 +1,187 @@
+"""Bulk staging: rows into a load's temporary stage table, chunk by chunk, in the fastest form
+each warehouse takes (Arrow into DuckDB, ``COPY`` into PostgreSQL, ``executemany`` elsewhere).
+
+Two entry points: ``Stage.write`` takes rows as dicts (the row builders' output),
+``Stage.write_arrow`` takes columns already built in bulk (the JSON-lines fast path).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import orjson
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+import sqlalchemy as sa
+
+from connector.warehouse.rows import Row
+from connector.warehouse.sql_files import statements
+from connector.warehouse.tables import Table
+
+if TYPE_CHECKING:
+    from connector.warehouse.transaction import Transaction
+
+ARROW_TYPES: dict[str, pa.DataType] = {
+    "text": pa.string(),
+    "json": pa.string(),
+    "bigint": pa.int64(),
+    "boolean": pa.bool_(),
+    "double precision": pa.float64(),
+    "timestamptz": pa.timestamp("us", tz="UTC"),
+}
+# PostgreSQL's CSV reading: an unquoted empty field is null, a quoted one the empty string;
+# Arrow quotes every string it writes, so the two stay apart.
+_CSV = pa_csv.WriteOptions(include_header=False, quoting_style="needed")
+
+
+class Stage:
+    """A temporary table that receives one load's rows, chunk by chunk."""
+
+    def __init__(self, tx: Transaction, definition: Table) -> None:
+        self.tx = tx
+        self.table = definition
+        self.name = f"stage_{definition.name}"
+        self.columns = ", ".join(definition.column_names)
+        self.rows = 0
+
+    def write(self, rows: Sequence[Row], constants: Row | None = None) -> None:
+        """Append rows (dicts keyed by column name; missing keys are null).
+
+        ``constants`` fills columns that hold one value for every row (a run id), without
+        copying each row to add it. Values of ``json`` columns may be Python structures.
+        """
+        if not rows:
+            return
+        constants = constants or {}
+        columns = column_values(self.table, rows, constants)
+        if self.tx.dialect == "duckdb":
+            self.write_arrow(to_arrow(self.table, columns, constants))
+            return
+        if self._copies:
+            with self._copy() as copy:
+                for row in zip(*columns, strict=True):
+                    copy.write_row(row)
+        else:
+            names = self.table.column_names
+            self.tx.connection.execute(
+                self._insert(),
+                [dict(zip(names, row, strict=True)) for row in zip(*columns, strict=True)],
+            )
+        self.rows += len(rows)
+
+    @property
+    def _copies(self) -> bool:
+        return self.tx.dialect == "postgresql" and self.tx.connection.dialect.driver == "psycopg"
+
+    def _copy(self, name: str = "load/copy_into_stage") -> Any:
+        (statement,) = statements(name, stage=self.name, columns=self.columns)
+        cursor = self.tx.connection.connection.driver_connection.cursor()
+        return cursor.copy(statement)
+
+    def _insert(self) -> sa.Insert:
+        names = self.table.column_names
+        return sa.insert(sa.table(self.name, *(sa.column(n) for n in names)))
+
+    def write_arrow(self, data: pa.Table, constants: Row | None = None) -> None:
+        """Append an Arrow table's rows; columns are matched by name (missing ones are null,
+        ``constants`` fill one value for every row) and cast to the table's types."""
+        if data.num_rows == 0:
+            return
+        data = conform(self.table, data, constants or {})
+        if self.tx.dialect == "duckdb":
+            duck = self.tx.connection.connection.driver_connection
+            # A relation over the Arrow table, not register()/unregister(): registered views
+            # keep their memory until the connection closes.
+            duck.from_arrow(data).insert_into(self.name)
+        elif self._copies:
+            buffer = io.BytesIO()
+            pa_csv.write_csv(data, buffer, _CSV)
+            with self._copy("load/copy_csv_into_stage") as copy:
+                copy.write(buffer.getbuffer())
+        else:
+            self.tx.connection.execute(self._insert(), data.to_pylist())
+        self.rows += data.num_rows
+
+
+def conform(definition: Table, data: pa.Table, constants: Row) -> pa.Table:
+    """``data`` with exactly the columns of ``definition``, in its order and types."""
+    arrays = []
+    present = set(data.column_names)
+    for column in definition.columns:
+        arrow_type = ARROW_TYPES[column.type]
+        if column.name in constants:
+            arrays.append(_repeat(constants[column.name], column.type, data.num_rows))
+        elif column.name in present:
+            values = data.column(column.name)
+            if values.type != arrow_type:
+                values = values.cast(arrow_type)
+            arrays.append(values)
+        else:
+            arrays.append(pa.nulls(data.num_rows, arrow_type))
+    return pa.Table.from_arrays(arrays, names=list(definition.column_names))
+
+
+def column_values(definition: Table, rows: Sequence[Row], constants: Row) -> list[list[Any]]:
+    """The rows as one list of values per column, in the order of ``definition``."""
+    columns = []
+    for column in definition.columns:
+        name = column.name
+        if name in constants:
+            values = [constants[name]] * len(rows)
+        else:
+            values = [row.get(name) for row in rows]
+        if column.type == "json":
+            values = _json_texts(values)
+        columns.append(values)
+    return columns
+
+
+def _json_texts(values: list[Any]) -> list[str | None]:
+    # Tuples (e.g. a CRM line's opt-out ids, mostly empty) repeat: encode each once.
+    encoded: dict[tuple[Any, ...], str] = {}
+    texts: list[str | None] = []
+    for value in values:
+        if value is None or isinstance(value, str):
+            texts.append(value)
+        elif isinstance(value, tuple):
+            text = encoded.get(value)
+            if text is None:
+                text = encoded[value] = orjson.dumps(value).decode()
+            texts.append(text)
+        else:
+            texts.append(orjson.dumps(value).decode())
+    return texts
+
+
+def _repeat(value: Any, column_type: str, count: int) -> pa.Array:
+    # One value for every row: converted once, repeated in Arrow.
+    arrow_type = ARROW_TYPES[column_type]
+    if column_type == "json" and value is not None:
+        value = _json_texts([value])[0]
+    if value is None:
+        return pa.nulls(count, arrow_type)
+    scalar = pa.scalar(value)
+    if scalar.type != arrow_type:
+        scalar = pa.array([value], pa.string() if isinstance(value, str) else None).cast(
+            arrow_type
+        )[0]
+    return pa.repeat(scalar, count)
+
+
+def to_arrow(
+    definition: Table, columns: Sequence[list[Any]], constants: Row | None = None
+) -> pa.Table:
+    """An Arrow table in the column order and types of ``definition``."""
+    constants = constants or {}
+    arrays = []
+    for column, values in zip(definition.columns, columns, strict=True):
+        arrow_type = ARROW_TYPES[column.type]
+        if column.name in constants:
+            arrays.append(_repeat(constants[column.name], column.type, len(values)))
+        elif pa.types.is_timestamp(arrow_type):
+            arrays.append(pa.array(values, pa.string()).cast(arrow_type))
+        else:
+            arrays.append(pa.array(values, arrow_type))
+    return pa.Table.from_arrays(arrays, names=list(definition.column_names))

@@ -1,0 +1,2 @@
+-- PostgreSQL bulk path: rows stream into the stage table through COPY.
+copy {stage} ({columns}) from stdin

@@ -1,0 +1,1 @@
+select count(*) from {target} where deleted_at is not null

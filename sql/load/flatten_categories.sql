@@ -1,0 +1,25 @@
+-- categories rows from a chunk of JSON lines (relation `chunk`), as
+-- connector/marketplace/records.py `category_rows` builds them one at a time.
+with parsed as (
+    select
+        raw,
+        json_transform(
+            raw,
+            '{"id": "VARCHAR", "name": "VARCHAR", "shortDescription": "VARCHAR",
+              "description": "VARCHAR", "status": "VARCHAR", "optOutAllowed": "BOOLEAN",
+              "audit": {"created": {"at": "VARCHAR"}, "updated": {"at": "VARCHAR"}}}'
+        ) as r
+    from chunk
+)
+select
+    r.id as id,
+    r.name as name,
+    r.shortDescription as short_description,
+    r.description as description,
+    r.status as status,
+    r.optOutAllowed as opt_out_allowed,
+    cast(r.audit.created.at as timestamptz) as created_at,
+    cast(r.audit.updated.at as timestamptz) as updated_at,
+    md5(raw) as row_hash,
+    raw
+from parsed

@@ -1,0 +1,32 @@
+-- messages rows from a chunk of JSON lines (relation `chunk`), as
+-- connector/marketplace/records.py `message_rows` builds them one at a time. The read asks
+-- for the records without their body; a body sent anyway is left out of raw (it repeats the
+-- batch's), as the row builder does.
+with parsed as (
+    select
+        raw,
+        json_transform(
+            raw,
+            '{"id": "VARCHAR", "status": "VARCHAR", "subject": "VARCHAR",
+              "batch": {"id": "VARCHAR"}, "contact": {"id": "VARCHAR", "email": "VARCHAR"},
+              "category": {"id": "VARCHAR"}, "account": {"id": "VARCHAR"},
+              "audit": {"created": {"at": "VARCHAR"}, "updated": {"at": "VARCHAR"}}}'
+        ) as r
+    from chunk
+)
+select
+    r.id as id,
+    r.batch.id as batch_id,
+    r.contact.id as contact_id,
+    r.contact.email as contact_email,
+    r.category.id as category_id,
+    r.account.id as account_id,
+    r.status as status,
+    r.subject as subject,
+    cast(r.audit.created.at as timestamptz) as created_at,
+    cast(r.audit.updated.at as timestamptz) as updated_at,
+    case
+        when json_exists(raw, '$.body') then cast(json_merge_patch(raw, '{"body": null}') as varchar)
+        else raw
+    end as raw
+from parsed
