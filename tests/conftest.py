@@ -92,16 +92,13 @@ def postgres_url() -> Iterator[str]:
         yield url
 
 
-# The modules that read settings when imported.
-RELOADED_MODULES = ("assets.definitions", "assets.ingest", "assets.reconcile")
+# Kept empty for tests that still pop these: nothing reads settings at import any more.
+RELOADED_MODULES: tuple[str, ...] = ()
 
 
-def load_definitions() -> Any:
-    """The code location as a fresh process loads it: some settings are read at import time,
-    so the modules that read them are imported again under the current environment."""
-    import importlib
-    import sys
+def load_definitions(**settings: Any) -> Any:
+    """The code location built from the current environment, ``settings`` overriding it."""
+    from assets.definitions import LocationSettings, build_definitions
 
-    for name in RELOADED_MODULES:
-        sys.modules.pop(name, None)
-    return importlib.import_module("assets.definitions").defs
+    base = LocationSettings.from_env()
+    return build_definitions(base.model_copy(update=settings))
