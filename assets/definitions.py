@@ -10,6 +10,7 @@ run starts; a missing one fails the run naming it.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator, Mapping
 from datetime import date
@@ -52,8 +53,11 @@ from connector.settings import (
     EVINOTICE_USERNAME,
     MPT_API_BASE_URL,
     MPT_API_TOKEN,
+    missing_message,
 )
 from connector.warehouse.engine import DEFAULT_WAREHOUSE_URL, WAREHOUSE_URL
+
+log = logging.getLogger(__name__)
 
 SYNC_CRON = "NOTIFSYNC_SYNC_CRON"
 DEFAULT_SYNC_CRON = "0 * * * *"
@@ -198,7 +202,21 @@ def build_definitions(
     )
 
 
+API_SETTINGS = (
+    MPT_API_BASE_URL,
+    MPT_API_TOKEN,
+    EVINOTICE_BASE_URL,
+    EVINOTICE_USERNAME,
+    EVINOTICE_PASSWORD,
+    EVINOTICE_SITE_ID,
+)
+
+
 @definitions
 def defs() -> Definitions:
     """The code location as Dagster loads it, from the environment of that moment."""
+    missing = [name for name in API_SETTINGS if not os.environ.get(name)]
+    if missing:
+        # Runs would fail naming them; said once here too, with the way to use the sandbox.
+        log.warning("runs will fail: %s", missing_message(missing))
     return build_definitions(LocationSettings.from_env())
