@@ -41,9 +41,6 @@ from connector.pipelines import sync
 from connector.warehouse.engine import Warehouse
 from connector.warehouse.tables import table
 
-# backfill_policy is marked beta; it is the documented way to run a range as few runs.
-warnings.filterwarnings("ignore", category=BetaWarning, message=".*backfill_policy.*")
-
 MESSAGES_START_DATE = "NOTIFSYNC_MESSAGES_START_DATE"
 DEFAULT_MESSAGES_START_DATE = "2026-01-01"
 
@@ -204,13 +201,18 @@ def batches(
 def messages_asset(partitions_def: DailyPartitionsDefinition) -> AssetsDefinition:
     """The ``messages`` asset over these daily partitions."""
 
-    @_table_asset(
-        "messages",
-        "marketplace",
-        partitions_def=partitions_def,
-        # A backfill of a date range runs as few runs, each covering up to a month of days.
-        backfill_policy=BackfillPolicy.multi_run(max_partitions_per_run=31),
-    )
+    # backfill_policy is marked beta; it is the documented way to run a range as few runs.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=BetaWarning, message=".*backfill_policy.*")
+        decorate = _table_asset(
+            "messages",
+            "marketplace",
+            partitions_def=partitions_def,
+            # A backfill of a date range runs as few runs, each covering up to a month of days.
+            backfill_policy=BackfillPolicy.multi_run(max_partitions_per_run=31),
+        )
+
+    @decorate
     def messages(
         context: AssetExecutionContext,
         marketplace: MarketplaceResource,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 import time
 from collections import Counter
@@ -336,7 +337,32 @@ def _url(path: str, params: Mapping[str, Any] | str | None) -> tuple[str, Mappin
 
 
 def _describe(method: str, path: str, exc: Exception) -> str:
+    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+        return f"{method} {path}: {_connect_failure(exc)}"
     return f"{method} {path}: {type(exc).__name__}"
+
+
+def _connect_failure(exc: httpx.TransportError) -> str:
+    """'cannot connect to <host:port>: <the system's reason>' (refused, unknown host, ...)."""
+    try:
+        url = exc.request.url
+        where = f"{url.host}:{url.port}" if url.port else url.host
+    except RuntimeError:  # no request attached
+        where = "the API host"
+    # httpx says "All connection attempts failed"; the system's own words are further down.
+    reason = str(exc).strip() or type(exc).__name__
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, OSError) and cause.strerror:
+            # asyncio words a refusal "Connect call failed (...)"; errno 111 is plainer.
+            known = isinstance(cause.errno, int) and cause.errno > 0
+            reason = os.strerror(cause.errno) if known else cause.strerror
+            break
+        if isinstance(cause, ExceptionGroup) and cause.exceptions:
+            cause = cause.exceptions[0]
+            continue
+        cause = cause.__cause__ or cause.__context__
+    return f"cannot connect to {where}: {reason}"
 
 
 def _api_error(method: str, path: str, response: httpx.Response) -> ApiError:
