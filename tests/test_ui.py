@@ -232,6 +232,8 @@ def _requested(result: Any) -> set[str]:
 SYNCED_TABLE_NAMES = tuple(name for name in TABLE_NAMES if name != "sync_state")
 
 
+# Dagster's own test API uses a beta parameter internally.
+@pytest.mark.filterwarnings("ignore::dagster.BetaWarning")
 def test_materialize_all_then_contacts_from_the_ui_rebuilds_the_reports_reading_it_once(
     ui: Ui,
 ) -> None:
