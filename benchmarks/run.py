@@ -3,7 +3,8 @@
 Prints, in one run: rows per second for sequential paging, concurrent paging and streaming of
 the same collection (same added latency) and their ratios; a full contacts sync into DuckDB
 against fetching alone; peak memory of a 1M-contact sync; planning 1M CRM lines against 1M
-contacts; push-back throughput as a share of the sandbox's rate limit.
+contacts; push-back throughput as a share of the sandbox's rate limit; how long
+``notifsync --help`` takes in a new process.
 
     python -m benchmarks.run [--contacts 100000] [--latency-ms 30]
 """
@@ -14,6 +15,7 @@ import argparse
 import asyncio
 import time
 
+from benchmarks.cli_startup import cli_startup_benchmark
 from benchmarks.reconcile import apply_benchmark, plan_benchmark
 from benchmarks.sandbox_process import sandbox_process
 from benchmarks.sync import memory_benchmark, sync_benchmark
@@ -67,6 +69,7 @@ def main() -> None:
     parser.add_argument("--apply-rate", type=float, default=50)
     parser.add_argument("--apply-actions", type=int, default=600)
     args = parser.parse_args()
+    cli_startup_benchmark()
     fetch_benchmark(args.contacts, args.latency_ms, args.concurrency)
     sync_benchmark(args.contacts, args.latency_ms)
     memory_benchmark(args.memory_contacts)

@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 WAREHOUSE_URL = "WAREHOUSE_URL"
 DEFAULT_WAREHOUSE_URL = "duckdb:///data/notifsync.duckdb"
 DEFAULT_DUCKDB_MEMORY_LIMIT = "256MB"
+# How long a connection waits for a DuckDB file another process holds.
+LOCK_WAIT_SECONDS = 120
 
 _ARROW_TYPES: dict[str, pa.DataType] = {
     "text": pa.string(),
@@ -100,7 +102,8 @@ class Warehouse:
     @contextlib.contextmanager
     def _connect(self) -> Iterator[Connection]:
         # Another process (a second run, the UI's preview) may hold a DuckDB file for a moment.
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + LOCK_WAIT_SECONDS
+        waiting = False
         while True:
             try:
                 connection = self.engine.connect()
@@ -109,6 +112,15 @@ class Warehouse:
                 locked = self.dialect == "duckdb" and "lock" in str(exc).lower()
                 if not locked or time.monotonic() > deadline:
                     raise
+                if not waiting:
+                    # Said once: who holds the file (DuckDB names the process) and how long.
+                    waiting = True
+                    log.warning(
+                        "%s is locked by another process; waiting up to %d s for it (%s)",
+                        self.url,
+                        LOCK_WAIT_SECONDS,
+                        _lock_holder(exc),
+                    )
                 time.sleep(0.5)
         with connection:
             yield connection
@@ -175,6 +187,13 @@ class Warehouse:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def _lock_holder(exc: sa.exc.OperationalError) -> str:
+    """DuckDB's words for who holds the lock ("Conflicting lock is held in ... (PID n)")."""
+    text = str(exc.orig)
+    start = text.find("Conflicting lock")
+    return text[start:].split(". ")[0] if start >= 0 else "holder unknown"
 
 
 class WarehouseBusyError(ConnectorError):
