@@ -27,6 +27,7 @@ import orjson
 from connector.errors import (
     AmbiguousOutcomeError,
     ApiError,
+    ConnectionFailedError,
     Problem,
     TransportError,
     error_for_status,
@@ -202,9 +203,7 @@ class ResilientClient:
                     request = self._http.build_request(method, url, params=query, headers=headers)
                     response = await self._http.send(request, stream=True)
                 except httpx.HTTPError as exc:
-                    failure = _Retry(
-                        type(exc).__name__, TransportError(_describe(method, path, exc))
-                    )
+                    failure = _Retry(type(exc).__name__, _transport_error(method, path, exc))
                 else:
                     if response.is_success:
                         try:
@@ -246,7 +245,7 @@ class ResilientClient:
             )
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
             # The request never left this machine: resending cannot duplicate anything.
-            raise _Retry(type(exc).__name__, TransportError(_describe(method, path, exc))) from exc
+            raise _Retry(type(exc).__name__, _transport_error(method, path, exc)) from exc
         except httpx.HTTPError as exc:
             if not safe:
                 raise AmbiguousOutcomeError(method, path, exc) from exc
@@ -334,6 +333,13 @@ def _url(path: str, params: Mapping[str, Any] | str | None) -> tuple[str, Mappin
     if isinstance(params, str):
         return (f"{path}?{params}" if params else path), None
     return path, params
+
+
+def _transport_error(method: str, path: str, exc: Exception) -> TransportError:
+    """A ``ConnectionFailedError`` when no connection could be made, else a TransportError."""
+    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+        return ConnectionFailedError(_describe(method, path, exc))
+    return TransportError(_describe(method, path, exc))
 
 
 def _describe(method: str, path: str, exc: Exception) -> str:

@@ -5,6 +5,7 @@ collection that comes back empty after having rows is a warning, not silence."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -67,6 +68,25 @@ def test_missing_settings_are_listed_at_once_with_the_way_to_the_sandbox() -> No
     for name in (EVINOTICE_BASE_URL, EVINOTICE_PASSWORD, EVINOTICE_SITE_ID):
         assert name in line
     assert EVINOTICE_USERNAME not in line
+
+
+def test_an_unreachable_api_names_the_host_and_the_reason_after_a_few_retries() -> None:
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    done = notifsync(
+        "fetch",
+        "contacts",
+        **{MPT_API_BASE_URL: f"http://127.0.0.1:{port}", MPT_API_TOKEN: "t"},
+    )
+    assert done.returncode != 0
+    lines = done.stderr.strip().splitlines()
+    assert (
+        lines[-1] == f"Error: GET /contacts: cannot connect to 127.0.0.1:{port}: Connection refused"
+    )
+    # One line per wait of one retry schedule, not one schedule per resumed stream.
+    waits = [line for line in lines[:-1] if "retrying in" in line]
+    assert waits == lines[:-1] and 1 <= len(waits) <= 5, lines
 
 
 @pytest.mark.parametrize(

@@ -31,7 +31,7 @@ from typing import Any, Literal
 import httpx
 import orjson
 
-from connector.errors import ConflictError, TransportError
+from connector.errors import ConflictError, ConnectionFailedError, TransportError
 from connector.http import ClientLimits, ResilientClient
 from connector.marketplace import rql
 from connector.settings import MarketplaceSettings
@@ -271,6 +271,9 @@ class MarketplaceClient:
                         yield batch
                     return
             except TransportError as exc:
+                # No connection at all was already retried by the HTTP client: give up.
+                if isinstance(exc, ConnectionFailedError):
+                    raise
                 # A cut stream resumes after the last complete row; a partial last line is
                 # dropped (it may be a truncated object).
                 report.resumed_streams += 1
