@@ -100,9 +100,12 @@ class Ui:
     cwd: Path
 
     def graphql(self, query: str, **variables: Any) -> dict[str, Any]:
-        response = httpx.post(
-            f"{self.url}/graphql", json={"query": query, "variables": variables}, timeout=600
-        )
+        # The webserver logs that it serves a moment before it accepts connections: the
+        # transport retries a refused connection (with httpx's own backoff).
+        with httpx.Client(transport=httpx.HTTPTransport(retries=8), timeout=600) as client:
+            response = client.post(
+                f"{self.url}/graphql", json={"query": query, "variables": variables}
+            )
         body = response.json()
         assert "errors" not in body, body
         return body["data"]
@@ -274,7 +277,7 @@ def test_materialize_all_then_contacts_from_the_ui_rebuilds_the_reports_reading_
 
 def test_after_the_demo_every_synced_table_shows_its_materialisation(ui: Ui) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "assets.cli", "demo", "--contacts", str(CONTACTS), "--days", "3"],
+        [sys.executable, "-m", "assets.cli", "demo", "--contacts", str(CONTACTS), "--days", "1"],
         cwd=ui.cwd,
         env=ui.env,
         capture_output=True,
