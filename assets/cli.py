@@ -319,6 +319,10 @@ def dagster_home() -> Path:
     """The Dagster instance's folder (``DAGSTER_HOME``, else ``data/dagster_home``), created."""
     home = Path(os.environ.get(DAGSTER_HOME) or DEFAULT_DAGSTER_HOME).resolve()
     home.mkdir(parents=True, exist_ok=True)
+    settings = home / "dagster.yaml"
+    if not settings.exists():
+        # Dagster's defaults (storage in this folder); the file says so and stops its notice.
+        settings.write_text("# Dagster instance of `notifsync demo` and `notifsync dev`.\n")
     os.environ[DAGSTER_HOME] = str(home)
     return home
 
@@ -396,7 +400,7 @@ def demo(contacts: int, seed: int, days: int, keep: bool) -> None:
         # Outside CRM_EXPORT_DIR: the export sensor of `notifsync dev` must not reconcile the
         # demo's sample a second time.
         export = write_sample_export(
-            box.truth("contacts"), PROJECT_DIR / "data" / "demo" / "sample_export.csv", seed=seed
+            box.truth("contacts"), Path("data/demo/sample_export.csv"), seed=seed
         )
         step(
             f"Reconciling the sample CRM export {export}",
