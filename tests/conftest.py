@@ -1,4 +1,5 @@
-"""Shared fixtures: sandboxes in-process (ASGI) and on loopback, and clients pointed at them."""
+"""Shared fixtures: sandboxes in-process (ASGI) and on loopback, clients pointed at them, fresh
+PostgreSQL databases, the reporting warehouses with their helpers, and the code location."""
 
 from __future__ import annotations
 
