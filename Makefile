@@ -9,7 +9,10 @@ RUN := $(UV) run --frozen --no-sync
 # Byte-compiled at install: otherwise each new process compiles the pyarrow, pandas and
 # dagster sources it imports (about a second every time).
 setup:
-	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet "uv==$(UV_VERSION)"
+	@$(UV) --version >/dev/null 2>&1 || { echo "Installing uv $(UV_VERSION) with pip..."; \
+		python3 -m pip install --quiet "uv==$(UV_VERSION)"; }
+	@test -d .venv || echo "First run: installing the locked dependencies into .venv" \
+		"(Dagster, DuckDB, pandas, ...; about a minute)..."
 	@$(UV) sync --frozen --quiet --compile-bytecode
 
 demo: setup

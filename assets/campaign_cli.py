@@ -11,28 +11,29 @@ import asyncio
 import os
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from assets.reporting import build_report
-from connector.campaigns import CampaignError, load_campaign
-from connector.campaigns import plan as campaign_plan
-from connector.campaigns.model import CampaignBase
-from connector.errors import ConnectorError
-from connector.marketplace.client import MarketplaceClient
-from connector.pipelines import campaigns as sending
-from connector.settings import MarketplaceSettings
-from connector.warehouse.engine import DEFAULT_WAREHOUSE_URL, WAREHOUSE_URL, Warehouse
+# The rest loads when a command runs, so `notifsync --help` stays instant.
+if TYPE_CHECKING:
+    from connector.campaigns.model import CampaignBase
+    from connector.pipelines import campaigns as sending
+    from connector.settings import MarketplaceSettings
+    from connector.warehouse.engine import Warehouse
 
 
 def _warehouse() -> Warehouse:
+    from connector.warehouse.engine import DEFAULT_WAREHOUSE_URL, WAREHOUSE_URL, Warehouse
+
     warehouse = Warehouse(os.environ.get(WAREHOUSE_URL) or DEFAULT_WAREHOUSE_URL)
     warehouse.ensure_tables()
     return warehouse
 
 
 def _load(path: str) -> CampaignBase:
+    from connector.campaigns import CampaignError, load_campaign
+
     try:
         return load_campaign(path)
     except CampaignError as exc:
@@ -49,6 +50,9 @@ def _plan(
     dry_run: bool,
 ) -> tuple[str, bool]:
     """Plan and judge; prints the figures. Returns (status, may send)."""
+    from connector.campaigns import plan as campaign_plan
+    from connector.errors import ConnectorError
+
     if overrides and not reason.strip():
         raise click.ClickException("--override needs --reason, which is recorded")
     run_id = f"cli-{uuid.uuid4().hex[:12]}"
@@ -92,6 +96,8 @@ def campaign() -> None:
 @click.option("--sample", default=5, show_default=True, help="Rows of each reason to show.")
 def plan_command(file: str, overrides: tuple[str, ...], reason: str, sample: int) -> None:
     """Plan a campaign file and show who is included, who is not and why; sends nothing."""
+    from connector.campaigns import plan as campaign_plan
+
     warehouse = _warehouse()
     loaded = _load(file)
     _plan(warehouse, loaded, file, overrides, reason, dry_run=True)
@@ -106,6 +112,10 @@ def plan_command(file: str, overrides: tuple[str, ...], reason: str, sample: int
 @click.option("--concurrency", default=4, show_default=True, type=click.IntRange(min=1))
 def send_command(file: str, overrides: tuple[str, ...], reason: str, concurrency: int) -> None:
     """Plan, check the guards and send each batch exactly once; then sync what it created."""
+    from assets.reporting import build_report
+    from connector.errors import ConnectorError
+    from connector.settings import MarketplaceSettings
+
     warehouse = _warehouse()
     loaded = _load(file)
     _, allowed = _plan(warehouse, loaded, file, overrides, reason, dry_run=False)
@@ -128,6 +138,9 @@ def send_command(file: str, overrides: tuple[str, ...], reason: str, concurrency
 async def _send(
     settings: MarketplaceSettings, warehouse: Warehouse, campaign: CampaignBase, concurrency: int
 ) -> sending.SendSummary:
+    from connector.marketplace.client import MarketplaceClient
+    from connector.pipelines import campaigns as sending
+
     async with MarketplaceClient(settings) as client:
         summary = await sending.send_campaign(
             client,
@@ -145,6 +158,10 @@ async def _send(
 @click.argument("name")
 def status_command(name: str) -> None:
     """Where a campaign stands: its plan, its batches by state, and its delivery so far."""
+    from assets.reporting import build_report
+    from connector.campaigns import CampaignError
+    from connector.campaigns import plan as campaign_plan
+
     warehouse = _warehouse()
     try:
         row = campaign_plan.campaign_status(warehouse, name)
@@ -174,6 +191,9 @@ def status_command(name: str) -> None:
 @click.option("--reason", required=True, help="Why it is cancelled (recorded).")
 def cancel_command(campaign_ref: str, reason: str) -> None:
     """Cancel a campaign before it goes out: no batch of it not yet claimed is sent."""
+    from connector.campaigns import CampaignError
+    from connector.campaigns import plan as campaign_plan
+
     warehouse = _warehouse()
     target: CampaignBase | str = (
         _load(campaign_ref) if Path(campaign_ref).is_file() else campaign_ref
@@ -208,22 +228,20 @@ guards:
 """
 
 
-def send_sample_campaign(defs: Any, instance: Any, run_config: dict[str, Any]) -> Any:
-    """Write the sample campaign under CAMPAIGN_DIR and run ``send_campaign`` on it (demo)."""
+def write_sample_campaign() -> Path:
+    """Write the demo's sample campaign under CAMPAIGN_DIR; returns its path."""
     from assets.campaigns import campaign_dir
 
     path = campaign_dir() / "sandbox-welcome.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(SAMPLE_CAMPAIGN, encoding="utf-8")
-    click.echo(f"Sending the sample campaign {path} ...")
-    config = {**run_config, "ops": {"campaign_plan": {"config": {"file": str(path)}}}}
-    return defs.resolve_job_def("send_campaign").execute_in_process(
-        instance=instance, raise_on_error=False, run_config=config
-    )
+    return path
 
 
 def sample_campaign_summary(warehouse: Warehouse) -> str | None:
     """One line on the demo's sample campaign, from ``campaign_performance``."""
+    from connector.campaigns import plan as campaign_plan
+
     row = campaign_plan.campaign_performance(warehouse, "sandbox-welcome")
     if row is None:
         return None

@@ -22,7 +22,6 @@ from dagster import (
     AssetExecutionContext,
     AssetSelection,
     AssetSpec,
-    AutomationCondition,
     Config,
     DefaultSensorStatus,
     Failure,
@@ -39,16 +38,9 @@ from dagster import (
 )
 from pydantic import Field
 
-from assets.checks import TableChecks
-from assets.metadata import definition_metadata, markdown_table, run_metadata
-from assets.reporting import (
-    Report,
-    build_report,
-    evaluate_checks,
-    non_negative_check,
-    rates_check,
-    report_metadata,
-)
+from assets.checks import TableChecks, non_negative_check, rates_check
+from assets.metadata import definition_metadata, markdown_table, run_metadata, table_metadata
+from assets.reporting import FOLLOWS_ITS_INPUTS, Report, build_report, evaluate_checks
 from assets.resources import MarketplaceResource, WarehouseResource
 from assets.runner import run_async
 from connector.campaigns import CampaignError, load_campaign, parse_campaign
@@ -311,7 +303,7 @@ CAMPAIGN_STATUSES = (
 CAMPAIGN_PERFORMANCE = Report(
     "campaign_performance",
     deps=("campaigns", "campaign_results", "messages"),
-    checks=TableChecks(
+    key_checks=TableChecks(
         "campaign_performance",
         ("campaign",),
         ("campaign", "status"),
@@ -350,12 +342,9 @@ CAMPAIGN_PERFORMANCE = Report(
     deps=list(CAMPAIGN_PERFORMANCE.deps),
     description=table("campaign_performance").description,
     metadata=definition_metadata("campaign_performance"),
-    check_specs=[
-        *CAMPAIGN_PERFORMANCE.checks.specs(),
-        *(c.spec("campaign_performance") for c in CAMPAIGN_PERFORMANCE.count_checks),
-    ],
+    check_specs=CAMPAIGN_PERFORMANCE.checks.specs(),
     # Rebuilt by send_campaign and, as delivery outcomes are synced, whenever messages change.
-    automation_condition=AutomationCondition.eager(),
+    automation_condition=FOLLOWS_ITS_INPUTS,
     kinds={"sql"},
 )
 def campaign_performance(
@@ -365,7 +354,13 @@ def campaign_performance(
     store = warehouse.warehouse()
     rows = build_report(store, CAMPAIGN_PERFORMANCE.name)
     context.log.info("campaign_performance: %d rows", rows)
-    yield MaterializeResult(metadata=report_metadata(store, CAMPAIGN_PERFORMANCE, rows))
+    metadata = table_metadata(
+        store,
+        CAMPAIGN_PERFORMANCE.name,
+        preview_columns=CAMPAIGN_PERFORMANCE.preview_columns,
+        preview_order=CAMPAIGN_PERFORMANCE.preview_order,
+    )
+    yield MaterializeResult(metadata=metadata)
     yield from evaluate_checks(store, CAMPAIGN_PERFORMANCE)
 
 

@@ -1,8 +1,10 @@
-"""Asset checks on every synced table, evaluated in the same step as the load they judge.
+"""The one table-check framework: asset checks on every synced and reporting table,
+evaluated in the same step as the load or build they judge.
 
 Declared next to the tables as data (``TableChecks``): unique key, required columns,
 accepted values, the row count against the API's own count (``limit=0``) taken at sync time,
-and table-specific rules. Freshness is a policy on each asset (see ``assets.ingest``).
+and table-specific rules as ``CountCheck``s (a statement in ``sql/checks`` that counts
+offending rows). Freshness is a policy on each asset (see ``assets.ingest``).
 """
 
 from __future__ import annotations
@@ -11,13 +13,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from dagster import (
+    AssetCheckKey,
     AssetCheckResult,
     AssetCheckSeverity,
     AssetCheckSpec,
 )
 
 from connector.pipelines.sync import SyncResult
-from connector.warehouse.engine import Warehouse
+from connector.warehouse.engine import Transaction, Warehouse
 
 MESSAGE_STATUSES = ("Queued", "Sent", "Failed", "Bounced", "Complained", "Discarded")
 CONTACT_STATUSES = ("Active", "Blocked")
@@ -35,6 +38,59 @@ EVINOTICE_STATES = (
 
 
 @dataclass(frozen=True)
+class CountCheck:
+    """A check that passes when a statement in ``sql/checks`` counts no offending rows;
+    with ``columns``, the statement runs once per column."""
+
+    name: str
+    description: str
+    statement: str
+    columns: tuple[str, ...] = ()
+    severity: AssetCheckSeverity = AssetCheckSeverity.ERROR
+
+    def spec(self, asset_name: str) -> AssetCheckSpec:
+        """The check's spec on one asset."""
+        return AssetCheckSpec(self.name, asset=asset_name, description=self.description)
+
+    def evaluate(self, tx: Transaction, asset_name: str) -> AssetCheckResult:
+        """Count the offending rows of the table as it is now."""
+        if self.columns:
+            counts = {
+                column: tx.run(self.statement, target=asset_name, column=column).scalar()
+                for column in self.columns
+            }
+        else:
+            counts = {"rows": tx.run(self.statement, target=asset_name).scalar()}
+        return AssetCheckResult(
+            asset_key=asset_name,
+            check_name=self.name,
+            passed=not any(counts.values()),
+            severity=self.severity,
+            metadata={f"offending_{k}": int(v) for k, v in counts.items()},
+        )
+
+
+def non_negative_check(*columns: str) -> CountCheck:
+    """No value of these count columns is negative."""
+    return CountCheck(
+        "counts_not_negative",
+        f"No count is negative ({len(columns)} count columns)",
+        "checks/count_negative_values",
+        columns,
+    )
+
+
+def rates_check(*columns: str) -> CountCheck:
+    """Every value of these rate columns lies between 0 and 1."""
+    return CountCheck(
+        "rates_between_0_and_1",
+        f"{', '.join(columns)} lie between 0 and 1",
+        "checks/count_values_outside_unit_interval",
+        columns,
+    )
+
+
+@dataclass(frozen=True)
 class TableChecks:
     """The checks one table gets."""
 
@@ -44,8 +100,10 @@ class TableChecks:
     accepted: dict[str, tuple[str, ...]] = field(default_factory=dict)
     matches_api_count: bool = True
     unaccepted_severity: AssetCheckSeverity = AssetCheckSeverity.ERROR
+    counts: tuple[CountCheck, ...] = ()
 
     def specs(self) -> list[AssetCheckSpec]:
+        """Every check's spec, in the order ``evaluate`` reports them."""
         specs = [
             AssetCheckSpec("unique_key", asset=self.table, description=f"{self.key} is unique"),
             AssetCheckSpec(
@@ -70,7 +128,7 @@ class TableChecks:
                     description="Rows in the table equal the API's own count at sync time",
                 )
             )
-        return specs
+        return specs + [check.spec(self.table) for check in self.counts]
 
     def evaluate(self, warehouse: Warehouse, result: SyncResult | None) -> list[AssetCheckResult]:
         """Run every check of this table against the warehouse as it is now."""
@@ -93,6 +151,7 @@ class TableChecks:
                 ).scalar()
                 for column, values in self.accepted.items()
             }
+            counted = [check.evaluate(tx, self.table) for check in self.counts]
         checks = [
             AssetCheckResult(
                 asset_key=self.table,
@@ -129,7 +188,7 @@ class TableChecks:
                     metadata={"api_count": api if api is not None else -1, "table_rows": rows or 0},
                 )
             )
-        return checks
+        return checks + counted
 
 
 TABLE_CHECKS = {
@@ -141,6 +200,13 @@ TABLE_CHECKS = {
         ("contact_id", "category_id"),
         ("contact_id", "category_id"),
         matches_api_count=False,
+        counts=(
+            CountCheck(
+                "no_orphans",
+                "Every opt-out belongs to a contact in contacts",
+                "checks/count_orphan_opt_outs",
+            ),
+        ),
     ),
     "categories": TableChecks("categories", ("id",), ("id", "name", "status")),
     "category_statistics_snapshots": TableChecks(
@@ -166,14 +232,8 @@ TABLE_CHECKS = {
     ),
 }
 
+# Checks that judge one sync's result rather than the table alone.
 EXTRA_SPECS = {
-    "contact_opt_outs": [
-        AssetCheckSpec(
-            "no_orphans",
-            asset="contact_opt_outs",
-            description="Every opt-out belongs to a contact in contacts",
-        )
-    ],
     "category_statistics_snapshots": [
         AssetCheckSpec(
             "total_is_sum_of_parts",
@@ -186,19 +246,54 @@ EXTRA_SPECS = {
 
 def specs_for(tables: Iterable[str]) -> list[AssetCheckSpec]:
     """Check specs of several tables (for a multi-asset)."""
-    return [s for t in tables for s in (*TABLE_CHECKS[t].specs(), *EXTRA_SPECS.get(t, []))]
+    return [
+        spec
+        for name in tables
+        for spec in (
+            *TABLE_CHECKS[name].specs(),
+            *EXTRA_SPECS.get(name, []),
+            *([emptied_spec(name)] if name in EMPTIED_WATCHED else []),
+        )
+    ]
 
 
-def orphan_opt_outs(warehouse: Warehouse) -> AssetCheckResult:
-    """Opt-outs must belong to a known contact."""
-    with warehouse.transaction() as tx:
-        orphans = tx.run("checks/count_orphan_opt_outs").scalar()
-    return AssetCheckResult(
-        asset_key="contact_opt_outs",
-        check_name="no_orphans",
-        passed=orphans == 0,
-        metadata={"orphans": orphans},
+# Collections whose whole content one sync reads: when one that had rows comes back empty, a
+# setting probably points at the wrong account or site (the API answers 200 with no rows).
+EMPTIED_WATCHED = ("contacts", "categories", "batches", "evinotice_batches")
+EMPTIED = "api_still_returns_rows"
+
+
+def emptied_spec(name: str) -> AssetCheckSpec:
+    """The warning spec for a collection that had rows and now returns none."""
+    return AssetCheckSpec(
+        EMPTIED,
+        asset=name,
+        description="The API still returns rows for a collection that had rows (a warning: a "
+        "wrong token scope or site id returns none, silently)",
     )
+
+
+def emptied_check(name: str, rows_before: int, result: SyncResult) -> AssetCheckResult:
+    """WARN when the table had rows before this sync and the API now returned none."""
+    emptied = rows_before > 0 and result.api_count == 0
+    return AssetCheckResult(
+        asset_key=name,
+        check_name=EMPTIED,
+        passed=not emptied,
+        severity=AssetCheckSeverity.WARN,
+        description=(
+            f"the API returned no {name} although the table had {rows_before} rows; check "
+            "the token's account and EVINOTICE_SITE_ID"
+            if emptied
+            else None
+        ),
+        metadata={"rows_before": rows_before, "api_count": result.api_count or 0},
+    )
+
+
+def check_keys(tables: Iterable[str]) -> set[AssetCheckKey]:
+    """The keys of every check of these tables."""
+    return {spec.key for spec in specs_for(tables)}
 
 
 def statistics_add_up(warehouse: Warehouse, result: SyncResult) -> AssetCheckResult:

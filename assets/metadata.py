@@ -1,7 +1,9 @@
-"""Asset metadata: column schema from the DDL, and per-run counts and a preview."""
+"""The one metadata builder: column schema from the DDL; row count, a preview and per-run
+counts after a load or a build."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from dagster import MetadataValue, TableColumn, TableSchema
@@ -28,10 +30,20 @@ def definition_metadata(name: str) -> dict[str, Any]:
     return {"dagster/column_schema": column_schema(name), "dagster/table_name": name}
 
 
-def run_metadata(warehouse: Warehouse, name: str, result: SyncResult | None) -> dict[str, Any]:
-    """Counts of this run, the table's row count and a preview of the latest rows."""
-    columns = [c.name for c in table(name).columns if c.name not in _NOT_PREVIEWED]
-    order_column = "synced_at" if "synced_at" in columns else columns[0]
+def table_metadata(
+    warehouse: Warehouse,
+    name: str,
+    *,
+    preview_columns: Sequence[str] = (),
+    preview_order: str = "",
+) -> dict[str, Any]:
+    """The table's row count, a preview of its top rows by ``preview_order`` and the warehouse.
+
+    Default preview: every column but the bulky ones, latest ``synced_at`` first."""
+    columns = list(preview_columns) or [
+        c.name for c in table(name).columns if c.name not in _NOT_PREVIEWED
+    ]
+    order_column = preview_order or ("synced_at" if "synced_at" in columns else columns[0])
     with warehouse.transaction() as tx:
         rows = tx.run(
             "metadata/select_preview",
@@ -39,14 +51,27 @@ def run_metadata(warehouse: Warehouse, name: str, result: SyncResult | None) -> 
             columns=", ".join(columns),
             order_column=order_column,
         ).all()
-        total = tx.scalar(f"select count(*) from {name}")
-    metadata: dict[str, Any] = {
+        total = tx.run("metadata/count_table_rows", target=name).scalar()
+    return {
         "dagster/row_count": total,
         "preview": MetadataValue.md(
-            markdown_table([dict(zip(columns, row, strict=True)) for row in rows], columns)
+            markdown_table(
+                [{c: _readable(v) for c, v in zip(columns, row, strict=True)} for row in rows],
+                columns,
+            )
         ),
         "warehouse": warehouse.url,
     }
+
+
+def _readable(value: Any) -> Any:
+    # Rates and percentages to four significant digits, not seventeen.
+    return f"{value:.4g}" if isinstance(value, float) else value
+
+
+def run_metadata(warehouse: Warehouse, name: str, result: SyncResult | None) -> dict[str, Any]:
+    """Counts of this run, the table's row count and a preview of the latest rows."""
+    metadata = table_metadata(warehouse, name)
     if result is not None:
         metadata["sync_mode"] = result.mode
         counts = result.counts.get(name)

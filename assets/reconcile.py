@@ -29,6 +29,7 @@ from dagster import (
 )
 from pydantic import Field
 
+from assets.export_files import export_run_key
 from assets.metadata import definition_metadata, markdown_table, run_metadata
 from assets.resources import MarketplaceResource, WarehouseResource
 from assets.runner import run_async
@@ -93,7 +94,7 @@ def crm_exports(
         raise Failure(f"no CRM export files in {export_dir()} (set {CRM_EXPORT_DIR})")
     store = warehouse.warehouse()
     try:
-        load = reconcile.load_exports(store, paths, config.mapping, run_id=context.run_id)
+        load = reconcile.load_exports(store, paths, config.mapping, run_id=context.run.run_id)
     except (CrmError, OSError) as exc:
         # Nothing is planned from an unreadable export: the run stops here.
         raise Failure(description=str(exc)) from exc
@@ -164,7 +165,7 @@ def reconciliation_plan(
     if config.override_guards and not config.override_reason.strip():
         raise Failure("override_guards needs an override_reason, which is recorded")
     store = warehouse.warehouse()
-    run = reconcile.latest_run(store, context.run_id)
+    run = reconcile.latest_run(store, context.run.run_id)
     if run is None:
         raise Failure("no CRM exports have been read yet: materialise crm_contacts first")
     run_id, export_key = run
@@ -246,8 +247,8 @@ def pushback_results(
 ) -> MaterializeResult:
     """Apply the plan exactly once, record every outcome, re-read the contacts it touched."""
     store = warehouse.warehouse()
-    run = reconcile.latest_run(store, context.run_id)
-    run_id = run[0] if run else context.run_id
+    run = reconcile.latest_run(store, context.run.run_id)
+    run_id = run[0] if run else context.run.run_id
     if config.dry_run:
         reconcile.record_apply(store, run_id, dry_run=True, outcomes={}, skipped=0)
         return MaterializeResult(metadata={"dry_run": True, "applied": 0})
@@ -326,7 +327,7 @@ def crm_export_sensor(context: SensorEvaluationContext) -> Iterator[RunRequest]:
     """Dagster skips a run key it has seen, so the same content never reconciles twice."""
     for path in export_files(export_dir()):
         yield RunRequest(
-            run_key=file_run_key(path),
+            run_key=export_run_key(path),  # stat first, hash only changed files
             run_config={"ops": {"crm_exports": {"config": {"files": [str(path.resolve())]}}}},
             tags={"crm_export": path.name},
         )

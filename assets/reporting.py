@@ -16,7 +16,7 @@ import base64
 import logging
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -25,16 +25,16 @@ import sqlalchemy as sa
 from dagster import (
     AssetCheckResult,
     AssetCheckSeverity,
-    AssetCheckSpec,
     AssetExecutionContext,
     AssetsDefinition,
+    AutomationCondition,
     MaterializeResult,
     MetadataValue,
     asset,
 )
 
-from assets.checks import TableChecks
-from assets.metadata import definition_metadata, markdown_table
+from assets.checks import CountCheck, TableChecks, non_negative_check, rates_check
+from assets.metadata import definition_metadata, table_metadata
 from assets.resources import WarehouseResource
 from connector.pipelines.reconcile import ACTIONS
 from connector.warehouse.engine import Transaction, Warehouse
@@ -63,6 +63,9 @@ def build_report(
 
     ``as_of`` (default now) is the build time the models that look back from it use."""
     as_of = as_of or datetime.now(UTC)
+    # A column added to the DDL after the table was first built: the warehouse adds it, the
+    # model fills it.
+    warehouse.ensure_tables([name])
     for attempt in range(1, attempts + 1):
         try:
             with warehouse.transaction() as tx:
@@ -83,21 +86,9 @@ def rebuild(tx: Transaction, name: str, as_of: datetime) -> int:
     (model,) = statements(f"reporting/{name}")
     insert = read_sql("load/insert_model_rows").format(target=name, columns=columns, model=model)
     params = {"as_of": as_of} if ":as_of" in model else {}
-    tx.run(f"schema/create_{name}_table")
-    _add_missing_columns(tx, name)
     tx.run("load/delete_all_rows", target=name)
     tx.connection.execute(sa.text(insert), params)
-    return tx.scalar(f"select count(*) from {name}")
-
-
-def _add_missing_columns(tx: Transaction, name: str) -> None:
-    # A column added to the DDL after the table was first built; the model fills it.
-    existing = set(tx.run("schema/select_table_columns", {"table_name": name}).scalars())
-    for column in table(name).columns:
-        if column.name not in existing:
-            tx.connection.exec_driver_sql(
-                f"alter table {name} add column {column.name} {column.type}"
-            )
+    return tx.run("metadata/count_table_rows", target=name).scalar()
 
 
 # --- charts --------------------------------------------------------------------------------
@@ -141,14 +132,8 @@ CHART_BATCHES = 15
 
 def deliverability_chart(warehouse: Warehouse, directory: Path) -> Path:
     """One panel per category: each day's messages stacked by outcome, rates in the title."""
-    parts = [name for name, _, _ in OUTCOMES]
-    rows = warehouse.query(
-        "select day, coalesce(category_name, category_id) as category, total, "
-        + ", ".join(parts)
-        + ", "
-        + ", ".join(f"messages_{p}" for p in parts)
-        + " from category_deliverability_daily order by day"
-    )
+    with warehouse.transaction() as tx:
+        rows = tx.run("charts/select_deliverability_per_day").all()
     # The statistics' figures where a snapshot covers the day, else the synced messages.
     days: dict[str, dict[date, list[int]]] = {}
     for row in rows:
@@ -213,12 +198,8 @@ def deliverability_chart(warehouse: Warehouse, directory: Path) -> Path:
 def batch_outcomes_chart(warehouse: Warehouse, directory: Path) -> Path:
     """The most recent batches of each provider: the share of each outcome, total alongside."""
     outcomes = [*OUTCOMES, PENDING]
-    rows = warehouse.query(
-        "select provider, batch_id, name, total_count, "
-        + ", ".join(f"{name}_count" for name, _, _ in outcomes)
-        + " from batch_statistics where created_at is not null"
-        " order by provider desc, created_at desc, batch_id"
-    )
+    with warehouse.transaction() as tx:
+        rows = tx.run("charts/select_batch_outcomes").all()
     providers = (("marketplace", "Marketplace batches"), ("evinotice", "EviNotice batches"))
     figure = _figure(0.32 * CHART_BATCHES + 2.0)
     axes = figure.subplots(1, 2, squeeze=False).ravel()
@@ -264,58 +245,6 @@ def chart_metadata(path: Path, title: str) -> dict[str, Any]:
     }
 
 
-# --- checks --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class CountCheck:
-    """A check that passes when a statement in ``sql/checks`` counts no offending rows;
-    with ``columns``, the statement runs once per column."""
-
-    name: str
-    description: str
-    statement: str
-    columns: tuple[str, ...] = ()
-    severity: AssetCheckSeverity = AssetCheckSeverity.ERROR
-
-    def spec(self, asset_name: str) -> AssetCheckSpec:
-        return AssetCheckSpec(self.name, asset=asset_name, description=self.description)
-
-    def evaluate(self, tx: Transaction, asset_name: str) -> AssetCheckResult:
-        if self.columns:
-            counts = {
-                column: tx.run(self.statement, target=asset_name, column=column).scalar()
-                for column in self.columns
-            }
-        else:
-            counts = {"rows": tx.run(self.statement, target=asset_name).scalar()}
-        return AssetCheckResult(
-            asset_key=asset_name,
-            check_name=self.name,
-            passed=not any(counts.values()),
-            severity=self.severity,
-            metadata={f"offending_{k}": int(v) for k, v in counts.items()},
-        )
-
-
-def non_negative_check(*columns: str) -> CountCheck:
-    return CountCheck(
-        "counts_not_negative",
-        f"No count is negative ({len(columns)} count columns)",
-        "checks/count_negative_values",
-        columns,
-    )
-
-
-def rates_check(*columns: str) -> CountCheck:
-    return CountCheck(
-        "rates_between_0_and_1",
-        f"{', '.join(columns)} lie between 0 and 1",
-        "checks/count_values_outside_unit_interval",
-        columns,
-    )
-
-
 # --- the reports ---------------------------------------------------------------------------
 
 
@@ -325,12 +254,17 @@ class Report:
 
     name: str
     deps: tuple[str, ...]  # exactly the tables its model reads
-    checks: TableChecks
+    key_checks: TableChecks
     count_checks: tuple[CountCheck, ...] = ()
     preview_order: str = ""
     preview_columns: tuple[str, ...] = ()  # default: every column
     chart: Callable[[Warehouse, Path], Path] | None = None
     chart_title: str = ""
+
+    @property
+    def checks(self) -> TableChecks:
+        """Every check of the table: its key, columns and values, and its counted rules."""
+        return replace(self.key_checks, counts=self.count_checks)
 
 
 def _checks(
@@ -343,7 +277,7 @@ REPORTS = (
     Report(
         "category_deliverability_daily",
         deps=("category_statistics_snapshots", "categories", "messages"),
-        checks=_checks(
+        key_checks=_checks(
             "category_deliverability_daily",
             ("day", "category_id"),
             ("day", "category_id"),
@@ -366,7 +300,7 @@ REPORTS = (
     Report(
         "batch_statistics",
         deps=("batches", "messages", "evinotice_batches"),
-        checks=_checks(
+        key_checks=_checks(
             "batch_statistics",
             ("provider", "batch_id"),
             ("provider", "batch_id", "total_count"),
@@ -387,7 +321,7 @@ REPORTS = (
     Report(
         "contact_health",
         deps=("contacts", "messages", "crm_contacts"),
-        checks=_checks(
+        key_checks=_checks(
             "contact_health",
             ("contact_id",),
             ("contact_id", "health", "as_of"),
@@ -398,7 +332,7 @@ REPORTS = (
     Report(
         "opt_outs_by_category",
         deps=("categories", "contact_opt_outs", "contacts"),
-        checks=_checks(
+        key_checks=_checks(
             "opt_outs_by_category", ("category_id",), ("category_id", "opted_out_contacts")
         ),
         count_checks=(rates_check("opt_out_share"),),
@@ -407,7 +341,7 @@ REPORTS = (
     Report(
         "reconciliation_history",
         deps=("reconciliation_runs", "pushback_results", "reconciliation_plan"),
-        checks=_checks(
+        key_checks=_checks(
             "reconciliation_history",
             ("run_id",),
             ("run_id", "status", "started_at"),
@@ -455,39 +389,20 @@ REPORTS = (
 REPORT_NAMES = tuple(report.name for report in REPORTS)
 
 
-def report_metadata(warehouse: Warehouse, report: Report, rows: int) -> dict[str, Any]:
-    """Row count, a preview of the top rows by the report's order column, and the warehouse."""
-    columns = report.preview_columns or table(report.name).column_names
-    with warehouse.transaction() as tx:
-        preview = tx.run(
-            "metadata/select_preview",
-            target=report.name,
-            columns=", ".join(columns),
-            order_column=report.preview_order or columns[0],
-        ).all()
-    return {
-        "dagster/row_count": rows,
-        "preview": MetadataValue.md(
-            markdown_table(
-                [{c: _readable(v) for c, v in zip(columns, row, strict=True)} for row in preview],
-                list(columns),
-            )
-        ),
-        "warehouse": warehouse.url,
-    }
-
-
-def _readable(value: Any) -> Any:
-    # Rates and percentages to four significant digits, not seventeen.
-    return f"{value:.4g}" if isinstance(value, float) else value
-
-
 def evaluate_checks(warehouse: Warehouse, report: Report) -> list[AssetCheckResult]:
     """Every check of a report against the table as it is now."""
-    results = report.checks.evaluate(warehouse, None)
-    with warehouse.transaction() as tx:
-        results += [check.evaluate(tx, report.name) for check in report.count_checks]
-    return results
+    return report.checks.evaluate(warehouse, None)
+
+
+# Rebuilt once after any materialisation of an input, whoever launched it (a job, the UI, a
+# backfill, a schedule): unlike ``eager()``, an input never materialised (no CRM export read
+# yet) does not hold a report back, since every input table exists, empty, from the start.
+# Waiting while an input is in progress makes a multi-run backfill one rebuild, at its end.
+FOLLOWS_ITS_INPUTS = (
+    AutomationCondition.any_deps_updated().since_last_handled()
+    & ~AutomationCondition.any_deps_in_progress()
+    & ~AutomationCondition.in_progress()
+).with_label("after_any_input_updates")
 
 
 def _report_asset(report: Report) -> AssetsDefinition:
@@ -499,11 +414,9 @@ def _report_asset(report: Report) -> AssetsDefinition:
         deps=list(report.deps),
         description=definition.description,
         metadata=definition_metadata(report.name),
-        check_specs=[
-            *report.checks.specs(),
-            *(check.spec(report.name) for check in report.count_checks),
-        ],
+        check_specs=report.checks.specs(),
         kinds={"sql"},
+        automation_condition=FOLLOWS_ITS_INPUTS,
     )
     def build(
         context: AssetExecutionContext, warehouse: WarehouseResource
@@ -511,7 +424,12 @@ def _report_asset(report: Report) -> AssetsDefinition:
         store = warehouse.warehouse()
         rows = build_report(store, report.name)
         context.log.info("%s: %d rows", report.name, rows)
-        metadata = report_metadata(store, report, rows)
+        metadata = table_metadata(
+            store,
+            report.name,
+            preview_columns=report.preview_columns,
+            preview_order=report.preview_order,
+        )
         if report.chart is not None:
             path = report.chart(store, chart_dir())
             metadata.update(chart_metadata(path, report.chart_title))

@@ -6,7 +6,8 @@ PostgreSQL against fetching alone; an incremental run's requests after 1% change
 of full syncs at 100k and 1M contacts (flat is the goal); planning 1M CRM lines against 1M
 contacts; push-back throughput as a share of the sandbox's rate limit; a 200k-contact paged
 read under a 20% fault mix against the same read fault-free; planning a 1M-row campaign
-audience against 1M contacts; campaign send throughput as a share of the rate limit.
+audience against 1M contacts; campaign send throughput as a share of the rate limit; how long
+``notifsync --help`` takes in a new process.
 
     python -m benchmarks.run [--contacts 100000] [--latency-ms 30]
 """
@@ -19,6 +20,7 @@ import time
 
 from benchmarks.campaigns import plan_benchmark as campaign_plan_benchmark
 from benchmarks.campaigns import send_benchmark as campaign_send_benchmark
+from benchmarks.cli_startup import cli_startup_benchmark
 from benchmarks.faults import fault_benchmark
 from benchmarks.reconcile import apply_benchmark, plan_benchmark
 from benchmarks.sandbox_process import sandbox_process
@@ -76,6 +78,7 @@ def main() -> None:
     parser.add_argument("--audience-rows", type=int, default=1_000_000)
     parser.add_argument("--send-batches", type=int, default=300)
     args = parser.parse_args()
+    cli_startup_benchmark()
     fetch_benchmark(args.contacts, args.latency_ms, args.concurrency)
     sync_benchmark(args.contacts, args.latency_ms)
     incremental_benchmark(args.contacts, args.latency_ms)

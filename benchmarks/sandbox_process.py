@@ -24,7 +24,7 @@ def free_port() -> int:
 def sandbox_process(*options: str, timeout: float = 600) -> Iterator[str]:
     """Start a sandbox with the given ``notifsync sandbox`` options; yields its base URL."""
     port = free_port()
-    command = [sys.executable, "-m", "connector.cli", "sandbox", "--port", str(port), *options]
+    command = [sys.executable, "-m", "assets.cli", "sandbox", "--port", str(port), *options]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MPT_", "EVINOTICE_"))}
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"

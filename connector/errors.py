@@ -12,6 +12,7 @@
     │   ├── ValidationError       400 / 422, with ``field_errors``
     │   └── ServerError           5xx
     ├── TransportError            no usable answer: timeout, dropped connection, truncated body
+    │   └── ConnectionFailedError no connection at all (refused, unknown host): names the host
     ├── AmbiguousOutcomeError     a write may or may not have taken effect; check before retrying
     ├── IncompleteReadError       a collection read did not match the server's own ``total``
     └── MassDeletionError         a full refresh would mark too many rows deleted; nothing changed
@@ -193,6 +194,12 @@ class TransportError(ConnectorError):
     """No usable answer arrived: timeout, dropped connection or a truncated body."""
 
     retryable = True
+
+
+class ConnectionFailedError(TransportError):
+    """No connection could be made (refused, unknown host, no route): nothing was sent.
+
+    Already retried by the HTTP client over a few seconds; a caller should not retry it again."""
 
 
 class AmbiguousOutcomeError(ConnectorError):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 import time
 from collections import Counter
@@ -26,6 +27,7 @@ import orjson
 from connector.errors import (
     AmbiguousOutcomeError,
     ApiError,
+    ConnectionFailedError,
     Problem,
     TransportError,
     error_for_status,
@@ -201,9 +203,7 @@ class ResilientClient:
                     request = self._http.build_request(method, url, params=query, headers=headers)
                     response = await self._http.send(request, stream=True)
                 except httpx.HTTPError as exc:
-                    failure = _Retry(
-                        type(exc).__name__, TransportError(_describe(method, path, exc))
-                    )
+                    failure = _Retry(type(exc).__name__, _transport_error(method, path, exc))
                 else:
                     if response.is_success:
                         try:
@@ -245,7 +245,7 @@ class ResilientClient:
             )
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
             # The request never left this machine: resending cannot duplicate anything.
-            raise _Retry(type(exc).__name__, TransportError(_describe(method, path, exc))) from exc
+            raise _Retry(type(exc).__name__, _transport_error(method, path, exc)) from exc
         except httpx.HTTPError as exc:
             if not safe:
                 raise AmbiguousOutcomeError(method, path, exc) from exc
@@ -335,8 +335,40 @@ def _url(path: str, params: Mapping[str, Any] | str | None) -> tuple[str, Mappin
     return path, params
 
 
+def _transport_error(method: str, path: str, exc: Exception) -> TransportError:
+    """A ``ConnectionFailedError`` when no connection could be made, else a TransportError."""
+    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+        return ConnectionFailedError(_describe(method, path, exc))
+    return TransportError(_describe(method, path, exc))
+
+
 def _describe(method: str, path: str, exc: Exception) -> str:
+    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+        return f"{method} {path}: {_connect_failure(exc)}"
     return f"{method} {path}: {type(exc).__name__}"
+
+
+def _connect_failure(exc: httpx.TransportError) -> str:
+    """'cannot connect to <host:port>: <the system's reason>' (refused, unknown host, ...)."""
+    try:
+        url = exc.request.url
+        where = f"{url.host}:{url.port}" if url.port else url.host
+    except RuntimeError:  # no request attached
+        where = "the API host"
+    # httpx says "All connection attempts failed"; the system's own words are further down.
+    reason = str(exc).strip() or type(exc).__name__
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, OSError) and cause.strerror:
+            # asyncio words a refusal "Connect call failed (...)"; errno 111 is plainer.
+            known = isinstance(cause.errno, int) and cause.errno > 0
+            reason = os.strerror(cause.errno) if known else cause.strerror
+            break
+        if isinstance(cause, ExceptionGroup) and cause.exceptions:
+            cause = cause.exceptions[0]
+            continue
+        cause = cause.__cause__ or cause.__context__
+    return f"cannot connect to {where}: {reason}"
 
 
 def _api_error(method: str, path: str, response: httpx.Response) -> ApiError:

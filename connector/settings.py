@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -63,9 +63,15 @@ class MarketplaceSettings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> MarketplaceSettings:
         """Read ``MPT_API_BASE_URL`` and ``MPT_API_TOKEN``."""
         env = os.environ if env is None else env
+        return cls.create(base_url=env.get(MPT_API_BASE_URL), token=env.get(MPT_API_TOKEN))
+
+    @classmethod
+    def create(cls, *, base_url: str | None, token: str | None) -> MarketplaceSettings:
+        """Checked settings from plain values; every missing one is named at once."""
+        values = require_all({MPT_API_BASE_URL: base_url, MPT_API_TOKEN: token})
         return cls(
-            base_url=validate_base_url(require(env, MPT_API_BASE_URL), MPT_API_BASE_URL),
-            token=Secret(require(env, MPT_API_TOKEN)),
+            base_url=validate_base_url(values[MPT_API_BASE_URL], MPT_API_BASE_URL),
+            token=Secret(values[MPT_API_TOKEN]),
         )
 
 
@@ -82,20 +88,63 @@ class EviNoticeSettings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> EviNoticeSettings:
         """Read the ``EVINOTICE_*`` variables."""
         env = os.environ if env is None else env
-        return cls(
-            base_url=validate_base_url(require(env, EVINOTICE_BASE_URL), EVINOTICE_BASE_URL),
-            username=require(env, EVINOTICE_USERNAME),
-            password=Secret(require(env, EVINOTICE_PASSWORD)),
-            site_id=require(env, EVINOTICE_SITE_ID),
+        return cls.create(
+            base_url=env.get(EVINOTICE_BASE_URL),
+            username=env.get(EVINOTICE_USERNAME),
+            password=env.get(EVINOTICE_PASSWORD),
+            site_id=env.get(EVINOTICE_SITE_ID),
         )
+
+    @classmethod
+    def create(
+        cls,
+        *,
+        base_url: str | None,
+        username: str | None,
+        password: str | None,
+        site_id: str | None,
+    ) -> EviNoticeSettings:
+        """Checked settings from plain values; every missing one is named at once."""
+        values = require_all(
+            {
+                EVINOTICE_BASE_URL: base_url,
+                EVINOTICE_USERNAME: username,
+                EVINOTICE_PASSWORD: password,
+                EVINOTICE_SITE_ID: site_id,
+            }
+        )
+        return cls(
+            base_url=validate_base_url(values[EVINOTICE_BASE_URL], EVINOTICE_BASE_URL),
+            username=values[EVINOTICE_USERNAME],
+            password=Secret(values[EVINOTICE_PASSWORD]),
+            site_id=values[EVINOTICE_SITE_ID],
+        )
+
+
+# Said with every missing setting: the way to try the connector without credentials.
+SANDBOX_HINT = (
+    "to try it without credentials, run `notifsync sandbox` (it prints the settings to "
+    "export) or `make demo`"
+)
+
+
+def missing_message(names: Sequence[str]) -> str:
+    """One line naming every missing setting and how to use the sandbox instead."""
+    verb = "is" if len(names) == 1 else "are"
+    return f"{', '.join(names)} {verb} not set; {SANDBOX_HINT}"
+
+
+def require_all(values: Mapping[str, str | None]) -> dict[str, str]:
+    """The stripped values, or one ConfigurationError naming every empty or missing one."""
+    missing = [name for name, value in values.items() if not (value or "").strip()]
+    if missing:
+        raise ConfigurationError(missing_message(missing))
+    return {name: (value or "").strip() for name, value in values.items()}
 
 
 def require(env: Mapping[str, str], name: str) -> str:
     """The non-empty value of ``name``, or a ConfigurationError naming it."""
-    value = env.get(name, "").strip()
-    if not value:
-        raise ConfigurationError(f"{name} is not set")
-    return value
+    return require_all({name: env.get(name)})[name]
 
 
 def validate_base_url(url: str, name: str) -> str:

@@ -1,4 +1,5 @@
-"""Shared fixtures: sandboxes in-process (ASGI) and on loopback, and clients pointed at them."""
+"""Shared fixtures: sandboxes in-process (ASGI) and on loopback, clients pointed at them, fresh
+PostgreSQL databases, the reporting warehouses with their helpers, and the code location."""
 
 from __future__ import annotations
 
@@ -68,8 +69,9 @@ POSTGRES_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432"
 
 
 @contextlib.contextmanager
-def fresh_postgres_database(server: str = POSTGRES_SERVER) -> Iterator[str]:
-    """A new, empty PostgreSQL database for one test, dropped (forcefully) afterwards.
+def fresh_postgres_database(server: str = POSTGRES_SERVER, query: str = "") -> Iterator[str]:
+    """A new, empty PostgreSQL database for one test, dropped (forcefully) afterwards;
+    ``query`` is appended to its URL (e.g. session options).
 
     The server on 127.0.0.1:5432 is part of every machine, CI included: when it cannot be
     reached this raises, so the test fails rather than skips."""
@@ -78,7 +80,7 @@ def fresh_postgres_database(server: str = POSTGRES_SERVER) -> Iterator[str]:
     with admin.connect() as connection:
         connection.exec_driver_sql(f"create database {name}")
     try:
-        yield f"{server}/{name}"
+        yield f"{server}/{name}" + (f"?{query}" if query else "")
     finally:
         with admin.connect() as connection:
             connection.exec_driver_sql(f"drop database if exists {name} with (force)")
@@ -92,19 +94,16 @@ def postgres_url() -> Iterator[str]:
         yield url
 
 
-# The modules that read settings when imported.
-RELOADED_MODULES = ("assets.definitions", "assets.ingest", "assets.reconcile")
+# Kept empty for tests that still pop these: nothing reads settings at import any more.
+RELOADED_MODULES: tuple[str, ...] = ()
 
 
-def load_definitions() -> Any:
-    """The code location as a fresh process loads it: some settings are read at import time,
-    so the modules that read them are imported again under the current environment."""
-    import importlib
-    import sys
+def load_definitions(**settings: Any) -> Any:
+    """The code location built from the current environment, ``settings`` overriding it."""
+    from assets.definitions import LocationSettings, build_definitions
 
-    for name in RELOADED_MODULES:
-        sys.modules.pop(name, None)
-    return importlib.import_module("assets.definitions").defs
+    base = LocationSettings.from_env()
+    return build_definitions(base.model_copy(update=settings))
 
 
 # EviNotice fixtures (sandbox routes in-process, clients) for the tests/test_evinotice*.py files.

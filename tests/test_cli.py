@@ -1,5 +1,5 @@
 """The ``notifsync`` command as a user runs it: the sandbox in its own process, ``fetch``
-through faults and a rate limit, and the one-line errors for missing settings."""
+through faults and a rate limit, (the errors are in test_errors.py)."""
 
 from __future__ import annotations
 
@@ -113,13 +113,3 @@ def test_fetch_of_a_filtered_collection_and_of_evinotice_batches(
         if b["SiteId"] == SANDBOX_EVINOTICE_SITE_ID
     }
     assert ids == owned
-
-
-@pytest.mark.parametrize("missing", [MPT_API_BASE_URL, MPT_API_TOKEN])
-def test_a_missing_setting_is_a_one_line_error_naming_it(missing: str) -> None:
-    env = settings_for("http://127.0.0.1:9")
-    env.pop(missing)
-    done = notifsync("fetch", "contacts", env=env)
-    assert done.returncode != 0
-    message = done.stderr.strip().splitlines()
-    assert message == [f"Error: {missing} is not set"]

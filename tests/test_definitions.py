@@ -17,11 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import load_definitions, make_sandbox
+from conftest import make_sandbox
 from dagster import (
     AssetKey,
     DagsterInstance,
     DagsterInvalidConfigError,
+    Definitions,
     build_schedule_context,
 )
 from dagster._core.execution.backfill import BulkActionStatus, PartitionBackfill
@@ -34,6 +35,7 @@ from dagster._core.workspace.load_target import InProcessWorkspaceLoadTarget
 from dagster._daemon.backfill import execute_backfill_iteration
 from dagster._serdes import serialize_value
 
+from assets.definitions import LocationSettings, build_definitions
 from connector.errors import ConfigurationError
 from connector.warehouse.engine import Warehouse
 from sandbox.app import Sandbox
@@ -80,7 +82,7 @@ def platform(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, loopback: Callable[[Sandbox], str]
 ) -> Iterator[Platform]:
     """A sandbox on loopback with its own secrets, the settings pointing at it, and a DuckDB
-    file under tmp_path; the code location is reloaded afterwards for the next test."""
+    file under tmp_path."""
     token, password = f"tok-{uuid.uuid4().hex}", f"pw-{uuid.uuid4().hex}"
     sandbox = make_sandbox(
         contacts=2000, seed=5, clock_speed=0.0, token=token, evinotice_password=password
@@ -104,8 +106,12 @@ def platform(
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
     (tmp_path / "dagster_home").mkdir()
     yield Platform(sandbox, url, env, warehouse_url, token, password)
-    for name in ("assets.definitions", "assets.ingest"):
-        sys.modules.pop(name, None)
+
+
+def location(platform: Platform, **settings: Any) -> Definitions:
+    """The code location for this platform (its resources read the settings' variables)."""
+    values = {"warehouse_url": platform.warehouse_url, "messages_start_date": "2026-09-01"}
+    return build_definitions(LocationSettings(**{**values, **settings}))
 
 
 def materializations(result: Any) -> dict[str, Any]:
@@ -156,10 +162,8 @@ def test_definitions_validate_passes(platform: Platform, tmp_path: Path) -> None
     assert not Path(platform.warehouse_url.removeprefix("duckdb:///")).exists()
 
 
-def test_definitions_load_with_assets_groups_jobs_and_schedules(
-    platform: Platform, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    defs = load_definitions()
+def test_definitions_load_with_assets_groups_jobs_and_schedules(platform: Platform) -> None:
+    defs = location(platform)
 
     # The synced tables, grouped by source (other layers may add assets of their own).
     specs = {s.key.to_user_string(): s for s in defs.resolve_all_asset_specs()}
@@ -223,10 +227,26 @@ def test_definitions_load_with_assets_groups_jobs_and_schedules(
     assert [r.partition_key for r in requests] == ["2026-11-19", "2026-11-20"]
     assert len({r.run_key for r in requests}) == 2
 
-    monkeypatch.setenv("NOTIFSYNC_SYNC_CRON", "*/15 * * * *")
-    defs = load_definitions()
+    defs = location(platform, sync_cron="*/15 * * * *")
     assert defs.resolve_schedule_def("sync_platform_schedule").cron_schedule == "*/15 * * * *"
     assert defs.resolve_schedule_def("sync_messages_schedule").cron_schedule == "*/15 * * * *"
+
+
+def test_the_dagster_cli_materialises_contacts_alone(platform: Platform, tmp_path: Path) -> None:
+    # The README's form; contacts and contact_opt_outs come from one read, and contacts alone
+    # is a valid selection (the opt-outs are written too but not reported as materialised).
+    env = {**os.environ, **platform.env, "DAGSTER_HOME": str(tmp_path / "dagster_home")}
+    command = [sys.executable, "-m", "dagster", "asset", "materialize"]
+    command += ["-m", "assets.definitions", "--select", "contacts"]
+    done = subprocess.run(
+        command, cwd=PROJECT, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    with DagsterInstance.from_config(str(tmp_path / "dagster_home")) as instance:
+        contacts = instance.get_latest_materialization_event(AssetKey("contacts"))
+        opt_outs = instance.get_latest_materialization_event(AssetKey("contact_opt_outs"))
+    assert contacts is not None and opt_outs is None
+    assert contacts.asset_materialization.metadata["dagster/row_count"].value == 2000
 
 
 # --- running the jobs ------------------------------------------------------------------------
@@ -235,7 +255,7 @@ def test_definitions_load_with_assets_groups_jobs_and_schedules(
 def test_sync_platform_job_materialises_every_table_and_passes_its_checks(
     platform: Platform,
 ) -> None:
-    defs = load_definitions()
+    defs = location(platform)
     job = defs.resolve_job_def("sync_platform")
     with DagsterInstance.ephemeral() as instance:
         result = job.execute_in_process(instance=instance)
@@ -302,7 +322,7 @@ def test_sync_platform_job_materialises_every_table_and_passes_its_checks(
 def test_messages_range_in_one_run_reports_one_materialization_per_day(
     platform: Platform,
 ) -> None:
-    defs = load_definitions()
+    defs = location(platform)
     first, last = date(2026, 10, 14), date(2026, 10, 31)
     with DagsterInstance.ephemeral() as instance:
         result = defs.resolve_job_def("sync_messages").execute_in_process(
@@ -331,7 +351,6 @@ def test_messages_range_in_one_run_reports_one_materialization_per_day(
 
 
 def test_backfill_of_a_date_range_as_the_ui_launches_it(platform: Platform) -> None:
-    load_definitions()
     # 35 days: with at most 31 partitions per run, two runs.
     first, last = date(2026, 10, 10), date(2026, 11, 13)
     keys = day_keys(first, last)
@@ -407,7 +426,7 @@ def test_a_run_without_a_setting_fails_naming_it(
     platform: Platform, monkeypatch: pytest.MonkeyPatch, missing: str
 ) -> None:
     monkeypatch.delenv(missing)
-    defs = load_definitions()
+    defs = location(platform)
     with (
         DagsterInstance.ephemeral() as instance,
         pytest.raises(DagsterInvalidConfigError, match=missing),
@@ -432,14 +451,14 @@ def test_secrets_never_appear_in_logs_metadata_or_events(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    defs = load_definitions()
+    defs = location(platform)
     with DagsterInstance.ephemeral() as instance:
         ok = defs.resolve_job_def("sync_platform").execute_in_process(instance=instance)
         # A refused token fails the run; its error must not echo what was sent either.
         wrong = f"wrong-{uuid.uuid4().hex}"
         monkeypatch.setenv("MPT_API_TOKEN", wrong)
         refused = (
-            load_definitions()
+            location(platform)
             .resolve_job_def("sync_platform")
             .execute_in_process(instance=instance, raise_on_error=False)
         )
@@ -472,7 +491,7 @@ def test_sync_platform_on_postgresql_keeps_the_warehouse_password_out(
     # The server trusts local connections, so any password works; it must still never show.
     password = f"pg-{uuid.uuid4().hex}"
     monkeypatch.setenv("WAREHOUSE_URL", postgres_url.replace("postgres@", f"postgres:{password}@"))
-    defs = load_definitions()
+    defs = location(platform)
     with DagsterInstance.ephemeral() as instance:
         result = defs.resolve_job_def("sync_platform").execute_in_process(instance=instance)
         records = all_records(instance)

@@ -39,6 +39,7 @@ import orjson
 
 from connector.errors import (
     ConflictError,
+    ConnectionFailedError,
     ContactGoneError,
     NotFoundError,
     TransportError,
@@ -319,6 +320,8 @@ class MarketplaceClient:
                             yield block
                     return
             except TransportError as exc:
+                if isinstance(exc, ConnectionFailedError):
+                    raise  # no connection at all was already retried by the HTTP client
                 # A cut stream resumes after the last complete line; a partial one is dropped.
                 report.resumed_streams += 1
                 report.changed = True  # two snapshots now: check the seams

@@ -26,7 +26,7 @@ from typing import Any
 
 import orjson
 
-from connector.errors import TransportError
+from connector.errors import ConnectionFailedError, TransportError
 
 log = logging.getLogger(__name__)
 
@@ -189,6 +189,9 @@ class StreamPaging:
                     yield batch
                 return
             except TransportError as exc:
+                # No connection at all was already retried by the HTTP client: give up.
+                if isinstance(exc, ConnectionFailedError):
+                    raise
                 # A cut stream resumes after the last complete row; a partial last line is
                 # dropped (it may be a truncated object).
                 self.resumed += 1

@@ -48,6 +48,8 @@ DEFAULT_WAREHOUSE_URL = "duckdb:///data/notifsync.duckdb"
 # ``?memory_limit=2GB``). Beyond it DuckDB spills to disk instead of growing the process: a
 # full sync of a million contacts stays within it.
 DEFAULT_DUCKDB_MEMORY_LIMIT = "256MB"
+# How long a connection waits for a DuckDB file another process holds.
+LOCK_WAIT_SECONDS = 120
 
 
 class WarehouseBusyError(ConnectorError):
@@ -104,7 +106,8 @@ class Warehouse:
     @contextlib.contextmanager
     def _connect(self) -> Iterator[Connection]:
         # Another process (a second run, the UI's preview) may hold a DuckDB file for a moment.
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + LOCK_WAIT_SECONDS
+        waiting = False
         while True:
             try:
                 connection = self.engine.connect()
@@ -113,6 +116,15 @@ class Warehouse:
                 locked = self.dialect == "duckdb" and "lock" in str(exc).lower()
                 if not locked or time.monotonic() > deadline:
                     raise
+                if not waiting:
+                    # Said once: who holds the file (DuckDB names the process) and how long.
+                    waiting = True
+                    log.warning(
+                        "%s is locked by another process; waiting up to %d s for it (%s)",
+                        self.url,
+                        LOCK_WAIT_SECONDS,
+                        _lock_holder(exc),
+                    )
                 time.sleep(0.5)
         with connection:
             yield connection
@@ -200,6 +212,13 @@ class Warehouse:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def _lock_holder(exc: sa.exc.OperationalError) -> str:
+    """DuckDB's words for who holds the lock ("Conflicting lock is held in ... (PID n)")."""
+    text = str(exc.orig)
+    start = text.find("Conflicting lock")
+    return text[start:].split(". ")[0] if start >= 0 else "holder unknown"
 
 
 _LOCAL_LOCKS: dict[tuple[str, str], threading.Lock] = {}

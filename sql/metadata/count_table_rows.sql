@@ -1,0 +1,2 @@
+-- Rows in one table (for metadata and summaries).
+select count(*) from {target}
