@@ -127,6 +127,11 @@ class PlanConfig(Config):
     max_snapshot_age_hours: float = Field(
         default=2.0, description="Guard: oldest contacts sync a plan may be made from."
     )
+    max_unblocks: int = Field(default=100, description="Guard: most unblocks one plan may make.")
+    max_unblock_share: float = Field(
+        default=0.5,
+        description="Guard: most unblocks, as a share of the blocks this connector has in place.",
+    )
     override_guards: list[str] = Field(
         default=[], description="Guards to let pass anyway (recorded with the reason)."
     )
@@ -144,6 +149,7 @@ GUARD_CHECKS = [
         ("max_creates", "No more creates than the limit"),
         ("max_block_share", "Blocks stay under a share of active contacts"),
         ("max_snapshot_age", "The plan is made from a recent contacts sync"),
+        ("max_unblocks", "Unblocks stay under a count and a share of the connector's blocks"),
     )
 ]
 
@@ -175,6 +181,8 @@ def reconciliation_plan(
         max_creates=config.max_creates,
         max_block_share=config.max_block_share,
         max_snapshot_age=timedelta(hours=config.max_snapshot_age_hours),
+        max_unblocks=config.max_unblocks,
+        max_unblock_share=config.max_unblock_share,
     )
     try:
         results = reconcile.evaluate_guards(plan, guards, config.override_guards)

@@ -41,7 +41,7 @@ SETTINGS = (
     "NOTIFSYNC_MESSAGES_START_DATE",
 )
 HEADER = ("Email", "Name", "Do Not Email")
-CHECKS = {"max_creates", "max_block_share", "max_snapshot_age"}
+CHECKS = {"max_creates", "max_block_share", "max_snapshot_age", "max_unblocks"}
 
 
 class Writes:

@@ -270,6 +270,7 @@ def test_guards_trip_and_an_override_lets_only_its_own_guard_pass(world: World) 
         "max_creates": False,
         "max_block_share": False,
         "max_snapshot_age": False,
+        "max_unblocks": True,
     }
     assert tripped["max_creates"].message == "3 creates planned (limit 2)"
     assert tripped["max_snapshot_age"].figure == "0:30:00"
@@ -285,6 +286,7 @@ def test_guards_trip_and_an_override_lets_only_its_own_guard_pass(world: World) 
         "max_creates": (True, True),
         "max_block_share": (False, False),
         "max_snapshot_age": (False, False),
+        "max_unblocks": (False, True),
     }
     # The overridden guard still reports that it tripped, with its figure.
     assert not overridden["max_creates"].passed and overridden["max_creates"].figure == "3"
@@ -313,3 +315,86 @@ def test_snapshot_age_guard_trips_when_contacts_were_never_synced(
         "contacts were never synced",
     )
     assert guard_results(plan, ["max_snapshot_age"])["max_snapshot_age"].allows_apply
+
+
+def test_never_unblock_a_platform_reblock_after_ours_even_with_the_same_reason(
+    world: World,
+) -> None:
+    """Someone lifted the connector's block on the platform, and later the platform blocked
+    the contact again with the very reason text the connector's block carries: the updated
+    time after our block is what says it is not ours."""
+    target, control = actives(world)[:2]
+    world.plan(
+        world.write(
+            "week1.csv",
+            [line(c["email"], c["name"], "dne") for c in (target, control)],
+        )
+    )
+    world.apply()
+    store = world.sandbox.marketplace
+    ours = store.contacts.get(target["id"])["blockedReason"]
+    world.sandbox.clock.advance(60)
+    store.set_blocked(target["id"], False)
+    world.sandbox.clock.advance(60)
+    store.set_blocked(target["id"], True, ours)
+    world.sync()
+    synced = {r["id"]: r for r in rows(world.warehouse, "contacts")}
+    assert (synced[target["id"]]["status"], synced[target["id"]]["blocked_reason"]) == (
+        "Blocked",
+        ours,
+    )
+    assert synced[target["id"]]["blocked_reason"] == synced[control["id"]]["blocked_reason"]
+
+    world.plan(world.write("week2.csv", [line(c["email"], c["name"]) for c in (target, control)]))
+
+    # The untouched block is still ours and is lifted; the re-block is the platform's.
+    assert world.actions() == {("unblock", control["email"])}
+
+
+def test_the_block_share_is_taken_of_active_contacts_not_deleted_ones(world: World) -> None:
+    active = actives(world)
+    deleted = active[-10:]
+    for contact in deleted:
+        world.sandbox.marketplace.delete_contact(contact["id"])
+    world.sync()
+    table = {r["id"]: r for r in rows(world.warehouse, "contacts")}
+    assert all(table[c["id"]]["deleted_at"] is not None for c in deleted), "kept, marked deleted"
+    assert all(table[c["id"]]["status"] == "Active" for c in deleted)
+
+    path = world.write("crm.csv", [line(c["email"], c["name"], "dne") for c in active[:3]])
+    plan = world.plan(path)
+
+    # 34 active on the platform at first, 10 of them deleted since: 24 remain.
+    assert plan.active_contacts == 24
+    assert plan.block_share == 3 / 24
+    judged = guard_results(plan, max_block_share=3 / 24)["max_block_share"]
+    assert judged.passed and judged.figure == "12.50%"
+    assert not guard_results(plan, max_block_share=3 / 34 + 0.001)["max_block_share"].passed
+
+
+def test_lifting_most_of_the_connectors_blocks_trips_the_unblocks_guard(world: World) -> None:
+    targets = actives(world)[:12]
+    world.plan(world.write("week1.csv", [line(c["email"], c["name"], "dne") for c in targets]))
+    world.apply()
+    world.sync()
+    # An export whose flag columns went missing: everyone reads as mailable.
+    path = world.write(
+        "week2.csv", [(c["email"], c["name"]) for c in targets], header=("Email", "Name")
+    )
+    plan = world.plan(path)
+    assert plan.actions["unblock"] == 12 and plan.connector_blocks == 12
+
+    default = guard_results(plan)["max_unblocks"]
+    assert not default.passed and not default.allows_apply
+    assert default.figure == "12 (100.00%)"
+    assert "12 unblocks planned = 100.00% of the 12 blocks" in default.message
+    # The count limit alone trips too; within both limits it passes; an override lets it by.
+    assert not guard_results(plan, max_unblocks=11, max_unblock_share=1.0)["max_unblocks"].passed
+    assert guard_results(plan, max_unblocks=12, max_unblock_share=1.0)["max_unblocks"].passed
+    overridden = guard_results(plan, ["max_unblocks"])["max_unblocks"]
+    assert overridden.overridden and overridden.allows_apply
+
+    # A few blocks in place: lifting them all is ordinary, only the count limit applies.
+    few = reconcile.PlanSummary(**{**vars(plan), "connector_blocks": 3, "actions": {"unblock": 3}})
+    assert guard_results(few)["max_unblocks"].passed
+    assert not guard_results(few, max_unblocks=2)["max_unblocks"].passed
