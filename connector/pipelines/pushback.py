@@ -180,6 +180,26 @@ def _record(
         summary.touched_contacts.append(outcome.contact_id)
 
 
+@dataclass
+class PendingWork:
+    """The current plan's actions left pending by earlier applies."""
+
+    by_state: dict[str, int]
+    last_attempt_at: datetime | None
+
+    @property
+    def total(self) -> int:
+        return sum(self.by_state.values())
+
+
+def pending_work(warehouse: Warehouse) -> PendingWork:
+    """What earlier applies of the current plan left ``sending``, ``ambiguous`` or ``retry``."""
+    with warehouse.transaction() as tx:
+        rows = tx.run("pushback/count_pending_actions").all()
+    latest = max((_instant(r[2]) for r in rows if r[2] is not None), default=None)
+    return PendingWork({r[0]: int(r[1]) for r in rows}, latest)
+
+
 def contacts_settled_by_plan(warehouse: Warehouse) -> list[str]:
     """Contacts the current plan's done actions touched (to re-read after an apply)."""
     with warehouse.transaction() as tx:
