@@ -14,7 +14,7 @@ import argparse
 import asyncio
 import time
 
-from benchmarks.reconcile import apply_benchmark, plan_benchmark
+from benchmarks.reconcile import apply_benchmark, plan_benchmark, plan_postgres_benchmark
 from benchmarks.sandbox_process import sandbox_process
 from benchmarks.sync import memory_benchmark, sync_benchmark
 from connector.http import ClientLimits
@@ -71,6 +71,7 @@ def main() -> None:
     sync_benchmark(args.contacts, args.latency_ms)
     memory_benchmark(args.memory_contacts)
     plan_benchmark(args.crm_rows)
+    plan_postgres_benchmark(100_000)
     apply_benchmark(args.apply_rate, args.apply_actions, args.latency_ms)
 
 

@@ -138,7 +138,11 @@ def make_plan(
     include_updates: bool = False,
     now: datetime | None = None,
 ) -> PlanSummary:
-    """Replace ``reconciliation_plan`` (and the missing / conflicts reports) in one go."""
+    """Replace ``reconciliation_plan`` (and the missing / conflicts reports) in one go.
+
+    On PostgreSQL the tables it reads get fresh statistics first, and the planning
+    transaction is bounded (see ``sql/reconcile/set_plan_session_limits.sql``).
+    """
     now = now or datetime.now(UTC)
     params = {
         "run_id": run_id,
@@ -146,7 +150,13 @@ def make_plan(
         "include_updates": include_updates,
         "planned_at": now,
     }
+    postgres = warehouse.dialect == "postgresql"
+    if postgres:
+        with warehouse.transaction() as tx:
+            tx.run("reconcile/analyze_planning_tables")
     with warehouse.transaction() as tx:
+        if postgres:
+            tx.run("reconcile/set_plan_session_limits")
         tx.run("reconcile/delete_previous_plan")
         tx.run("reconcile/insert_reconciliation_plan", params)
         tx.run("reconcile/insert_platform_contacts_missing_from_crm", params)
