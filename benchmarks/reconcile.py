@@ -37,7 +37,7 @@ select
     'person.' || cast(i as text) || '@example.com',
     'person.' || cast(i as text) || '@example.com',
     'Person ' || cast(i as text),
-    case when i % 50 = 0 then 'Blocked' else 'Active' end,
+    case when mod(i, 50) = 0 then 'Blocked' else 'Active' end,
     0,
     now(),
     md5(cast(i as text))

@@ -7,14 +7,18 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+from collections import Counter
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import httpx
 import pytest
 from conftest import make_sandbox
+from reconcile_world import Gateway, World, line, served
 
 from connector.http import ClientLimits, RateLimiter, ResilientClient
 from connector.settings import SANDBOX_TOKEN
+from connector.warehouse.engine import Warehouse
 
 
 class FakeTime:
@@ -185,3 +189,50 @@ def test_against_a_server_limit_the_client_waits_out_429s_without_losing_a_reque
     assert seen["throttled"] <= 30
     assert seen["seconds_over_rate_limit"] <= 2
     assert seen["seconds_observed"] >= 6
+
+
+@pytest.mark.parametrize("client_rate", [None, 10.0], ids=["learned-rate", "configured-rate"])
+def test_an_apply_against_a_tight_server_limit_loses_no_action(
+    tmp_path: Path, client_rate: float | None
+) -> None:
+    """40 actions against 10 requests/s with only two attempts per request: the 429s are
+    waited out, never counted as failures, and every action is done. With the rate configured
+    the server never refuses one; without, only the first burst before the first 429 does."""
+    sandbox = make_sandbox(contacts=60, seed=13, clock_speed=0.0)
+    warehouse = Warehouse(f"duckdb:///{tmp_path / 'w.duckdb'}")
+    world = World(sandbox, Gateway(sandbox.app), warehouse, tmp_path)
+    world.warehouse.ensure_tables()
+    try:
+        world.sync()
+        targets = [c for c in sandbox.truth("contacts") if c["status"] == "Active"][:20]
+        world.plan(
+            world.write(
+                "crm.csv",
+                [
+                    *(line(c["email"], c["name"], "dne") for c in targets),
+                    *(line(f"limit{n}@example.org", f"Limit {n}") for n in range(20)),
+                ],
+            )
+        )
+        world.limits.update(
+            max_attempts=2, max_concurrency=8, backoff_base=0.05, rate_limit=client_rate
+        )
+        sandbox.behaviour.update({"rate_limit": 10})
+        with served(world.gateway, sandbox) as url:
+            world.url = url
+            httpx.post(f"{url}/_sandbox/stats/reset")
+            summary = world.apply(refresh=False)
+            seen = httpx.get(f"{url}/_sandbox/stats").json()
+    finally:
+        world.warehouse.dispose()
+
+    assert summary.outcomes == Counter(done=40)
+    assert {r["state"] for r in world.ledger().values()} == {"done"}
+    assert seen["requests"] >= 40 and seen["seconds_observed"] >= 3
+    if client_rate is None:
+        assert seen.get("throttled", 0) <= 25
+        assert seen["seconds_over_rate_limit"] <= 3
+    else:
+        assert seen.get("throttled", 0) == 0
+        # One more than the rate when a request delayed on its way lands in the next second.
+        assert seen["max_arrivals_per_second"] <= 11
