@@ -296,6 +296,9 @@ class ResilientClient:
         """A 429 to wait out (the limiter holds every caller back), not a failed attempt."""
         if failure.reason != "http_429" or waits >= self.limits.max_throttled_waits:
             return False
+        if failure.delay is None:
+            # No Retry-After: the pause grows while the server keeps refusing this request.
+            self._rate.pause(min(self.limits.backoff_max, self.limits.backoff_base * 2**waits))
         self.stats["retry:http_429"] += 1
         return True
 
