@@ -40,7 +40,7 @@ from assets.metadata import definition_metadata, markdown_table, run_metadata
 from assets.resources import MarketplaceResource, WarehouseResource
 from assets.runner import run_async
 from connector.crm import CrmError
-from connector.errors import ConfigurationError, ConnectorError
+from connector.errors import ConfigurationError
 from connector.pipelines import pushback, reconcile
 from connector.pipelines.sync import refresh_contacts
 from connector.warehouse.tables import table
@@ -438,14 +438,16 @@ def _retry_pending(
     )
     if active:
         return
-    store = warehouse.warehouse()
+    store = None
     try:
+        store = warehouse.warehouse()
         pending = pushback.pending_work(store)
-    except ConnectorError as exc:
-        context.log.info("ledger not readable now, looked at again next tick: %s", exc)
+    except Exception as exc:  # any: the export runs requested above must still go out
+        context.log.warning("ledger not readable now, looked at again next tick: %s", exc)
         return
     finally:
-        store.dispose()
+        if store is not None:
+            store.dispose()
     if not pending.total:
         return
     last = pending.last_attempt_at
