@@ -1,29 +1,36 @@
 """Reconcile assets: CRM exports → plan (with blocking guard checks) → apply → refresh.
 
 Group ``reconcile``. A sensor on ``CRM_EXPORT_DIR`` starts one run per new or changed export
-file, keyed by its content, so the same file twice never runs twice.
+file, keyed by its content, so the same file twice never runs twice; the same sensor starts
+an apply of the stored plan when an earlier apply left actions pending (``retry``,
+``ambiguous``, ``sending``), once they have rested ``PENDING_RETRY_AFTER``. An apply that
+ends with actions pending says so in a warning check with the counts.
 """
 
 import hashlib
 import os
-from collections.abc import Iterator
-from datetime import timedelta
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from dagster import (
     AssetCheckResult,
     AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
+    AssetKey,
+    AssetObservation,
     AssetSpec,
     Config,
+    DagsterRunStatus,
     DefaultSensorStatus,
     Failure,
     MaterializeResult,
     MetadataValue,
     RunRequest,
+    RunsFilter,
     SensorEvaluationContext,
-    asset,
     multi_asset,
     sensor,
 )
@@ -34,6 +41,7 @@ from assets.metadata import definition_metadata, markdown_table, run_metadata
 from assets.resources import MarketplaceResource, WarehouseResource
 from assets.runner import run_async
 from connector.crm import CrmError
+from connector.errors import ConfigurationError
 from connector.pipelines import pushback, reconcile
 from connector.pipelines.sync import refresh_contacts
 from connector.warehouse.tables import table
@@ -59,16 +67,6 @@ def export_files(directory: Path) -> list[Path]:
     )
 
 
-def _spec(name: str) -> AssetSpec:
-    return AssetSpec(
-        name,
-        group_name="reconcile",
-        description=table(name).description,
-        metadata=definition_metadata(name),
-        kinds={"sql"},
-    )
-
-
 class CrmExportsConfig(Config):
     """Which exports to read and how to read them."""
 
@@ -81,17 +79,39 @@ class CrmExportsConfig(Config):
     )
 
 
+def _spec(name: str, *, skippable: bool = False, deps: Sequence[str] = ()) -> AssetSpec:
+    return AssetSpec(
+        name,
+        group_name="reconcile",
+        description=table(name).description,
+        metadata=definition_metadata(name),
+        kinds={"sql"},
+        skippable=skippable,
+        deps=list(deps),
+    )
+
+
+NO_EXPORT = "no export to reconcile"
+
+
 @multi_asset(
-    specs=[_spec("crm_contacts"), _spec("crm_rejected_rows")],
+    # Skippable: with no export file there is nothing to read, and the plan and apply after
+    # it are skipped ("Materialize all" on a fresh instance succeeds).
+    specs=[_spec("crm_contacts", skippable=True), _spec("crm_rejected_rows", skippable=True)],
     can_subset=False,
 )
 def crm_exports(
     context: AssetExecutionContext, config: CrmExportsConfig, warehouse: WarehouseResource
-) -> Iterator[MaterializeResult]:
+) -> Iterator[MaterializeResult | AssetObservation]:
     """Every line of the export(s): a CRM contact, or a rejected row with its reason."""
     paths = [Path(f) for f in config.files] or export_files(export_dir())
     if not paths:
-        raise Failure(f"no CRM export files in {export_dir()} (set {CRM_EXPORT_DIR})")
+        context.log.info("%s: no export file in %s (%s)", NO_EXPORT, export_dir(), CRM_EXPORT_DIR)
+        yield AssetObservation(
+            asset_key="crm_contacts",
+            metadata={"status": NO_EXPORT, "export_dir": str(export_dir())},
+        )
+        return
     store = warehouse.warehouse()
     try:
         load = reconcile.load_exports(store, paths, config.mapping, run_id=context.run.run_id)
@@ -128,6 +148,11 @@ class PlanConfig(Config):
     max_snapshot_age_hours: float = Field(
         default=2.0, description="Guard: oldest contacts sync a plan may be made from."
     )
+    max_unblocks: int = Field(default=100, description="Guard: most unblocks one plan may make.")
+    max_unblock_share: float = Field(
+        default=0.5,
+        description="Guard: most unblocks, as a share of the blocks this connector has in place.",
+    )
     override_guards: list[str] = Field(
         default=[], description="Guards to let pass anyway (recorded with the reason)."
     )
@@ -145,18 +170,21 @@ GUARD_CHECKS = [
         ("max_creates", "No more creates than the limit"),
         ("max_block_share", "Blocks stay under a share of active contacts"),
         ("max_snapshot_age", "The plan is made from a recent contacts sync"),
+        ("max_unblocks", "Unblocks stay under a count and a share of the connector's blocks"),
     )
 ]
 
 
-@asset(
+@multi_asset(
     name="reconciliation_plan",
-    group_name="reconcile",
-    description=table("reconciliation_plan").description,
-    metadata=definition_metadata("reconciliation_plan"),
-    deps=["crm_contacts", "contacts"],
+    specs=[
+        _spec("reconciliation_plan", deps=["crm_contacts", "contacts"]),
+        # Written by the same statement batch as the plan: real outputs, with row counts.
+        _spec("crm_conflicts", deps=["crm_contacts", "contacts"]),
+        _spec("platform_contacts_missing_from_crm", deps=["crm_contacts", "contacts"]),
+    ],
     check_specs=GUARD_CHECKS,
-    kinds={"sql"},
+    can_subset=False,
 )
 def reconciliation_plan(
     context: AssetExecutionContext, config: PlanConfig, warehouse: WarehouseResource
@@ -176,6 +204,8 @@ def reconciliation_plan(
         max_creates=config.max_creates,
         max_block_share=config.max_block_share,
         max_snapshot_age=timedelta(hours=config.max_snapshot_age_hours),
+        max_unblocks=config.max_unblocks,
+        max_unblock_share=config.max_unblock_share,
     )
     try:
         results = reconcile.evaluate_guards(plan, guards, config.override_guards)
@@ -183,6 +213,17 @@ def reconciliation_plan(
         raise Failure(str(exc)) from exc
     reconcile.record_plan(store, plan, results, config.override_reason)
     preview = reconcile.plan_preview(store)
+    yield MaterializeResult(
+        asset_key="crm_conflicts",
+        metadata={**run_metadata(store, "crm_conflicts", None), "conflicts": plan.conflicts},
+    )
+    yield MaterializeResult(
+        asset_key="platform_contacts_missing_from_crm",
+        metadata={
+            **run_metadata(store, "platform_contacts_missing_from_crm", None),
+            "missing_from_crm": plan.missing_from_crm,
+        },
+    )
     yield MaterializeResult(
         asset_key="reconciliation_plan",
         metadata={
@@ -231,27 +272,41 @@ class ApplyConfig(Config):
     batch_size: int = Field(default=200, description="Actions written to the ledger at once.")
 
 
-@asset(
+PENDING_CHECK = AssetCheckSpec(
+    "no_pending_actions",
+    asset="pushback_results",
+    description="Every action of the plan ended done or rejected; pending ones are retried",
+)
+
+
+@multi_asset(
     name="pushback_results",
-    group_name="reconcile",
-    description=table("pushback_results").description,
-    metadata=definition_metadata("pushback_results"),
-    deps=["reconciliation_plan"],
-    kinds={"sql"},
+    specs=[
+        _spec("pushback_results", deps=["reconciliation_plan"]),
+        # The run's record: what it read, planned, and what the apply did.
+        _spec("reconciliation_runs", deps=["reconciliation_plan"]),
+    ],
+    check_specs=[PENDING_CHECK],
+    can_subset=False,
 )
 def pushback_results(
     context: AssetExecutionContext,
     config: ApplyConfig,
     marketplace: MarketplaceResource,
     warehouse: WarehouseResource,
-) -> MaterializeResult:
+) -> Iterator[MaterializeResult | AssetCheckResult]:
     """Apply the plan exactly once, record every outcome, re-read the contacts it touched."""
     store = warehouse.warehouse()
     run = reconcile.latest_run(store, context.run.run_id)
     run_id = run[0] if run else context.run.run_id
     if config.dry_run:
         reconcile.record_apply(store, run_id, dry_run=True, outcomes={}, skipped=0)
-        return MaterializeResult(metadata={"dry_run": True, "applied": 0})
+        yield MaterializeResult(
+            asset_key="pushback_results", metadata={"dry_run": True, "applied": 0}
+        )
+        yield _runs_result(store)
+        yield _pending_check(pushback.pending_work(store), dry_run=True)
+        return
     # The guards are blocking checks of the plan step; this also holds when the apply is
     # launched on its own, later, against the plan stored in the warehouse.
     refusal = reconcile.unapproved_reason(store)
@@ -271,41 +326,64 @@ def pushback_results(
                 await refresh_contacts(client, store, refreshed)
             return summary
 
-    summary = run_async(apply())
+    try:
+        summary = run_async(apply())
+    except ConfigurationError as exc:
+        # A refused token: one line naming the setting; the actions stay pending.
+        raise Failure(description=str(exc)) from None
     reconcile.record_apply(
         store, run_id, dry_run=False, outcomes=dict(summary.outcomes), skipped=summary.skipped
     )
-    context.log.info("push-back: %s, skipped %d", dict(summary.outcomes), summary.skipped)
-    return MaterializeResult(
+    pending = pushback.pending_work(store)
+    context.log.info(
+        "push-back: %s, skipped %d, pending %s",
+        dict(summary.outcomes),
+        summary.skipped,
+        pending.by_state or "none",
+    )
+    yield MaterializeResult(
+        asset_key="pushback_results",
         metadata={
             **run_metadata(store, "pushback_results", None),
             "dry_run": False,
             **{f"outcome_{state}": n for state, n in summary.outcomes.items()},
             "skipped_already_settled": summary.skipped,
             "claimed_by_another_apply": summary.claimed_elsewhere,
+            "pending": pending.total,
             "contacts_refreshed": len(refreshed),
             "seconds": round(summary.seconds, 2),
-        }
+        },
+    )
+    yield _runs_result(store)
+    yield _pending_check(pending, dry_run=False)
+
+
+def _runs_result(store: Any) -> MaterializeResult:
+    return MaterializeResult(
+        asset_key="reconciliation_runs", metadata=run_metadata(store, "reconciliation_runs", None)
     )
 
 
-# Tables the reconcile steps write along the way: declared so lineage and column
-# descriptions show in the UI; they are not materialised on their own.
-BY_PRODUCTS = [
-    AssetSpec(
-        name,
-        group_name="reconcile",
-        description=f"{table(name).description} (written by the {writer} step)",
-        metadata=definition_metadata(name),
-        deps=[writer],
-        kinds={"sql"},
+def _pending_check(pending: pushback.PendingWork, *, dry_run: bool) -> AssetCheckResult:
+    counts = {state: pending.by_state.get(state, 0) for state in pushback.PENDING_STATES}
+    return AssetCheckResult(
+        check_name=PENDING_CHECK.name,
+        passed=pending.total == 0,
+        severity=AssetCheckSeverity.WARN,
+        description=(
+            "every action done or rejected"
+            if pending.total == 0
+            else f"{pending.total} actions pending ("
+            + ", ".join(f"{n} {state}" for state, n in counts.items() if n)
+            + "): the crm_export_sensor applies them again"
+        ),
+        metadata={"pending": pending.total, **counts, "dry_run": dry_run},
     )
-    for name, writer in (
-        ("crm_conflicts", "reconciliation_plan"),
-        ("platform_contacts_missing_from_crm", "reconciliation_plan"),
-        ("reconciliation_runs", "pushback_results"),
-    )
-]
+
+
+# The tables the reconcile steps write are their real outputs now (with row counts); kept so
+# the Definitions' asset list need not change.
+BY_PRODUCTS: list[AssetSpec] = []
 
 RECONCILE_ASSETS = [crm_exports, reconciliation_plan, pushback_results]
 
@@ -316,18 +394,70 @@ def file_run_key(path: Path) -> str:
     return f"{path.name}:{digest}"
 
 
+# How long pending actions rest before the sensor applies them again: long enough for a
+# throttling or unavailable API to recover, and never a loop of back-to-back runs.
+PENDING_RETRY_AFTER = timedelta(minutes=10)
+_UNFINISHED = [
+    DagsterRunStatus.QUEUED,
+    DagsterRunStatus.NOT_STARTED,
+    DagsterRunStatus.STARTING,
+    DagsterRunStatus.STARTED,
+    DagsterRunStatus.CANCELING,
+]
+
+
 @sensor(
     name="crm_export_sensor",
     job_name="reconcile",
     minimum_interval_seconds=30,
     default_status=DefaultSensorStatus.RUNNING,
-    description="One reconcile run per new or changed file in CRM_EXPORT_DIR.",
+    description=(
+        "One reconcile run per new or changed file in CRM_EXPORT_DIR; and an apply of the "
+        "stored plan when actions an earlier apply left pending have rested for a while."
+    ),
 )
-def crm_export_sensor(context: SensorEvaluationContext) -> Iterator[RunRequest]:
+def crm_export_sensor(
+    context: SensorEvaluationContext, warehouse: WarehouseResource
+) -> Iterator[RunRequest]:
     """Dagster skips a run key it has seen, so the same content never reconciles twice."""
-    for path in export_files(export_dir()):
+    paths = export_files(export_dir())
+    for path in paths:
         yield RunRequest(
             run_key=export_run_key(path),  # stat first, hash only changed files
             run_config={"ops": {"crm_exports": {"config": {"files": [str(path.resolve())]}}}},
             tags={"crm_export": path.name},
         )
+    yield from _retry_pending(context, warehouse, datetime.now(UTC))
+
+
+def _retry_pending(
+    context: SensorEvaluationContext, warehouse: WarehouseResource, now: datetime
+) -> Iterator[RunRequest]:
+    # A reconcile run in progress holds the ledger (and a DuckDB file): look again next tick.
+    active = context.instance.get_run_ids(
+        RunsFilter(job_name="reconcile", statuses=_UNFINISHED), limit=1
+    )
+    if active:
+        return
+    store = None
+    try:
+        store = warehouse.warehouse()
+        pending = pushback.pending_work(store)
+    except Exception as exc:  # any: the export runs requested above must still go out
+        context.log.warning("ledger not readable now, looked at again next tick: %s", exc)
+        return
+    finally:
+        if store is not None:
+            store.dispose()
+    if not pending.total:
+        return
+    last = pending.last_attempt_at
+    if last is not None and now - last < PENDING_RETRY_AFTER:
+        context.log.info("%d actions pending; last tried %s", pending.total, last.isoformat())
+        return
+    # Keyed by the last attempt: once this run has tried them, a new key can follow.
+    yield RunRequest(
+        run_key=f"pending:{last.isoformat() if last else 'never'}",
+        asset_selection=[AssetKey("pushback_results"), AssetKey("reconciliation_runs")],
+        tags={"pending_actions": str(pending.total)},
+    )

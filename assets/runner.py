@@ -18,6 +18,12 @@ def run_async(coroutine: Coroutine[Any, Any, T]) -> T:
     try:
         asyncio.get_running_loop()
     except RuntimeError:
+        in_loop = False
+    else:
+        in_loop = True
+    # Run outside the ``except`` block: an error of the coroutine raised in there would carry
+    # "RuntimeError: no running event loop" as its context, below the real cause.
+    if not in_loop:
         return asyncio.run(coroutine)
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
         return pool.submit(asyncio.run, coroutine).result()

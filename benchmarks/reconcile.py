@@ -2,6 +2,7 @@
 throughput as a share of the rate limit.
 
     python -m benchmarks.reconcile [--rows 1000000] [--rate 50] [--actions 600]
+                                   [--postgres-rows 100000]
 """
 
 from __future__ import annotations
@@ -14,9 +15,13 @@ import io
 import pstats
 import tempfile
 import time
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.pool import NullPool
 
 from benchmarks.sandbox_process import sandbox_process
 from benchmarks.sync import postgres_database
@@ -26,6 +31,23 @@ from connector.pipelines import pushback, reconcile
 from connector.pipelines.sync import sync_contacts
 from connector.settings import SANDBOX_TOKEN, MarketplaceSettings, Secret
 from connector.warehouse.engine import Transaction, Warehouse
+
+POSTGRES_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432"
+
+# The same contacts on PostgreSQL (generate_series instead of DuckDB's range).
+_FILL_CONTACTS_POSTGRES = """
+insert into contacts (id, email, email_key, name, status, opt_out_count, synced_at, row_hash)
+select
+    'CTT-' || lpad(cast(i as text), 12, '0'),
+    'person.' || cast(i as text) || '@example.com',
+    'person.' || cast(i as text) || '@example.com',
+    'Person ' || cast(i as text),
+    case when mod(i, 50) = 0 then 'Blocked' else 'Active' end,
+    0,
+    now(),
+    md5(cast(i as text))
+from generate_series(0, {rows} - 1) as t(i)
+"""
 
 # 1M platform contacts made in SQL: setting up is not what is measured.
 _FILL_CONTACTS = """
@@ -143,6 +165,39 @@ def plan_benchmark(rows: int) -> dict[str, float]:
     return {"duckdb_total": duck["total"], "postgresql_total": pg["total"]}
 
 
+def plan_postgres_benchmark(rows: int) -> dict[str, float]:
+    """Plan ``rows`` CRM lines against ``rows`` contacts on PostgreSQL right after the load."""
+    print(f"\n== plan: {rows:,} CRM lines against {rows:,} contacts (PostgreSQL, fresh load) ==")
+    name = f"notifsync_bench_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(
+        f"{POSTGRES_SERVER}/postgres", isolation_level="AUTOCOMMIT", poolclass=NullPool
+    )
+    with admin.connect() as connection:
+        connection.exec_driver_sql(f"create database {name}")
+    try:
+        with tempfile.TemporaryDirectory() as scratch:
+            warehouse = Warehouse(f"{POSTGRES_SERVER}/{name}")
+            warehouse.ensure_tables()
+            with warehouse.transaction() as tx:
+                tx.connection.exec_driver_sql(_FILL_CONTACTS_POSTGRES.format(rows=int(rows)))
+                now = datetime.now(UTC)
+                tx.set_state("contacts.synced_at", now.isoformat(), now)
+            export = Path(scratch) / "crm.csv"
+            write_export(export, rows)
+            load = reconcile.load_exports(warehouse, [export], run_id="bench")
+            # Right after the load: no statistics yet unless the plan refreshes them.
+            started = time.perf_counter()
+            plan = reconcile.make_plan(warehouse, run_id="bench", export_key=load.export_key)
+            plan_seconds = time.perf_counter() - started
+            warehouse.dispose()
+    finally:
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f"drop database if exists {name} with (force)")
+        admin.dispose()
+    print(f"plan (SQL, ANALYZE first): {plan_seconds:6.2f} s; plan {plan.actions}")
+    return {"postgres_plan_seconds": plan_seconds}
+
+
 def apply_benchmark(rate: float, actions: int, latency_ms: float = 30) -> dict[str, float]:
     """Push ``actions`` creates and blocks through a sandbox limited to ``rate`` requests/s."""
     print(f"\n== apply: {actions} actions, rate limit {rate:g}/s, {latency_ms:g} ms latency ==")
@@ -200,8 +255,10 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--rate", type=float, default=50)
     parser.add_argument("--actions", type=int, default=600)
+    parser.add_argument("--postgres-rows", type=int, default=100_000)
     args = parser.parse_args()
     plan_benchmark(args.rows)
+    plan_postgres_benchmark(args.postgres_rows)
     apply_benchmark(args.rate, args.actions)
 
 

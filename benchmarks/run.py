@@ -22,7 +22,7 @@ from benchmarks.campaigns import plan_benchmark as campaign_plan_benchmark
 from benchmarks.campaigns import send_benchmark as campaign_send_benchmark
 from benchmarks.cli_startup import cli_startup_benchmark
 from benchmarks.faults import fault_benchmark
-from benchmarks.reconcile import apply_benchmark, plan_benchmark
+from benchmarks.reconcile import apply_benchmark, plan_benchmark, plan_postgres_benchmark
 from benchmarks.sandbox_process import sandbox_process
 from benchmarks.sync import incremental_benchmark, memory_benchmark, sync_benchmark
 from connector.http import ClientLimits
@@ -84,6 +84,7 @@ def main() -> None:
     incremental_benchmark(args.contacts, args.latency_ms)
     memory_benchmark((args.contacts, args.memory_contacts))
     plan_benchmark(args.crm_rows)
+    plan_postgres_benchmark(100_000)
     apply_benchmark(args.apply_rate, args.apply_actions, args.latency_ms)
     fault_benchmark(args.fault_contacts, "0.2", slow_seconds=12.0)
     campaign_plan_benchmark(args.audience_rows)

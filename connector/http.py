@@ -14,8 +14,8 @@ import logging
 import os
 import random
 import time
-from collections import Counter
-from collections.abc import AsyncIterator, Mapping
+from collections import Counter, deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
@@ -50,6 +50,9 @@ class ClientLimits:
     max_attempts: int = 6
     backoff_base: float = 0.2
     backoff_max: float = 30.0
+    # 429 answers are waited out (Retry-After, for every caller) without spending an attempt;
+    # this bounds how many one request may meet before it fails.
+    max_throttled_waits: int = 30
 
     def __post_init__(self) -> None:
         if self.timeout <= 0:
@@ -63,27 +66,77 @@ class ClientLimits:
 
 
 class RateLimiter:
-    """Spaces request starts evenly at ``rate`` per second; a 429 pauses every caller."""
+    """Spaces request starts evenly at ``rate`` per second; a 429 pauses every caller.
 
-    def __init__(self, rate: float | None) -> None:
+    ``clock`` and ``sleep`` are injectable so the spacing can be checked without real time.
+    A caller re-checks the pause after its wait, so a 429 that arrives while it waits holds
+    it back too. Without a configured rate, a 429 teaches the limiter one (the server's limit
+    is not published): half of what was sent in the second before it, lowered again by each
+    later pause.
+    """
+
+    def __init__(
+        self,
+        rate: float | None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+    ) -> None:
         self._interval = 0.0 if rate is None else 1.0 / rate
+        self._configured = rate is not None
+        self._clock = clock
+        self._sleep = sleep
         self._next_start = 0.0
         self._paused_until = 0.0
+        self._recent: deque[float] = deque()  # starts in the last second (for learning a rate)
         self._lock = asyncio.Lock()
 
+    @property
+    def rate(self) -> float | None:
+        """Requests per second now enforced (configured or learned), None when unlimited."""
+        return 1.0 / self._interval if self._interval else None
+
+    @property
+    def paused(self) -> bool:
+        """Whether a 429 pause holds callers back right now."""
+        return self._paused_until > self._clock()
+
     async def acquire(self) -> None:
-        """Wait for this caller's turn."""
-        async with self._lock:
-            now = time.monotonic()
-            start = max(now, self._next_start, self._paused_until)
-            self._next_start = start + self._interval
-        delay = start - time.monotonic()
-        if delay > 0:
-            await asyncio.sleep(delay)
+        """Wait for this caller's turn (inside the concurrency slot, just before sending)."""
+        while True:
+            async with self._lock:
+                now = self._clock()
+                start = max(now, self._next_start, self._paused_until)
+                if start <= now:
+                    self._next_start = now + self._interval
+                    self._remember(now)
+                    return
+                # Reserve the slot, sleep, then look again: a pause may have come meanwhile.
+                self._next_start = start + self._interval
+            await self._sleep(start - now)
+            async with self._lock:
+                if self._paused_until <= start:
+                    self._remember(self._clock())
+                    return
 
     def pause(self, seconds: float) -> None:
         """Hold back every caller for ``seconds`` (the server asked us to slow down)."""
-        self._paused_until = max(self._paused_until, time.monotonic() + seconds)
+        now = self._clock()
+        if not self._configured and self._paused_until <= now:
+            # Once per pause, not per refused request: half of what went out in the last
+            # second (a burst overshoots the server's limit by far, refused requests included),
+            # then 80% of the learned rate each time the server still refuses.
+            sent = sum(1 for t in self._recent if t > now - 1.0)
+            learned = 0.5 * sent if self._interval == 0.0 else 0.8 / self._interval
+            self._interval = 1.0 / max(1.0, learned)
+        self._paused_until = max(self._paused_until, now + seconds)
+
+    def _remember(self, now: float) -> None:
+        if self._configured:
+            return
+        self._recent.append(now)
+        while self._recent and self._recent[0] <= now - 1.0:
+            self._recent.popleft()
 
 
 @dataclass(frozen=True)
@@ -192,11 +245,12 @@ class ResilientClient:
 
         Errors while reading the body surface as ``TransportError`` so the caller can resume.
         """
-        attempt = 0
+        attempt = throttled = 0
         while True:
-            attempt += 1
-            await self._rate.acquire()
+            # The rate slot is taken inside the concurrency slot, right before sending: a caller
+            # queued for a connection cannot hold an old turn and then send in a burst.
             async with self._slots:
+                await self._rate.acquire()
                 self.stats["requests"] += 1
                 try:
                     url, query = _url(path, params)
@@ -216,20 +270,37 @@ class ResilientClient:
                     failure = self._status_failure(method, path, response, safe_to_retry=True)
                     if failure is None:
                         raise _api_error(method, path, response)
+            if self._throttled(failure, throttled):
+                throttled += 1
+                continue
+            attempt += 1
             await self._back_off_or_raise(method, path, attempt, failure)
 
     async def _attempts(self, call: _Call, *, decode: bool) -> tuple[httpx.Response, Any]:
-        attempt = 0
+        attempt = throttled = 0
         while True:
-            attempt += 1
-            await self._rate.acquire()
             async with self._slots:
+                await self._rate.acquire()  # inside the slot: see ``stream``
                 self.stats["requests"] += 1
                 try:
                     return await self._attempt(call, decode)
                 except _Retry as failure:
                     pending = failure
+            if self._throttled(pending, throttled):
+                throttled += 1
+                continue
+            attempt += 1
             await self._back_off_or_raise(call.method, call.path, attempt, pending)
+
+    def _throttled(self, failure: _Retry, waits: int) -> bool:
+        """A 429 to wait out (the limiter holds every caller back), not a failed attempt."""
+        if failure.reason != "http_429" or waits >= self.limits.max_throttled_waits:
+            return False
+        if failure.delay is None:
+            # No Retry-After: the pause grows while the server keeps refusing this request.
+            self._rate.pause(min(self.limits.backoff_max, self.limits.backoff_base * 2**waits))
+        self.stats["retry:http_429"] += 1
+        return True
 
     async def _attempt(self, call: _Call, decode: bool) -> tuple[httpx.Response, Any]:
         method, path, safe = call.method, call.path, call.safe_to_retry
@@ -278,7 +349,16 @@ class ResilientClient:
             raise AmbiguousOutcomeError(method, path, error)
         retry_after = _retry_after(response)
         if status == 429:
+            already = self._rate.paused
             self._rate.pause(retry_after if retry_after is not None else self.limits.backoff_base)
+            if not already:  # one line per pause, not one per waiting request
+                log.warning(
+                    "%s %s: throttled (429); every request waits %.1fs, then goes at %s",
+                    method,
+                    path,
+                    retry_after if retry_after is not None else self.limits.backoff_base,
+                    f"{self._rate.rate:.1f}/s" if self._rate.rate else "full speed",
+                )
         return _Retry(f"http_{status}", error, retry_after)
 
     async def _back_off_or_raise(

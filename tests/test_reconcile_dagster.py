@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 import pytest
 from conftest import RELOADED_MODULES, load_definitions, make_sandbox
-from dagster import DagsterInstance, Definitions, build_sensor_context
+from dagster import AssetCheckSeverity, DagsterInstance, Definitions, build_sensor_context
 
 from connector.http import ClientLimits
 from connector.marketplace.client import MarketplaceClient
@@ -25,6 +25,7 @@ from connector.pipelines.sync import sync_contacts
 from connector.settings import MarketplaceSettings, Secret
 from connector.warehouse.engine import Warehouse
 from sandbox.app import Sandbox
+from sandbox.problems import problem_body
 from sandbox.server import serve_in_thread
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -41,7 +42,7 @@ SETTINGS = (
     "NOTIFSYNC_MESSAGES_START_DATE",
 )
 HEADER = ("Email", "Name", "Do Not Email")
-CHECKS = {"max_creates", "max_block_share", "max_snapshot_age"}
+CHECKS = {"max_creates", "max_block_share", "max_snapshot_age", "max_unblocks"}
 
 
 class Writes:
@@ -50,11 +51,18 @@ class Writes:
     def __init__(self, app: Any) -> None:
         self.app = app
         self.writes: list[tuple[str, str]] = []
+        self.unavailable = False  # answer writes 503 (the API did nothing) while set
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         http = scope["type"] == "http"
         if http and scope["method"] != "GET" and not scope["path"].startswith("/_sandbox"):
             self.writes.append((scope["method"], scope["path"]))
+            if self.unavailable:
+                headers = [(b"content-type", b"application/problem+json")]
+                await send({"type": "http.response.start", "status": 503, "headers": headers})
+                body = problem_body(503, "Service Unavailable", "Writes are paused.")
+                await send({"type": "http.response.body", "body": body})
+                return
         await self.app(scope, receive, send)
 
 
@@ -213,8 +221,15 @@ def test_reconcile_job_previews_the_plan_passes_its_guards_and_applies_it(
         "crm_contacts",
         "crm_rejected_rows",
         "reconciliation_plan",
+        "crm_conflicts",
+        "platform_contacts_missing_from_crm",
         "pushback_results",
+        "reconciliation_runs",
     }
+    # The tables the plan and apply write along the way are real outputs, with row counts.
+    assert found["reconciliation_runs"].metadata["dagster/row_count"].value == 1
+    assert found["crm_conflicts"].metadata["dagster/row_count"].value == 0
+    assert found["platform_contacts_missing_from_crm"].metadata["dagster/row_count"].value == 0
     read = found["crm_contacts"].metadata
     assert read["dagster/row_count"].value == 36
     assert read["files"].value[0]["file"] == "crm.csv"
@@ -231,7 +246,7 @@ def test_reconcile_job_previews_the_plan_passes_its_guards_and_applies_it(
     assert "STOP" not in plan["guards"].value
 
     evaluations = checks(result)
-    assert set(evaluations) == CHECKS
+    assert set(evaluations) == {*CHECKS, "no_pending_actions"}
     assert all(e.passed for e in evaluations.values())
 
     applied = found["pushback_results"].metadata
@@ -382,7 +397,9 @@ def test_an_unreadable_export_fails_the_run_before_anything_is_planned(platform:
 
 def evaluate_sensor(defs: Definitions, instance: DagsterInstance) -> list[Any]:
     sensor = defs.resolve_sensor_def("crm_export_sensor")
-    context = build_sensor_context(instance=instance, definitions=defs)
+    context = build_sensor_context(
+        instance=instance, definitions=defs, resources={"warehouse": defs.resources["warehouse"]}
+    )
     return list(sensor.evaluate_tick(context).run_requests or [])
 
 
@@ -438,7 +455,7 @@ def test_the_apply_alone_refuses_a_stored_plan_whose_guard_tripped(platform: Pla
         # Someone materialises the apply on its own later, against the stored plan.
         alone = defs.resolve_implicit_global_asset_job_def().execute_in_process(
             instance=instance,
-            asset_selection=[AssetKey("pushback_results")],
+            asset_selection=[AssetKey("pushback_results"), AssetKey("reconciliation_runs")],
             raise_on_error=False,
         )
     assert not stopped.success
@@ -447,3 +464,93 @@ def test_the_apply_alone_refuses_a_stored_plan_whose_guard_tripped(platform: Pla
     assert "max_creates" in str(failure.event_specific_data.error)
     assert platform.truth() == before
     assert platform.table("pushback_results") == []
+
+
+# --- nothing silently pending, nothing failing for want of an export ------------------------
+
+
+def test_without_an_export_the_reconcile_run_succeeds_and_plans_nothing(
+    platform: Platform,
+) -> None:
+    defs = load_definitions()
+    with DagsterInstance.ephemeral() as instance:
+        result = defs.resolve_job_def("reconcile").execute_in_process(
+            instance=instance, raise_on_error=False
+        )
+        observations = [
+            e.asset_observation_data.asset_observation
+            for e in result.all_events
+            if e.event_type_value == "ASSET_OBSERVATION"
+        ]
+    assert result.success
+    assert materializations(result) == {}
+    (seen,) = observations
+    assert seen.metadata["status"].value == "no export to reconcile"
+    assert platform.table("reconciliation_plan") == []
+    assert platform.table("reconciliation_runs") == []
+    assert platform.writes.writes == []
+
+
+def pending_requests(defs: Definitions, instance: DagsterInstance) -> list[Any]:
+    return [r for r in evaluate_sensor(defs, instance) if "pending_actions" in r.tags]
+
+
+def test_pending_actions_warn_and_the_sensor_applies_them_again(platform: Platform) -> None:
+    path, new, blocked = small_export(platform)
+    defs = load_definitions()
+    with DagsterInstance.ephemeral() as instance:
+        platform.writes.unavailable = True
+        first = run(defs, instance, run_config(path))
+        platform.writes.unavailable = False
+
+        # The run did its part, and says three actions still wait.
+        assert first.success
+        check = checks(first)["no_pending_actions"]
+        assert not check.passed and check.severity == AssetCheckSeverity.WARN
+        assert check.metadata["pending"].value == 3 and check.metadata["retry"].value == 3
+        assert "3 actions pending" in check.description
+        assert materializations(first)["pushback_results"].metadata["pending"].value == 3
+
+        # Freshly tried: the sensor lets them rest. Once rested, it asks for an apply.
+        assert pending_requests(defs, instance) == []
+        warehouse = platform.warehouse()
+        try:
+            with warehouse.transaction() as tx:
+                tx.connection.exec_driver_sql(
+                    "update pushback_results set last_attempt_at = last_attempt_at "
+                    "- interval '1 hour'"
+                )
+        finally:
+            warehouse.dispose()
+        (request,) = pending_requests(defs, instance)
+        assert request.tags["pending_actions"] == "3"
+        retried = defs.resolve_job_def("reconcile").execute_in_process(
+            instance=instance, asset_selection=request.asset_selection, tags=request.tags
+        )
+        # Done: nothing more to ask for.
+        assert pending_requests(defs, instance) == []
+
+    assert retried.success
+    assert checks(retried)["no_pending_actions"].passed
+    assert {r["state"] for r in platform.table("pushback_results")} == {"done"}
+    truth = {c["email"]: c for c in platform.truth()}
+    assert all(truth[e]["status"] == "Active" for e in new)
+    assert truth[blocked["email"]]["status"] == "Blocked"
+
+
+def test_a_refused_token_fails_the_apply_in_one_line_and_leaves_the_actions_pending(
+    platform: Platform, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path, _, _ = small_export(platform)
+    monkeypatch.setenv("MPT_API_TOKEN", "wrong-token")
+    defs = load_definitions()
+    with DagsterInstance.ephemeral() as instance:
+        result = run(defs, instance, run_config(path))
+    assert not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    error = failure.event_specific_data.error
+    assert "MPT_API_TOKEN" in error.message and "wrong-token" not in error.message
+    assert error.cause is None
+    # Refused or cut off in flight, each action is pending (none rejected), for the next apply.
+    states = {r["state"] for r in platform.table("pushback_results")}
+    assert states and states <= {"retry", "sending"}

@@ -1,15 +1,18 @@
 """Applying a reconciliation plan to the platform, exactly once.
 
 The ledger is ``pushback_results``: every action has a stable key from the plan. Before a
-batch of actions is sent, their ledger rows are written as ``sending`` and committed; after
-the answers, each row gets its outcome. So after a crash, a kill or a retried run:
+batch of actions is sent, their ledger rows are written as ``sending`` and committed; each
+action's outcome is committed on its own the moment its answer is in (a kill loses at most
+the answers in flight). So after a crash, a kill or a retried run:
 
 - ``done`` and ``rejected`` (a permanent 4xx) are never sent again;
-- ``sending`` and ``ambiguous`` mean an earlier attempt may have landed: a create first looks
-  the email up and only sends if no contact has it; a block or unblock is sent again, which
-  is harmless (the client treats "already in that state" as done);
-- ``retry`` (the API was unavailable or throttled us past the client's own retries) is sent
-  again on the next run.
+- ``sending``, ``ambiguous`` and ``retry`` mean an earlier attempt may have landed: a create
+  first looks the email up and only sends if no contact has it; a block or unblock first reads
+  the contact and is sent only if it is not in that state yet (when it is, the state read is
+  recorded as the connector's own, so its block can be lifted later).
+
+A refused token (401/403) is not the action's fault: the apply stops with an error naming
+``MPT_API_TOKEN`` and the actions stay pending.
 
 Only one apply runs per warehouse at a time (``Warehouse.exclusive``), and an action is sent
 only by the apply whose claim on its ledger row held. A create is also looked up first when
@@ -30,8 +33,16 @@ from typing import Any
 
 import orjson
 
-from connector.errors import AmbiguousOutcomeError, ApiError, ConflictError, ConnectorError
+from connector.errors import (
+    AmbiguousOutcomeError,
+    ApiError,
+    AuthenticationError,
+    ConfigurationError,
+    ConflictError,
+    ConnectorError,
+)
 from connector.marketplace.client import MarketplaceClient
+from connector.settings import MPT_API_TOKEN
 from connector.warehouse.engine import Transaction, Warehouse
 
 log = logging.getLogger(__name__)
@@ -117,19 +128,76 @@ async def _apply(
             held = set(tx.run("pushback/select_claims", {"claim": claim}).scalars())
         summary.claimed_elsewhere += sum(a.action_key not in held for a in batch)
         batch = [a for a in batch if a.action_key in held]
-        outcomes = await asyncio.gather(*(_perform(client, a) for a in batch))
-        now = clock()
-        with warehouse.transaction() as tx:
-            tx.run_many(
-                "pushback/update_outcome",
-                [_outcome_row(a, o, now) for a, o in zip(batch, outcomes, strict=True)],
-            )
-        for outcome in outcomes:
-            summary.outcomes[outcome.state] += 1
-            if outcome.state == "done" and outcome.contact_id:
-                summary.touched_contacts.append(outcome.contact_id)
+        await _send_batch(client, warehouse, batch, summary, clock)
     summary.seconds = asyncio.get_running_loop().time() - started
     return summary
+
+
+async def _send_batch(
+    client: MarketplaceClient,
+    warehouse: Warehouse,
+    batch: Sequence[Action],
+    summary: ApplySummary,
+    clock: Callable[[], datetime],
+) -> None:
+    """Send a claimed batch; each outcome is committed the moment its answer is in."""
+
+    async def one(action: Action) -> None:
+        try:
+            outcome = await _perform(client, action)
+        except AuthenticationError as exc:
+            # The server refused who we are, not the action: it stays pending (a 401/403 means
+            # nothing was done) and the whole apply stops.
+            _record(warehouse, action, _failed(exc, state="retry"), clock(), summary)
+            raise
+        _record(warehouse, action, outcome, clock(), summary)
+
+    tasks = [asyncio.ensure_future(one(action)) for action in batch]
+    try:
+        await asyncio.gather(*tasks)
+    except AuthenticationError as exc:
+        for task in tasks:
+            task.cancel()  # in flight: left ``sending``, so the next apply checks them first
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise ConfigurationError(
+            f"{MPT_API_TOKEN} was refused by the Marketplace API ({exc.status} "
+            f"{exc.problem.title or 'authentication failed'}): the apply stopped, and every "
+            "action not done stays pending for the next apply"
+        ) from exc
+
+
+def _record(
+    warehouse: Warehouse,
+    action: Action,
+    outcome: Outcome,
+    now: datetime,
+    summary: ApplySummary,
+) -> None:
+    with warehouse.transaction() as tx:
+        tx.run("pushback/update_outcome", _outcome_row(action, outcome, now))
+    summary.outcomes[outcome.state] += 1
+    if outcome.state == "done" and outcome.contact_id:
+        summary.touched_contacts.append(outcome.contact_id)
+
+
+@dataclass
+class PendingWork:
+    """The current plan's actions left pending by earlier applies."""
+
+    by_state: dict[str, int]
+    last_attempt_at: datetime | None
+
+    @property
+    def total(self) -> int:
+        return sum(self.by_state.values())
+
+
+def pending_work(warehouse: Warehouse) -> PendingWork:
+    """What earlier applies of the current plan left ``sending``, ``ambiguous`` or ``retry``."""
+    with warehouse.transaction() as tx:
+        rows = tx.run("pushback/count_pending_actions").all()
+    latest = max((_instant(r[2]) for r in rows if r[2] is not None), default=None)
+    return PendingWork({r[0]: int(r[1]) for r in rows}, latest)
 
 
 def contacts_settled_by_plan(warehouse: Warehouse) -> list[str]:
@@ -220,16 +288,7 @@ async def _perform(client: MarketplaceClient, action: Action) -> Outcome:
             if changed_since:
                 return Outcome("rejected", problem_title=changed_since)
         if action.action in ("block", "unblock"):
-            contact, changed = await client.set_contact_state(
-                action.contact_id, blocked=action.action == "block"
-            )
-            # Only a change this call made is the connector's: an "already blocked" contact
-            # keeps a block that is not ours, so its details are not recorded as ours.
-            return Outcome(
-                "done",
-                contact_id=contact.get("id", action.contact_id),
-                contact=contact if changed else None,
-            )
+            return await _set_state(client, action)
         if action.action == "update":
             current = await client.get("contacts", action.contact_id)
             opt_outs = [c["id"] for c in current.get("optOuts") or []]
@@ -239,12 +298,36 @@ async def _perform(client: MarketplaceClient, action: Action) -> Outcome:
         else:
             return Outcome("rejected", problem_title=f"Unknown action {action.action!r}")
         return Outcome("done", contact_id=contact.get("id", action.contact_id), contact=contact)
+    except AuthenticationError:
+        raise
     except ApiError as exc:
         return _failed(exc)
     except AmbiguousOutcomeError:
         return Outcome("ambiguous", problem_title="Outcome unknown; checked on the next run")
     except ConnectorError as exc:  # transport failures after every retry
         return Outcome("retry", problem_title=type(exc).__name__, problem_detail=str(exc))
+
+
+async def _set_state(client: MarketplaceClient, action: Action) -> Outcome:
+    """Block or unblock; an earlier attempt that may have landed is checked before resending."""
+    assert action.contact_id is not None
+    blocked = action.action == "block"
+    target = "Blocked" if blocked else "Active"
+    retried = action.previous_state in PENDING_STATES
+    if retried:
+        # A kill or a lost answer left it pending: if the contact is already where the action
+        # takes it, that was our own attempt, so nothing is sent twice.
+        current = await client.get("contacts", action.contact_id)
+        if current.get("status") == target:
+            return Outcome("done", contact_id=current.get("id", action.contact_id), contact=current)
+    contact, changed = await client.set_contact_state(action.contact_id, blocked=blocked)
+    # "Already blocked" (409, the contact read after it) is ours when an earlier attempt of
+    # this action may have landed: its state is recorded so the block can be lifted later.
+    # On a first attempt the block in place was put there by someone else: not recorded.
+    ours = changed or retried
+    return Outcome(
+        "done", contact_id=contact.get("id", action.contact_id), contact=contact if ours else None
+    )
 
 
 async def _changed_since_our_block(client: MarketplaceClient, action: Action) -> str | None:
@@ -299,10 +382,10 @@ async def _find_quietly(client: MarketplaceClient, email: str) -> dict[str, Any]
         return None
 
 
-def _failed(exc: ApiError) -> Outcome:
+def _failed(exc: ApiError, state: str | None = None) -> Outcome:
     problem = exc.problem
     return Outcome(
-        "retry" if exc.retryable else "rejected",
+        state or ("retry" if exc.retryable else "rejected"),
         http_status=problem.status,
         problem_title=problem.title,
         problem_detail=problem.detail,

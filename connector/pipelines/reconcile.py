@@ -111,11 +111,17 @@ class PlanSummary:
     conflicts: int
     contacts_synced_at: datetime | None
     planned_at: datetime
+    connector_blocks: int = 0  # blocks this connector put in place that are still there
 
     @property
     def block_share(self) -> float:
-        """Blocks as a share of the platform's active contacts."""
+        """Blocks as a share of the platform's active (not deleted) contacts."""
         return self.actions.get("block", 0) / max(1, self.active_contacts)
+
+    @property
+    def unblock_share(self) -> float:
+        """Unblocks as a share of the blocks this connector has in place."""
+        return self.actions.get("unblock", 0) / max(1, self.connector_blocks)
 
     @property
     def snapshot_age(self) -> timedelta | None:
@@ -132,7 +138,11 @@ def make_plan(
     include_updates: bool = False,
     now: datetime | None = None,
 ) -> PlanSummary:
-    """Replace ``reconciliation_plan`` (and the missing / conflicts reports) in one go."""
+    """Replace ``reconciliation_plan`` (and the missing / conflicts reports) in one go.
+
+    On PostgreSQL the tables it reads get fresh statistics first, and the planning
+    transaction is bounded (see ``sql/reconcile/set_plan_session_limits.sql``).
+    """
     now = now or datetime.now(UTC)
     params = {
         "run_id": run_id,
@@ -140,15 +150,22 @@ def make_plan(
         "include_updates": include_updates,
         "planned_at": now,
     }
+    postgres = warehouse.dialect == "postgresql"
+    if postgres:
+        with warehouse.transaction() as tx:
+            tx.run("reconcile/analyze_planning_tables")
     with warehouse.transaction() as tx:
+        if postgres:
+            tx.run("reconcile/set_plan_session_limits")
         tx.run("reconcile/delete_previous_plan")
         tx.run("reconcile/insert_reconciliation_plan", params)
         tx.run("reconcile/insert_platform_contacts_missing_from_crm", params)
         tx.run("reconcile/insert_crm_conflicts", params)
         actions = {a: n for a, n in tx.run("reconcile/count_plan_actions").all()}
         active = tx.run("reconcile/count_active_contacts").scalar()
-        missing = tx.scalar("select count(*) from platform_contacts_missing_from_crm")
-        conflicts = tx.scalar("select count(*) from crm_conflicts")
+        own_blocks = tx.run("reconcile/count_connector_blocks_in_place").scalar()
+        missing = tx.run("reconcile/count_platform_contacts_missing_from_crm").scalar()
+        conflicts = tx.run("reconcile/count_crm_conflicts").scalar()
         synced = tx.get_state(CONTACTS_SYNCED_AT)
     return PlanSummary(
         run_id=run_id,
@@ -159,6 +176,7 @@ def make_plan(
         conflicts=int(conflicts),
         contacts_synced_at=datetime.fromisoformat(synced) if synced else None,
         planned_at=now,
+        connector_blocks=int(own_blocks or 0),
     )
 
 
@@ -169,6 +187,13 @@ class Guards:
     max_creates: int = 1000
     max_block_share: float = 0.05
     max_snapshot_age: timedelta = timedelta(hours=2)
+    max_unblocks: int = 100
+    max_unblock_share: float = 0.5
+
+
+# Below this many blocks of its own in place, lifting most of them is not unusual (one block
+# lifted of one is 100%): only the count limit applies.
+UNBLOCK_SHARE_FROM_BLOCKS = 10
 
 
 @dataclass(frozen=True)
@@ -185,7 +210,7 @@ class GuardResult:
         return self.passed or self.overridden
 
 
-GUARD_NAMES = ("max_creates", "max_block_share", "max_snapshot_age")
+GUARD_NAMES = ("max_creates", "max_block_share", "max_snapshot_age", "max_unblocks")
 
 
 def evaluate_guards(
@@ -196,6 +221,8 @@ def evaluate_guards(
     if unknown:
         raise ValueError(f"unknown guard(s) to override: {', '.join(sorted(unknown))}")
     creates = plan.actions.get("create", 0)
+    unblocks = plan.actions.get("unblock", 0)
+    share_applies = plan.connector_blocks >= UNBLOCK_SHARE_FROM_BLOCKS
     age = plan.snapshot_age
     results = [
         (
@@ -222,6 +249,24 @@ def evaluate_guards(
             if age is None
             else f"contacts snapshot is {str(age).split('.')[0]} old "
             f"(limit {guards.max_snapshot_age})",
+        ),
+        (
+            # An export that lost its flag columns reads as "everyone is mailable" and would
+            # lift every block the connector ever made.
+            "max_unblocks",
+            unblocks <= guards.max_unblocks
+            and (not share_applies or plan.unblock_share <= guards.max_unblock_share),
+            f"{unblocks} ({plan.unblock_share:.2%})",
+            f"{guards.max_unblocks} and {guards.max_unblock_share:.2%}",
+            f"{unblocks} unblocks planned = {plan.unblock_share:.2%} of the "
+            f"{plan.connector_blocks} blocks this connector has in place (limits "
+            f"{guards.max_unblocks} and {guards.max_unblock_share:.2%}"
+            + (
+                ""
+                if share_applies
+                else f"; the share counts from {UNBLOCK_SHARE_FROM_BLOCKS} blocks in place"
+            )
+            + ")",
         ),
     ]
     return [
@@ -317,7 +362,7 @@ def unapproved_reason(warehouse: Warehouse) -> str | None:
     the guards never judged it), or None when it may be."""
     with warehouse.transaction() as tx:
         rows = tx.run("reconcile/select_plan_guards").all()
-        planned = tx.scalar("select count(*) from reconciliation_plan")
+        planned = tx.run("reconcile/count_reconciliation_plan").scalar()
     if not planned:
         return None
     if len(rows) != 1 or rows[0][1] is None:

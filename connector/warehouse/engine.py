@@ -64,6 +64,10 @@ class Warehouse:
             parsed = make_url(url)
         except sa.exc.ArgumentError as exc:
             raise ConfigurationError(f"{WAREHOUSE_URL} is not a valid SQLAlchemy URL") from exc
+        except ValueError as exc:  # a port that is not a number; the message holds no password
+            raise ConfigurationError(
+                f"{WAREHOUSE_URL} is not a valid SQLAlchemy URL: {exc} (is the port a number?)"
+            ) from None
         self.dialect = parsed.get_backend_name()
         if self.dialect == "duckdb" and parsed.database not in (None, "", ":memory:"):
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
@@ -126,6 +130,14 @@ class Warehouse:
                         _lock_holder(exc),
                     )
                 time.sleep(0.5)
+            except sa.exc.ProgrammingError as exc:
+                if self.dialect != "duckdb":
+                    raise
+                # DuckDB checks the options from the URL's query when it opens the file.
+                cause = str(exc.orig).splitlines()[0] if exc.orig else type(exc).__name__
+                raise ConfigurationError(
+                    f"{WAREHOUSE_URL} ({self.url}): DuckDB refused an option: {cause}"
+                ) from None
         with connection:
             yield connection
 

@@ -128,9 +128,11 @@ guards as (
         position('"max_creates":' in guards_text) > 0 as tripped_max_creates,
         position('"max_block_share":' in guards_text) > 0 as tripped_max_block_share,
         position('"max_snapshot_age":' in guards_text) > 0 as tripped_max_snapshot_age,
+        position('"max_unblocks":' in guards_text) > 0 as tripped_max_unblocks,
         position('"max_creates"' in overrides_text) > 0 as overrode_max_creates,
         position('"max_block_share"' in overrides_text) > 0 as overrode_max_block_share,
-        position('"max_snapshot_age"' in overrides_text) > 0 as overrode_max_snapshot_age
+        position('"max_snapshot_age"' in overrides_text) > 0 as overrode_max_snapshot_age,
+        position('"max_unblocks"' in overrides_text) > 0 as overrode_max_unblocks
     from (
         select
             run_id,
@@ -150,6 +152,7 @@ classified_runs as (
             when (guards.tripped_max_creates and not guards.overrode_max_creates)
                 or (guards.tripped_max_block_share and not guards.overrode_max_block_share)
                 or (guards.tripped_max_snapshot_age and not guards.overrode_max_snapshot_age)
+                or (guards.tripped_max_unblocks and not guards.overrode_max_unblocks)
                 then 'stopped_by_guard'
             else 'unfinished'
         end as status,
@@ -158,7 +161,8 @@ classified_runs as (
                 ', ',
                 case when guards.tripped_max_creates then 'max_creates' end,
                 case when guards.tripped_max_block_share then 'max_block_share' end,
-                case when guards.tripped_max_snapshot_age then 'max_snapshot_age' end
+                case when guards.tripped_max_snapshot_age then 'max_snapshot_age' end,
+                case when guards.tripped_max_unblocks then 'max_unblocks' end
             ),
             ''
         ) as tripped_names,
@@ -167,7 +171,8 @@ classified_runs as (
                 ', ',
                 case when guards.overrode_max_creates then 'max_creates' end,
                 case when guards.overrode_max_block_share then 'max_block_share' end,
-                case when guards.overrode_max_snapshot_age then 'max_snapshot_age' end
+                case when guards.overrode_max_snapshot_age then 'max_snapshot_age' end,
+                case when guards.overrode_max_unblocks then 'max_unblocks' end
             ),
             ''
         ) as overridden_names,

@@ -1,0 +1,1 @@
+select count(*) from platform_contacts_missing_from_crm

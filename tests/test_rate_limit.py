@@ -1,0 +1,238 @@
+"""The client keeps to its rate: the limiter's spacing on a fake clock (no dependence on the
+machine's speed), 429 pauses that hold back every caller, and end to end against the
+sandbox's rate limit, judged on the sandbox's own per-second arrival counts."""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import make_sandbox
+from reconcile_world import Gateway, World, line, served
+
+from connector.http import ClientLimits, RateLimiter, ResilientClient
+from connector.settings import SANDBOX_TOKEN
+from connector.warehouse.engine import Warehouse
+
+
+class FakeTime:
+    """Virtual time: ``sleep`` parks the caller until ``run`` moves the clock to its wake-up."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._order = itertools.count()
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._sleepers, (self.now + max(0.0, seconds), next(self._order), future))
+        await future
+
+    async def run(self, *work: Awaitable[object]) -> None:
+        """Run the work to the end, jumping the clock from one wake-up to the next."""
+        tasks = [asyncio.ensure_future(w) for w in work]
+        while not all(t.done() for t in tasks):
+            for _ in range(20):  # let every runnable task reach its next sleep
+                await asyncio.sleep(0)
+            if self._sleepers:
+                wake, _, future = heapq.heappop(self._sleepers)
+                self.now = max(self.now, wake)
+                future.set_result(None)
+        for task in tasks:
+            task.result()
+
+
+def most_in_any_second(starts: list[float]) -> int:
+    """The largest number of starts inside any window of one second (sliding, not bucketed)."""
+    ordered = sorted(starts)
+    most = 0
+    for i, start in enumerate(ordered):
+        j = i
+        while j < len(ordered) and ordered[j] < start + 1.0 - 1e-9:
+            j += 1
+        most = max(most, j - i)
+    return most
+
+
+def limiter_on(time: FakeTime, rate: float | None) -> RateLimiter:
+    return RateLimiter(rate, clock=time.clock, sleep=time.sleep)
+
+
+def workers(
+    limiter: RateLimiter, time: FakeTime, count: int, requests: int, starts: list[float]
+) -> list[Awaitable[None]]:
+    queue = iter(range(requests))
+
+    async def worker() -> None:
+        for _ in queue:
+            await limiter.acquire()
+            starts.append(time.now)
+            await time.sleep(0.03)  # the request itself
+
+    return [worker() for _ in range(count)]
+
+
+@pytest.mark.parametrize("rate", [3.0, 10.0, 47.5])
+def test_the_limiter_never_starts_more_than_its_rate_in_any_second(rate: float) -> None:
+    time = FakeTime()
+    limiter = limiter_on(time, rate)
+    starts: list[float] = []
+    asyncio.run(time.run(*workers(limiter, time, 8, 400, starts)))
+
+    assert len(starts) == 400
+    assert most_in_any_second(starts) <= int(rate) + (0 if rate == int(rate) else 1)
+    gaps = [b - a for a, b in itertools.pairwise(sorted(starts))]
+    assert min(gaps) >= 1 / rate - 1e-9
+    # ...and it does not crawl: the requests take the time the rate says, no more.
+    assert sorted(starts)[-1] == pytest.approx(399 / rate)
+
+
+def test_a_429_pause_holds_back_callers_already_waiting_for_their_turn() -> None:
+    time = FakeTime()
+    limiter = limiter_on(time, 10.0)
+    starts: list[float] = []
+
+    async def pause_at_one_second() -> None:
+        await time.sleep(1.0)
+        limiter.pause(2.5)
+
+    asyncio.run(time.run(*workers(limiter, time, 8, 60, starts), pause_at_one_second()))
+
+    assert len(starts) == 60
+    assert not [s for s in starts if 1.0 < s < 3.5], "nobody starts during the pause"
+    after = sorted(s for s in starts if s >= 3.5)
+    # The callers that waited through the pause go one by one at the rate, not together.
+    assert after[0] == pytest.approx(3.5)
+    assert min(b - a for a, b in itertools.pairwise(after)) >= 0.1 - 1e-9
+
+
+def test_without_a_configured_rate_the_first_429_sets_half_of_what_was_sent() -> None:
+    time = FakeTime()
+    limiter = limiter_on(time, None)
+    starts: list[float] = []
+
+    async def throttled_after_a_burst() -> None:
+        await time.sleep(0.5)
+        limiter.pause(1.0)
+
+    asyncio.run(time.run(*workers(limiter, time, 4, 120, starts), throttled_after_a_burst()))
+
+    burst = [s for s in starts if s <= 0.5]
+    later = sorted(s for s in starts if s > 0.5)
+    assert limiter.rate == pytest.approx(0.5 * len(burst))
+    assert later[0] == pytest.approx(1.5)
+    assert most_in_any_second(later) <= int(limiter.rate or 0) + 1
+
+
+# --- end to end: the sandbox's own count of arrivals per second ------------------------------
+
+
+def hammer(url: str, requests: int, **limits: object) -> dict[str, int]:
+    """Many concurrent reads of one contact; returns the client's stats."""
+
+    async def run() -> dict[str, int]:
+        client = ResilientClient(
+            url + "/public/v1/notifications",
+            headers={"Authorization": f"Bearer {SANDBOX_TOKEN}"},
+            limits=ClientLimits(backoff_base=0.05, backoff_max=0.5, **limits),  # type: ignore[arg-type]
+        )
+        async with client:
+            query = "limit=1&offset=0"
+            await asyncio.gather(
+                *(
+                    client.send_json("GET", "/contacts", params=query, safe_to_retry=True)
+                    for _ in range(requests)
+                )
+            )
+            return dict(client.stats)
+
+    return asyncio.run(run())
+
+
+def test_the_sandbox_never_sees_more_than_the_configured_rate(
+    loopback: Callable[..., str],
+) -> None:
+    sandbox = make_sandbox(contacts=20, seed=5)
+    url = loopback(sandbox)
+    stats = hammer(url, 45, rate_limit=9.0, max_concurrency=8)
+    seen = httpx.get(f"{url}/_sandbox/stats").json()
+
+    assert stats["requests"] == 45 and seen["requests"] == 45
+    # Several seconds of traffic, and no second with more arrivals than the rate allows (one
+    # more when a request delayed on its way lands in the next second's count).
+    assert seen["seconds_observed"] >= 4
+    assert seen["max_arrivals_per_second"] <= 10
+
+
+def test_against_a_server_limit_the_client_waits_out_429s_without_losing_a_request(
+    loopback: Callable[..., str],
+) -> None:
+    sandbox = make_sandbox(contacts=20, seed=5, rate_limit=10)
+    url = loopback(sandbox)
+    # Two attempts only: were the 429 waits counted as failed attempts, requests would fail.
+    stats = hammer(url, 80, max_concurrency=8, max_attempts=2)
+    seen = httpx.get(f"{url}/_sandbox/stats").json()
+
+    assert seen["requests"] - seen.get("throttled", 0) == 80
+    assert stats.get("gave_up", 0) == 0
+    # Each pause lowers the rate the client learned: a few 429s in the first seconds, then
+    # the client keeps under the server's limit.
+    assert seen["throttled"] <= 30
+    assert seen["seconds_over_rate_limit"] <= 2
+    assert seen["seconds_observed"] >= 6
+
+
+@pytest.mark.parametrize("client_rate", [None, 10.0], ids=["learned-rate", "configured-rate"])
+def test_an_apply_against_a_tight_server_limit_loses_no_action(
+    tmp_path: Path, client_rate: float | None
+) -> None:
+    """40 actions against 10 requests/s with only two attempts per request: the 429s are
+    waited out, never counted as failures, and every action is done. With the rate configured
+    the server never refuses one; without, only the first burst before the first 429 does."""
+    sandbox = make_sandbox(contacts=60, seed=13, clock_speed=0.0)
+    warehouse = Warehouse(f"duckdb:///{tmp_path / 'w.duckdb'}")
+    world = World(sandbox, Gateway(sandbox.app), warehouse, tmp_path)
+    world.warehouse.ensure_tables()
+    try:
+        world.sync()
+        targets = [c for c in sandbox.truth("contacts") if c["status"] == "Active"][:20]
+        world.plan(
+            world.write(
+                "crm.csv",
+                [
+                    *(line(c["email"], c["name"], "dne") for c in targets),
+                    *(line(f"limit{n}@example.org", f"Limit {n}") for n in range(20)),
+                ],
+            )
+        )
+        world.limits.update(
+            max_attempts=2, max_concurrency=8, backoff_base=0.05, rate_limit=client_rate
+        )
+        sandbox.behaviour.update({"rate_limit": 10})
+        with served(world.gateway, sandbox) as url:
+            world.url = url
+            httpx.post(f"{url}/_sandbox/stats/reset")
+            summary = world.apply(refresh=False)
+            seen = httpx.get(f"{url}/_sandbox/stats").json()
+    finally:
+        world.warehouse.dispose()
+
+    assert summary.outcomes == Counter(done=40)
+    assert {r["state"] for r in world.ledger().values()} == {"done"}
+    assert seen["requests"] >= 40 and seen["seconds_observed"] >= 3
+    if client_rate is None:
+        assert seen.get("throttled", 0) <= 25
+        assert seen["seconds_over_rate_limit"] <= 3
+    else:
+        assert seen.get("throttled", 0) == 0
+        # One more than the rate when a request delayed on its way lands in the next second.
+        assert seen["max_arrivals_per_second"] <= 11
