@@ -77,6 +77,11 @@ class CrmExportsConfig(Config):
         default="auto",
         description="salesforce, hubspot, dynamics365, generic, auto, or a YAML mapping file.",
     )
+    sheet: str | None = Field(
+        default=None,
+        description="For .xlsx workbooks, the one sheet to read; default: every sheet whose "
+        "header has the mapped email column.",
+    )
 
 
 def _spec(name: str, *, skippable: bool = False, deps: Sequence[str] = ()) -> AssetSpec:
@@ -114,7 +119,9 @@ def crm_exports(
         return
     store = warehouse.warehouse()
     try:
-        load = reconcile.load_exports(store, paths, config.mapping, run_id=context.run.run_id)
+        load = reconcile.load_exports(
+            store, paths, config.mapping, run_id=context.run.run_id, sheet=config.sheet
+        )
     except (CrmError, OSError) as exc:
         # Nothing is planned from an unreadable export: the run stops here.
         raise Failure(description=str(exc)) from exc

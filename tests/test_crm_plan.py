@@ -35,9 +35,13 @@ class Platform:
     active: list[str]  # emails of Active platform contacts
     folder: Path
 
-    def plan(self, *paths: Path, mapping: str = "auto") -> reconcile.ExportLoad:
+    def plan(
+        self, *paths: Path, mapping: str = "auto", sheet: str | None = None
+    ) -> reconcile.ExportLoad:
         run_id = f"run-{uuid.uuid4().hex[:8]}"
-        load = reconcile.load_exports(self.warehouse, list(paths), mapping, run_id=run_id)
+        load = reconcile.load_exports(
+            self.warehouse, list(paths), mapping, run_id=run_id, sheet=sheet
+        )
         reconcile.make_plan(self.warehouse, run_id=run_id, export_key=load.export_key)
         return load
 
@@ -171,6 +175,20 @@ def test_every_sheet_with_the_header_is_planned_and_a_title_row_is_skipped(
         "mapping 'generic')"
     )
     assert "sheet 'Contacts': 1 row(s) above the header skipped" in warnings[1]
+
+
+def test_a_named_sheet_is_the_only_one_planned(platform: Platform) -> None:
+    known = platform.active[4]
+    path = make_workbook(
+        platform.folder / "book.xlsx",
+        [["Email", "Name", "Unsubscribed"], ["new.first@example.org", "First", "no"]],
+        Leads=[["Email", "Name", "Unsubscribed"], [known, "Known", "yes"]],
+    )
+
+    load = platform.plan(path, mapping="generic", sheet="Leads")
+
+    assert platform.actions() == {("block", known)}
+    assert load.summaries[0]["sheets"] == ["Leads"]
 
 
 def test_a_nul_byte_rejects_its_line_and_no_warehouse_fails(platform: Platform) -> None:

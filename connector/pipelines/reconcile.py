@@ -54,9 +54,13 @@ def load_exports(
     mapping: str | CrmMapping = "auto",
     *,
     run_id: str,
+    sheet: str | None = None,
     now: datetime | None = None,
 ) -> ExportLoad:
     """Read every export into ``crm_contacts`` / ``crm_rejected_rows``, replacing the last.
+
+    ``sheet`` names the one sheet to read in .xlsx workbooks (default: every sheet whose header
+    has the mapped email column; text exports ignore it).
 
     All or nothing: an unreadable file raises ``CrmFileError`` (naming the file) and the
     tables keep what they had.
@@ -72,7 +76,7 @@ def load_exports(
         tx.stage("crm_rejected_rows") as rejected,
     ):
         for path in paths:
-            with read_export(path, mapping) as export:
+            with read_export(path, mapping, sheet=sheet) as export:
                 constants = {"run_id": run_id, "read_at": read_at}
                 for chunk in export:
                     contacts.write(chunk.contacts, constants)
@@ -89,6 +93,7 @@ def load_exports(
                     "encoding": summary.encoding,
                     "delimiter": summary.delimiter,
                     "mapping": summary.mapping,
+                    "sheets": summary.sheets,
                     "contacts": summary.contacts,
                     "rejected": summary.rejected,
                     "warnings": summary.warnings,
