@@ -20,6 +20,7 @@ from dagster import (
     BetaWarning,
     Config,
     DailyPartitionsDefinition,
+    Failure,
     FreshnessPolicy,
     MaterializeResult,
     asset,
@@ -37,6 +38,7 @@ from assets.checks import (
 from assets.metadata import definition_metadata, run_metadata
 from assets.resources import EviNoticeResource, MarketplaceResource, WarehouseResource
 from assets.runner import run_async
+from connector.errors import MassDeletionError
 from connector.pipelines import sync
 from connector.warehouse.engine import Warehouse
 from connector.warehouse.tables import table
@@ -141,6 +143,16 @@ class ContactsConfig(Config):
     full_refresh_every_hours: float = Field(
         default=24, description="Run a full refresh when the last one is older than this."
     )
+    max_deleted_share: float = Field(
+        default=0.10,
+        description="Guard: a full refresh that would mark more than this share of the live "
+        "contacts deleted stops and changes nothing.",
+    )
+    mass_deletion_reason: str = Field(
+        default="",
+        description="Override of the guard above: why so many contacts really are gone "
+        "(recorded in sync_state).",
+    )
 
 
 @multi_asset(
@@ -158,15 +170,28 @@ def contacts(
     policy = sync.ContactsPolicy(
         lookback=timedelta(minutes=config.lookback_minutes),
         full_refresh_every=timedelta(hours=config.full_refresh_every_hours),
+        max_deleted_share=config.max_deleted_share,
     )
-    store, result, before = _sync(
-        context,
-        marketplace,
-        warehouse,
-        lambda client, store: sync.sync_contacts(
-            client, store, full_refresh=config.full_refresh, policy=policy
-        ),
-    )
+    try:
+        store, result, before = _sync(
+            context,
+            marketplace,
+            warehouse,
+            lambda client, store: sync.sync_contacts(
+                client,
+                store,
+                full_refresh=config.full_refresh,
+                policy=policy,
+                mass_deletion_reason=config.mass_deletion_reason or None,
+            ),
+        )
+    except MassDeletionError as exc:
+        # A token scoped to another account, or a smaller sandbox: the table stays as it was.
+        raise Failure(
+            description=f"{exc} (run config: ops.contacts.config.mass_deletion_reason)",
+            metadata={"missing": exc.missing, "live": exc.live, "max_share": exc.max_share},
+            allow_retries=False,
+        ) from None
     yield from _materialized(context, store, ("contacts", "contact_opt_outs"), result, before)
 
 
