@@ -126,22 +126,25 @@ def test_read_under_faults_and_rate_limit_is_exact_and_keeps_to_the_limit(
 
 
 def test_client_backs_off_on_429_and_honours_retry_after(loopback: Start) -> None:
-    sandbox = make_sandbox(contacts=6000, seed=4, rate_limit=20)
+    # A bucket of two requests refilled at two a second: the pages the client launches at
+    # once after the first exceed it however fast or slow this machine is.
+    sandbox = make_sandbox(contacts=1000, seed=4, rate_limit=2)
     url = loopback(sandbox)
 
     async def run() -> tuple[list[dict], dict]:
-        # No client-side limit: the server's 429s and Retry-After are all that slow it down.
-        async with loopback_client(url, max_attempts=20) as client:
+        # No client-side rate: the server's 429s and Retry-After are all that slow it down.
+        async with loopback_client(url, max_attempts=20, max_concurrency=4) as client:
             rows, _ = await read_all(client, "contacts", mode="concurrent")
             return rows, dict(client.http.stats)
 
     rows, client_stats = asyncio.run(run())
-    assert len(rows) == 6000
+    assert [r["id"] for r in rows] == [c["id"] for c in sandbox.truth("contacts")]
     assert client_stats.get("retry:http_429", 0) > 0
     stats = httpx.get(f"{url}/_sandbox/stats").json()
     assert stats["throttled"] == client_stats["retry:http_429"]
-    # After a 429 every caller waits: throttled answers stay a small share of all requests.
-    assert stats["throttled"] < stats["requests"] / 2
+    # After a 429 every caller waits: beyond the first burst (at most the client's window of
+    # 2 x 4 requests in flight) the server throttles almost nothing.
+    assert stats["throttled"] <= 8 + 2
 
 
 @pytest.mark.parametrize("mode", ["concurrent", "sequential", "auto"])
