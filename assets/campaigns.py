@@ -123,6 +123,7 @@ NO_CAMPAIGN = "no campaign to plan"
 
 
 @multi_asset(
+    name="campaign_plan",
     # Skippable: a run without a campaign (e.g. "Materialize all") plans nothing, and the send
     # after it is skipped.
     specs=[

@@ -200,10 +200,16 @@ class World:
             return loopback_client(self.url, self.token, **self.limits)
         return client_for(self.gateway, self.token, **self.limits)
 
-    def sync(self, *, now: datetime | None = None) -> None:
+    def sync(self, *, now: datetime | None = None, mass_deletion_reason: str | None = None) -> None:
         async def go() -> None:
             async with self.client() as client:
-                await sync_contacts(client, self.warehouse, full_refresh=True, now=now)
+                await sync_contacts(
+                    client,
+                    self.warehouse,
+                    full_refresh=True,
+                    now=now,
+                    mass_deletion_reason=mass_deletion_reason,
+                )
 
         asyncio.run(go())
 

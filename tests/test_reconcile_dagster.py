@@ -397,10 +397,11 @@ def test_an_unreadable_export_fails_the_run_before_anything_is_planned(platform:
 
 def evaluate_sensor(defs: Definitions, instance: DagsterInstance) -> list[Any]:
     sensor = defs.resolve_sensor_def("crm_export_sensor")
-    context = build_sensor_context(
+    # The warehouse resource opens and closes its connection (setup/teardown): a context.
+    with build_sensor_context(
         instance=instance, definitions=defs, resources={"warehouse": defs.resources["warehouse"]}
-    )
-    return list(sensor.evaluate_tick(context).run_requests or [])
+    ) as context:
+        return list(sensor.evaluate_tick(context).run_requests or [])
 
 
 def test_the_sensor_requests_one_run_per_export_keyed_by_its_content(

@@ -235,6 +235,22 @@ def _requested(result: Any) -> set[str]:
 SYNCED_TABLE_NAMES = tuple(name for name in TABLE_NAMES if name != "sync_state")
 
 
+# What "Materialize all" skips on a fresh install (no export, no campaign), and the reports
+# that read those tables.
+NOTHING_TO_DO = {
+    "crm_contacts",
+    "crm_rejected_rows",
+    "crm_conflicts",
+    "platform_contacts_missing_from_crm",
+    "reconciliation_plan",
+    "pushback_results",
+    "reconciliation_runs",
+    "campaign_plan",
+    "campaign_results",
+}
+READ_THEM = {"contact_health", "reconciliation_history", "campaign_performance"}
+
+
 # Dagster's own test API uses a beta parameter internally.
 @pytest.mark.filterwarnings("ignore::dagster.BetaWarning")
 def test_materialize_all_then_contacts_from_the_ui_rebuilds_the_reports_reading_it_once(
@@ -248,9 +264,15 @@ def test_materialize_all_then_contacts_from_the_ui_rebuilds_the_reports_reading_
     run = ui.materialize(everything, partition=datetime.now(UTC).date().isoformat())
     assert run["status"] == "SUCCESS", str(run)
     latest = ui.materializations(everything)
-    assert all(latest[name] and latest[name][0] == run["runId"] for name in everything), latest
+    skipped = {n for n in everything if not (latest[n] and latest[n][0] == run["runId"])}
+    # A fresh install has no CRM export and no campaign: those steps record that there is
+    # nothing to do and the steps after them are skipped, with the reports reading their
+    # tables. Everything else was materialised by the run.
+    assert skipped == NOTHING_TO_DO | READ_THEM, latest
 
-    # The reports were built in that run, after their inputs: nothing to follow up.
+    # The automation sensor's first tick takes what happened so far as its starting point:
+    # those reports are built at the next change of an input (the next sync) or by
+    # publish_reports.
     tick = _evaluate(ui)
     assert _requested(tick) == set()
 
@@ -268,11 +290,13 @@ def test_materialize_all_then_contacts_from_the_ui_rebuilds_the_reports_reading_
 
     after = ui.materializations([r.name for r in REPORTS])
     for report in REPORTS:
+        # Materialised once more by the rebuild if it reads contacts, else left as it was.
         runs = after[report.name]
+        first = [] if report.name in READ_THEM else [run["runId"]]
         if report.name in readers:
-            assert runs[:2] == [rebuilt["runId"], run["runId"]], report.name
+            assert runs == [rebuilt["runId"], *first], report.name
         else:
-            assert runs[:1] == [run["runId"]], report.name
+            assert runs == first, report.name
 
 
 def test_after_the_demo_every_synced_table_shows_its_materialisation(ui: Ui) -> None:
