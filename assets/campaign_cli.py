@@ -1,8 +1,9 @@
-"""``notifsync campaign plan | send | status | cancel``: campaigns from the command line, with
-the same plan, guards, ledger and report as the ``send_campaign`` job.
+"""``notifsync campaign plan | send | status | cancel | revert | reschedule``: campaigns from
+the command line, with the same plan, guards, ledger and report as the ``send_campaign`` job.
 
 Settings come from the environment as everywhere: ``WAREHOUSE_URL`` (default the embedded
-DuckDB file) and, to send, ``MPT_API_BASE_URL`` / ``MPT_API_TOKEN``.
+DuckDB file) and, to send, ``MPT_API_BASE_URL`` / ``MPT_API_TOKEN`` (Marketplace campaigns)
+or ``EVINOTICE_*`` (certified campaigns, ``provider: evinotice``).
 """
 
 from __future__ import annotations
@@ -20,9 +21,11 @@ from connector.campaigns import CampaignError, load_campaign
 from connector.campaigns import plan as campaign_plan
 from connector.campaigns.model import CampaignBase
 from connector.errors import ConnectorError
+from connector.evinotice.client import EviNoticeClient
 from connector.marketplace.client import MarketplaceClient
 from connector.pipelines import campaigns as sending
-from connector.settings import MarketplaceSettings
+from connector.pipelines import certified_campaigns as certified
+from connector.settings import EviNoticeSettings, MarketplaceSettings
 from connector.warehouse.engine import DEFAULT_WAREHOUSE_URL, WAREHOUSE_URL, Warehouse
 
 
@@ -111,6 +114,9 @@ def send_command(file: str, overrides: tuple[str, ...], reason: str, concurrency
     _, allowed = _plan(warehouse, loaded, file, overrides, reason, dry_run=False)
     if not allowed:
         raise click.ClickException("not sent: a guard stopped the plan (see above)")
+    if certified.is_certified(loaded):
+        _send_certified(warehouse, loaded)
+        return
     try:
         settings = MarketplaceSettings.from_env()
         summary = asyncio.run(_send(settings, warehouse, loaded, concurrency))
@@ -139,6 +145,73 @@ async def _send(
         if summary.batches and summary.started_at is not None:
             await sending.refresh_after_send(client, warehouse, summary.started_at)
         return summary
+
+
+def _send_certified(warehouse: Warehouse, loaded: CampaignBase) -> None:
+    """The certified branch of ``send``: build and schedule each batch on EviNotice once."""
+    assert isinstance(loaded, certified.CertifiedCampaign)
+
+    async def build() -> certified.CertifiedSummary:
+        async with EviNoticeClient(EviNoticeSettings.from_env()) as client:
+            return await certified.build_certified_campaign(
+                client, warehouse, loaded, run_id=f"cli-{uuid.uuid4().hex[:12]}"
+            )
+
+    try:
+        summary = asyncio.run(build())
+    except ConnectorError as exc:
+        raise click.ClickException(str(exc)) from None
+    build_report(warehouse, "campaign_performance")
+    if summary.cancelled:
+        click.echo("Cancelled: nothing more was sent.")
+        return
+    when = loaded.send_at_utc.isoformat() if loaded.send_at_utc else "now"
+    click.echo(
+        f"Certified: {summary.done} of {summary.batches} batches scheduled ({when}) on EviNotice; "
+        f"{summary.recipients_added} recipients added, {summary.found_by_lookup} earlier "
+        "creates found by lookup"
+    )
+    if summary.stopped:
+        raise click.ClickException(
+            "; ".join(summary.stopped.values()) + " (send again: it resumes on the same batches)"
+        )
+
+
+def _change_certified(name: str, at: str | None) -> None:
+    from assets.campaigns import parse_moment, refusal_text
+
+    warehouse = _warehouse()
+
+    async def change() -> certified.ChangeSummary:
+        async with EviNoticeClient(EviNoticeSettings.from_env()) as client:
+            if at is None:
+                return await certified.revert_certified_campaign(client, warehouse, name)
+            moment = parse_moment(at)
+            return await certified.reschedule_certified_campaign(client, warehouse, name, moment)
+
+    try:
+        summary = asyncio.run(change())
+    except ConnectorError as exc:
+        raise click.ClickException(str(exc)) from None
+    for batch_id in summary.changed:
+        click.echo(f"  {summary.action}d batch {batch_id}")
+    if summary.refused:
+        raise click.ClickException(refusal_text(summary))
+
+
+@campaign.command("revert")
+@click.argument("name")
+def revert_command(name: str) -> None:
+    """Put a certified campaign's scheduled batches back to Draft, before they start."""
+    _change_certified(name, None)
+
+
+@campaign.command("reschedule")
+@click.argument("name")
+@click.option("--at", "at", required=True, help="New date with a time zone (2026-12-01T09:00Z).")
+def reschedule_command(name: str, at: str) -> None:
+    """Move the date of a certified campaign's batches, before they start."""
+    _change_certified(name, at)
 
 
 @campaign.command("status")
