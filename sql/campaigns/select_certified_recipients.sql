@@ -1,4 +1,5 @@
--- The recipients of one certified batch with what the upload carries, in upload order.
+-- The recipients of one certified batch with what the upload carries, in upload order. A
+-- plan made after the claim marks them already_reached (no batch): that row still holds them.
 select
     b.recipient_key,
     p.name as display_name,
@@ -6,8 +7,9 @@ select
     v.variables
 from campaign_batch_recipients as b
 left join campaign_plan as p
-    on p.campaign = b.campaign and p.batch_key = b.batch_key and p.email = b.recipient_key
-    and p.included
+    on p.campaign = b.campaign
+    and p.email = b.recipient_key
+    and ((p.included and p.batch_key = b.batch_key) or p.reason = 'already_reached')
 left join campaign_plan_variables as v
     on v.campaign = p.campaign and v.audience_row = p.audience_row
 where b.batch_key = :batch_key
