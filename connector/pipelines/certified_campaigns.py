@@ -510,3 +510,9 @@ def _set_status(
 def is_certified(campaign: CampaignBase) -> bool:
     """True for a campaign this pipeline builds (``provider: evinotice``)."""
     return isinstance(campaign, CertifiedCampaign)
+
+
+def campaign_lookup_keys(warehouse: Warehouse, name: str) -> list[str]:
+    """The LookupKeys of a certified campaign's scheduled recipients, to sync their evidence."""
+    with warehouse.transaction() as tx:
+        return list(tx.run("campaigns/select_certified_lookup_keys", {"campaign": name}).scalars())
