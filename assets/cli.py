@@ -15,7 +15,13 @@ from pathlib import Path
 
 import click
 
-from assets.campaign_cli import campaign, sample_campaign_summary, send_sample_campaign
+from assets.campaign_cli import (
+    campaign,
+    sample_campaign_summary,
+    sample_certified_summary,
+    send_sample_campaign,
+    send_sample_certified_campaign,
+)
 from assets.reconcile import export_dir
 from assets.reporting import REPORT_NAMES
 from connector.cli import main
@@ -124,6 +130,7 @@ def demo(contacts: int, seed: int, days: int, keep: bool) -> None:
                 )
             )
             outcomes.append(send_sample_campaign(defs, instance, quiet))
+            outcomes.append(send_sample_certified_campaign(defs, instance, quiet))
             outcomes.append(
                 defs.resolve_job_def("publish_reports").execute_in_process(
                     instance=instance, raise_on_error=False, run_config=quiet
@@ -161,6 +168,9 @@ def _summary(warehouse: Warehouse, outcomes: list) -> None:
     campaign_line = sample_campaign_summary(warehouse)
     if campaign_line:
         click.echo(f"\n{campaign_line}")
+    certified_line = sample_certified_summary(warehouse)
+    if certified_line:
+        click.echo(certified_line)
     evaluations = [e for o in outcomes for e in o.get_asset_check_evaluations()]
     failed = [e for e in evaluations if not e.passed]
     click.echo(f"\nAsset checks: {len(evaluations) - len(failed)} passed, {len(failed)} failed")
