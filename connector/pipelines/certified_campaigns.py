@@ -106,12 +106,13 @@ async def build_certified_campaign(
     refusal = unapproved_reason(warehouse, campaign)
     if refusal:
         raise CampaignError(f"not sending {campaign.name}: {refusal}")
-    if row is not None and row["status"] == REVERTED:
-        raise CampaignError(
-            f"{campaign.name} was reverted to Draft: reschedule it "
-            "(notifsync campaign reschedule) or plan a new version"
-        )
     with warehouse.exclusive(f"campaign:{campaign.name}"):
+        if any(b.state == REVERTED for b in _ledger(warehouse, campaign.name)):
+            # A person put it back to Draft: only a reschedule sends it now.
+            raise CampaignError(
+                f"{campaign.name} was reverted to Draft: reschedule it "
+                "(notifsync campaign reschedule) or cancel it"
+            )
         _set_status(warehouse, campaign.name, key, "sending", started=clock())
         claim = _claim_new(warehouse, campaign, key, run_id, clock())
         batches = _ledger(warehouse, campaign.name)
