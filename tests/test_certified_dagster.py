@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 from conftest import load_definitions
-from dagster import DagsterInstance, build_sensor_context
+from dagster import AssetKey, DagsterInstance, build_sensor_context
 from test_campaign_dagster import Platform, materialized, platform, send_job  # noqa: F401
 
 DESCRIPTION = "Dagster notice"
@@ -79,6 +79,23 @@ def test_send_job_builds_a_certified_campaign_and_the_change_job_reverts_it(
     assert "refused" in str(failure.event_specific_data.error.message)  # type: ignore[union-attr]
     rows = platform.rows("select distinct problem_title from campaign_results")
     assert rows == [{"problem_title": "Revert refused"}]
+
+    # The evidence of the campaign's recipients, read by their LookupKeys.
+    platform.sandbox.clock.advance(86400)
+    job = load_definitions().get_implicit_global_asset_job_def()
+    synced = job.execute_in_process(
+        asset_selection=[AssetKey("evinotice_evidence")],
+        run_config={"ops": {"evinotice_evidence": {"config": {"campaign": "notice"}}}},
+        instance=DagsterInstance.ephemeral(),
+        raise_on_error=False,
+    )
+    assert synced.success
+    keys = platform.rows(
+        "select e.lookup_key from evinotice_evidence as e "
+        "join campaign_batch_recipients as b on e.lookup_key = md5(b.batch_key || '|' || "
+        "b.recipient_key)"
+    )
+    assert len(keys) == 12 == len(platform.rows("select * from evinotice_evidence"))
 
 
 def test_the_sensor_builds_a_certified_file_at_once(platform: Platform) -> None:  # noqa: F811
