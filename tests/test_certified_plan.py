@@ -121,3 +121,18 @@ def test_a_large_audience_is_split_into_batches_with_stable_keys(warehouse: Ware
     assert set(warehouse.query("select distinct batch_key from campaign_plan where included")) == {
         (k,) for k, _ in keys
     }
+
+
+def test_the_readme_example_is_a_valid_certified_campaign(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme.split("### Certified campaigns", 1)[1]
+    example = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "terms.pdf").write_bytes(b"%PDF-1.4 terms")
+    path = tmp_path / "renewal.yaml"
+    path.write_text(example, encoding="utf-8")
+    campaign = load_campaign(path)
+    assert isinstance(campaign, CertifiedCampaign)
+    assert campaign.wire_options()["CommitmentOptions"] == "AcceptOrReject"
