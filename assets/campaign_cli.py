@@ -232,7 +232,20 @@ def status_command(name: str) -> None:
     shown["batches"] = row["batches_by_state"]
     if row["cancelled_at"] is not None:
         shown["cancelled"] = f"{row['cancelled_at']} ({row['cancel_reason']})"
-    if performance:
+    if performance and row["provider"] == "evinotice":
+        shown["evidence"] = {
+            k.removeprefix("evidence_"): performance[k]
+            for k in (
+                "evidence_delivered",
+                "evidence_read",
+                "evidence_accepted",
+                "evidence_rejected",
+                "evidence_refused",
+                "evidence_failed",
+                "evidence_pending",
+            )
+        }
+    elif performance:
         shown["messages"] = {
             k: performance[k]
             for k in ("sent", "bounced", "complained", "failed", "discarded", "pending")

@@ -113,6 +113,9 @@ def test_send_revert_reschedule_and_a_refused_revert(
     assert "revert of cli-notice refused" in refused.output
     assert "can no longer go back to Draft" in refused.output
     assert "Traceback" not in refused.output and len(refused.output.splitlines()) == 1
+    status = cli(env, "status", "cli-notice")
+    assert status.exit_code == 0, status.output
+    assert "evidence" in status.output and "'pending': 3" in status.output
     warehouse = Warehouse(env["WAREHOUSE_URL"])
     assert warehouse.query(
         "select distinct state, problem_title, http_status from campaign_results"
