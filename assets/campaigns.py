@@ -356,7 +356,14 @@ CAMPAIGN_STATUSES = (
 )
 CAMPAIGN_PERFORMANCE = Report(
     "campaign_performance",
-    deps=("campaigns", "campaign_results", "messages"),
+    deps=(
+        "campaigns",
+        "campaign_results",
+        "messages",
+        "evinotice_batches",
+        "campaign_batch_recipients",
+        "evinotice_evidence",
+    ),
     checks=TableChecks(
         "campaign_performance",
         ("campaign",),

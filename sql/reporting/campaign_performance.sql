@@ -39,6 +39,21 @@ messages as (
     from messages
 ),
 
+evinotice_batches as (
+    select id, total_count, sent_count, failed_count
+    from evinotice_batches
+),
+
+campaign_batch_recipients as (
+    select batch_key, recipient_key
+    from campaign_batch_recipients
+),
+
+evinotice_evidence as (
+    select id, lookup_key, state, outcome, last_update_date
+    from evinotice_evidence
+),
+
 ledger as (
     select
         campaign,
