@@ -1,8 +1,9 @@
-"""``notifsync campaign plan | send | status | cancel``: campaigns from the command line, with
-the same plan, guards, ledger and report as the ``send_campaign`` job.
+"""``notifsync campaign plan | send | status | cancel | revert | reschedule``: campaigns from
+the command line, with the same plan, guards, ledger and report as the ``send_campaign`` job.
 
 Settings come from the environment as everywhere: ``WAREHOUSE_URL`` (default the embedded
-DuckDB file) and, to send, ``MPT_API_BASE_URL`` / ``MPT_API_TOKEN``.
+DuckDB file) and, to send, ``MPT_API_BASE_URL`` / ``MPT_API_TOKEN`` (Marketplace campaigns)
+or ``EVINOTICE_*`` (certified campaigns, ``provider: evinotice``).
 """
 
 from __future__ import annotations
@@ -114,6 +115,7 @@ def send_command(file: str, overrides: tuple[str, ...], reason: str, concurrency
     """Plan, check the guards and send each batch exactly once; then sync what it created."""
     from assets.reporting import build_report
     from connector.errors import ConnectorError
+    from connector.pipelines import certified_campaigns as certified
     from connector.settings import MarketplaceSettings
 
     warehouse = _warehouse()
@@ -121,6 +123,9 @@ def send_command(file: str, overrides: tuple[str, ...], reason: str, concurrency
     _, allowed = _plan(warehouse, loaded, file, overrides, reason, dry_run=False)
     if not allowed:
         raise click.ClickException("not sent: a guard stopped the plan (see above)")
+    if certified.is_certified(loaded):
+        _send_certified(warehouse, loaded)
+        return
     try:
         settings = MarketplaceSettings.from_env()
         summary = asyncio.run(_send(settings, warehouse, loaded, concurrency))
@@ -154,6 +159,83 @@ async def _send(
         return summary
 
 
+def _send_certified(warehouse: Warehouse, loaded: CampaignBase) -> None:
+    """The certified branch of ``send``: build and schedule each batch on EviNotice once."""
+    from assets.reporting import build_report
+    from connector.errors import ConnectorError
+    from connector.evinotice.client import EviNoticeClient
+    from connector.pipelines import certified_campaigns as certified
+    from connector.settings import EviNoticeSettings
+
+    assert isinstance(loaded, certified.CertifiedCampaign)
+
+    async def build() -> certified.CertifiedSummary:
+        async with EviNoticeClient(EviNoticeSettings.from_env()) as client:
+            return await certified.build_certified_campaign(
+                client, warehouse, loaded, run_id=f"cli-{uuid.uuid4().hex[:12]}"
+            )
+
+    try:
+        summary = asyncio.run(build())
+    except ConnectorError as exc:
+        raise click.ClickException(str(exc)) from None
+    build_report(warehouse, "campaign_performance")
+    if summary.cancelled:
+        click.echo("Cancelled: nothing more was sent.")
+        return
+    when = loaded.send_at_utc.isoformat() if loaded.send_at_utc else "now"
+    click.echo(
+        f"Certified: {summary.done} of {summary.batches} batches scheduled ({when}) on EviNotice; "
+        f"{summary.recipients_added} recipients added, {summary.found_by_lookup} earlier "
+        "creates found by lookup"
+    )
+    if summary.stopped:
+        raise click.ClickException(
+            "; ".join(summary.stopped.values()) + " (send again: it resumes on the same batches)"
+        )
+
+
+def _change_certified(name: str, at: str | None) -> None:
+    from assets.campaigns import parse_moment, refusal_text
+    from connector.errors import ConnectorError
+    from connector.evinotice.client import EviNoticeClient
+    from connector.pipelines import certified_campaigns as certified
+    from connector.settings import EviNoticeSettings
+
+    warehouse = _warehouse()
+
+    async def change() -> certified.ChangeSummary:
+        async with EviNoticeClient(EviNoticeSettings.from_env()) as client:
+            if at is None:
+                return await certified.revert_certified_campaign(client, warehouse, name)
+            moment = parse_moment(at)
+            return await certified.reschedule_certified_campaign(client, warehouse, name, moment)
+
+    try:
+        summary = asyncio.run(change())
+    except ConnectorError as exc:
+        raise click.ClickException(str(exc)) from None
+    for batch_id in summary.changed:
+        click.echo(f"  {summary.action}d batch {batch_id}")
+    if summary.refused:
+        raise click.ClickException(refusal_text(summary))
+
+
+@campaign.command("revert")
+@click.argument("name")
+def revert_command(name: str) -> None:
+    """Put a certified campaign's scheduled batches back to Draft, before they start."""
+    _change_certified(name, None)
+
+
+@campaign.command("reschedule")
+@click.argument("name")
+@click.option("--at", "at", required=True, help="New date with a time zone (2026-12-01T09:00Z).")
+def reschedule_command(name: str, at: str) -> None:
+    """Move the date of a certified campaign's batches, before they start."""
+    _change_certified(name, at)
+
+
 @campaign.command("status")
 @click.argument("name")
 def status_command(name: str) -> None:
@@ -176,7 +258,20 @@ def status_command(name: str) -> None:
     shown["batches"] = row["batches_by_state"]
     if row["cancelled_at"] is not None:
         shown["cancelled"] = f"{row['cancelled_at']} ({row['cancel_reason']})"
-    if performance:
+    if performance and row["provider"] == "evinotice":
+        shown["evidence"] = {
+            k.removeprefix("evidence_"): performance[k]
+            for k in (
+                "evidence_delivered",
+                "evidence_read",
+                "evidence_accepted",
+                "evidence_rejected",
+                "evidence_refused",
+                "evidence_failed",
+                "evidence_pending",
+            )
+        }
+    elif performance:
         shown["messages"] = {
             k: performance[k]
             for k in ("sent", "bounced", "complained", "failed", "discarded", "pending")
@@ -236,6 +331,51 @@ def write_sample_campaign() -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(SAMPLE_CAMPAIGN, encoding="utf-8")
     return path
+
+
+SAMPLE_CERTIFIED_CAMPAIGN = """\
+# A sample certified campaign for the sandbox: EviNotice certified email to a few contacts.
+name: sandbox-certified
+provider: evinotice
+audience: |
+  select email, name, id as contact_ref
+  from contacts
+  where status = 'Active' and deleted_at is null
+  order by id
+  limit 8
+description: Sandbox certified notice
+subject: Your certified notice
+issuer_name: Sandbox legal
+body: Dear {{DisplayName}}, this certified notice concerns your account {{contact_ref}}.
+max_contacts_per_batch: 5
+options:
+  language: en
+  commitment_options: AcceptOrReject
+"""
+
+
+def write_sample_certified_campaign() -> Path:
+    """Write the demo's sample certified campaign under CAMPAIGN_DIR; returns its path."""
+    from assets.campaigns import campaign_dir
+
+    path = campaign_dir() / "sandbox-certified.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(SAMPLE_CERTIFIED_CAMPAIGN, encoding="utf-8")
+    return path
+
+
+def sample_certified_summary(warehouse: Warehouse) -> str | None:
+    """One line on the demo's sample certified campaign, from ``campaign_performance``."""
+    from connector.campaigns import plan as campaign_plan
+
+    row = campaign_plan.campaign_performance(warehouse, "sandbox-certified")
+    if row is None:
+        return None
+    return (
+        f"Certified campaign {row['campaign']}: {row['planned_recipients']} recipients in "
+        f"{row['batches_done']} EviNotice batches ({row['status']}); evidence so far: "
+        f"{row['evidence_records'] or 0} records, {row['evidence_pending'] or 0} pending"
+    )
 
 
 def sample_campaign_summary(warehouse: Warehouse) -> str | None:

@@ -43,14 +43,16 @@ from pydantic import Field
 from assets.checks import TableChecks, non_negative_check, rates_check
 from assets.metadata import definition_metadata, markdown_table, run_metadata, table_metadata
 from assets.reporting import FOLLOWS_ITS_INPUTS, Report, build_report, evaluate_checks
-from assets.resources import MarketplaceResource, WarehouseResource
+from assets.resources import EviNoticeResource, MarketplaceResource, WarehouseResource
 from assets.runner import run_async
 from connector.campaigns import CampaignError, load_campaign, parse_campaign
 from connector.campaigns import plan as campaign_plan
 from connector.campaigns.model import CampaignBase
 from connector.errors import ConnectorError
 from connector.pipelines import campaigns as sending
+from connector.pipelines import certified_campaigns as certified
 from connector.warehouse.audience import AudienceQueryError
+from connector.warehouse.engine import Warehouse
 from connector.warehouse.tables import table
 
 CAMPAIGN_DIR = "CAMPAIGN_DIR"
@@ -251,6 +253,7 @@ def campaign_results_asset(
     context: AssetExecutionContext,
     config: SendConfig,
     marketplace: MarketplaceResource,
+    evinotice: EviNoticeResource,
     warehouse: WarehouseResource,
 ) -> MaterializeResult:
     """Send each batch of the run's plan exactly once, then sync the batches and messages."""
@@ -262,6 +265,8 @@ def campaign_results_asset(
     row = campaign_plan.campaign_row(store, campaign.name)
     if config.dry_run or (row is not None and row["status"] == "dry_run"):
         return MaterializeResult(metadata={"campaign": campaign.name, "dry_run": True, "sent": 0})
+    if certified.is_certified(campaign):
+        return build_certified(context, evinotice, store, campaign)
 
     async def send() -> sending.SendSummary:
         async with marketplace.client() as client:
@@ -300,6 +305,45 @@ def campaign_results_asset(
     )
 
 
+def build_certified(
+    context: AssetExecutionContext,
+    evinotice: EviNoticeResource,
+    store: Warehouse,
+    campaign: CampaignBase,
+) -> MaterializeResult:
+    """The certified (EviNotice) branch of the send: build and schedule each batch once."""
+    assert isinstance(campaign, certified.CertifiedCampaign)
+
+    async def build() -> certified.CertifiedSummary:
+        async with evinotice.client() as client:
+            return await certified.build_certified_campaign(
+                client, store, campaign, run_id=context.run.run_id
+            )
+
+    try:
+        summary = run_async(build())
+    except ConnectorError as exc:
+        raise Failure(description=str(exc)) from None
+    if summary.stopped:
+        raise Failure(
+            description=f"{campaign.name}: {len(summary.stopped)} batch(es) wait at a step: "
+            + "; ".join(summary.stopped.values())
+            + " (the next run resumes them on the same batches)"
+        )
+    return MaterializeResult(
+        metadata={
+            **run_metadata(store, "campaign_results", None),
+            "campaign": campaign.name,
+            "provider": "evinotice",
+            "cancelled": summary.cancelled,
+            "batches_scheduled": summary.done,
+            "batch_ids": ", ".join(summary.batch_ids),
+            "recipients_added": summary.recipients_added,
+            "found_by_lookup": summary.found_by_lookup,
+        }
+    )
+
+
 # Tables the campaign steps write along the way, declared for lineage and column docs.
 CAMPAIGN_BY_PRODUCTS = [
     AssetSpec(
@@ -325,10 +369,19 @@ CAMPAIGN_STATUSES = (
     "sending",
     "sent",
     "cancelled",
+    "scheduled",  # certified: every batch scheduled (or submitted) on EviNotice
+    "reverted",  # certified: put back to Draft
 )
 CAMPAIGN_PERFORMANCE = Report(
     "campaign_performance",
-    deps=("campaigns", "campaign_results", "messages"),
+    deps=(
+        "campaigns",
+        "campaign_results",
+        "messages",
+        "evinotice_batches",
+        "campaign_batch_recipients",
+        "evinotice_evidence",
+    ),
     key_checks=TableChecks(
         "campaign_performance",
         ("campaign",),
@@ -433,6 +486,76 @@ def cancel_campaign_job() -> None:
     cancel_campaign_op()
 
 
+class CertifiedChangeConfig(Config):
+    """Revert a certified campaign's batches to Draft, or move their date."""
+
+    campaign: str = Field(description="Campaign name.")
+    action: str = Field(default="revert", description="revert or reschedule.")
+    at: str | None = Field(
+        default=None, description="New date with a time zone (reschedule), e.g. 2026-12-01T09:00Z"
+    )
+
+
+@op
+def change_certified_campaign_op(
+    context: OpExecutionContext,
+    config: CertifiedChangeConfig,
+    evinotice: EviNoticeResource,
+    warehouse: WarehouseResource,
+) -> None:
+    """Revert or reschedule every scheduled batch of a certified campaign that has not started;
+    a batch already processing is refused by the service, recorded, and fails the run."""
+    store = warehouse.warehouse()
+    store.ensure_tables()
+    try:
+        at = parse_moment(config.at) if config.action == "reschedule" else None
+        if config.action not in ("revert", "reschedule"):
+            raise CampaignError(f"action: {config.action!r}; use revert or reschedule")
+
+        async def change() -> certified.ChangeSummary:
+            async with evinotice.client() as client:
+                if at is None:
+                    return await certified.revert_certified_campaign(client, store, config.campaign)
+                return await certified.reschedule_certified_campaign(
+                    client, store, config.campaign, at
+                )
+
+        summary = run_async(change())
+    except ConnectorError as exc:
+        raise Failure(description=str(exc)) from None
+    context.log.info("%s %s: changed %s", config.action, config.campaign, summary.changed)
+    if summary.refused:
+        raise Failure(description=refusal_text(summary))
+
+
+def parse_moment(value: str | None) -> datetime:
+    """A date with a time zone, for a reschedule; a clear error otherwise."""
+    if not value:
+        raise CampaignError("reschedule needs a date (at / --at)")
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise CampaignError(f"at: {value!r} is not an ISO date and time") from None
+    if moment.tzinfo is None:
+        raise CampaignError(f"at: {value!r} has no time zone (add Z or +01:00)")
+    return moment
+
+
+def refusal_text(summary: certified.ChangeSummary) -> str:
+    """One line per batch the service refused to change."""
+    return f"{summary.action} of {summary.campaign} refused for " + "; ".join(
+        f"batch {batch_id}: {why}" for batch_id, why in summary.refused.items()
+    )
+
+
+@job(
+    name="change_certified_campaign",
+    description="Revert a certified campaign to Draft or reschedule it, before it starts.",
+)
+def change_certified_campaign_job() -> None:
+    change_certified_campaign_op()
+
+
 def file_key(path: Path) -> str:
     """A file's name and a hash of its content."""
     return f"{path.name}:{hashlib.sha256(path.read_bytes()).hexdigest()[:20]}"
@@ -453,7 +576,9 @@ def campaign_sensor(context: SensorEvaluationContext) -> Iterator[RunRequest]:
         key = file_key(path)
         plan_config = {"file": str(path.resolve())}
         try:
-            send_at = load_campaign(path).send_at_utc
+            loaded = load_campaign(path)
+            # A certified campaign is scheduled on EviNotice itself: it is built at once.
+            send_at = None if certified.is_certified(loaded) else loaded.send_at_utc
         except CampaignError:
             # Its run fails at the plan step with the file and field named: visible in the UI.
             send_at = None
@@ -487,4 +612,4 @@ CAMPAIGN_ASSETS = [
     *CAMPAIGN_BY_PRODUCTS,
     campaign_performance,
 ]
-CAMPAIGN_JOBS = [send_campaign_job, cancel_campaign_job]
+CAMPAIGN_JOBS = [send_campaign_job, cancel_campaign_job, change_certified_campaign_job]

@@ -411,14 +411,20 @@ def demo(contacts: int, seed: int, days: int, keep: bool) -> None:
             "reconcile",
             run_config={**quiet, "ops": {"crm_exports": {"config": {"files": [str(export)]}}}},
         )
-        from assets.campaign_cli import write_sample_campaign
+        from assets.campaign_cli import write_sample_campaign, write_sample_certified_campaign
 
-        sample = write_sample_campaign()
-        step(
-            f"Sending the sample campaign {sample}",
-            "send_campaign",
-            run_config={**quiet, "ops": {"campaign_plan": {"config": {"file": str(sample)}}}},
-        )
+        for title, sample in (
+            ("Sending the sample campaign", write_sample_campaign()),
+            (
+                "Building the sample certified campaign on EviNotice",
+                write_sample_certified_campaign(),
+            ),
+        ):
+            step(
+                f"{title} {sample}",
+                "send_campaign",
+                run_config={**quiet, "ops": {"campaign_plan": {"config": {"file": str(sample)}}}},
+            )
         step("Building the reports", "publish_reports", run_config=quiet)
     warehouse = _open_warehouse()
     try:
@@ -468,11 +474,14 @@ def _summary(warehouse: Warehouse, outcomes: list[Any]) -> None:
             + f" planned; {run['applied_done']} done, {run['applied_rejected']} rejected; "
             f"{run['rejected_rows']} CRM lines rejected, {run['conflicts']} conflicts"
         )
-    from assets.campaign_cli import sample_campaign_summary
+    from assets.campaign_cli import sample_campaign_summary, sample_certified_summary
 
     campaign_line = sample_campaign_summary(warehouse)
     if campaign_line:
         click.echo(f"\n{campaign_line}")
+    certified_line = sample_certified_summary(warehouse)
+    if certified_line:
+        click.echo(certified_line)
     evaluations = [e for o in outcomes for e in o.get_asset_check_evaluations()]
     failed = [e for e in evaluations if not e.passed]
     click.echo(f"\nAsset checks: {len(evaluations) - len(failed)} passed, {len(failed)} failed")

@@ -18,7 +18,7 @@ from assets.metadata import definition_metadata, run_metadata
 from assets.resources import EviNoticeResource, WarehouseResource
 from assets.runner import run_async
 from connector.evinotice.client import EVIDENCE_OUTCOMES, EVIDENCE_STATES
-from connector.pipelines import evidence_sync, sync
+from connector.pipelines import certified_campaigns, evidence_sync, sync
 from connector.warehouse.tables import table
 
 TABLE = "evinotice_evidence"
@@ -42,6 +42,10 @@ class EvidenceConfig(Config):
     owner: str | None = Field(
         default=None, description="Only the evidence of this owner's email (site users only)."
     )
+    campaign: str | None = Field(
+        default=None,
+        description="Only the evidence of this certified campaign's recipients (its LookupKeys).",
+    )
 
 
 @asset(
@@ -60,11 +64,17 @@ def evinotice_evidence(
 ) -> Iterator[MaterializeResult | AssetCheckResult]:
     """Per-recipient evidence records (state, outcome), merged on id."""
     store = warehouse.warehouse()
+    lookup_keys = config.lookup_keys
+    if config.campaign is not None:
+        lookup_keys = [
+            *(lookup_keys or []),
+            *certified_campaigns.campaign_lookup_keys(store, config.campaign),
+        ]
 
     async def run() -> sync.SyncResult:
         async with evinotice.client() as client:
             return await evidence_sync.sync_evidence(
-                client, store, lookup_keys=config.lookup_keys, owner=config.owner
+                client, store, lookup_keys=lookup_keys, owner=config.owner
             )
 
     result = run_async(run())

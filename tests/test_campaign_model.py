@@ -80,11 +80,11 @@ def test_a_missing_field_and_bad_yaml_are_named(tmp_path: Path) -> None:
         load_campaign(write(tmp_path, "name: x\naudience: [unclosed\n"))
 
 
-def test_providers_other_than_marketplace_are_refused_for_now(tmp_path: Path) -> None:
+def test_an_unknown_provider_is_refused_with_the_known_ones(tmp_path: Path) -> None:
     with pytest.raises(
-        CampaignError, match=r"provider: 'evinotice' is not supported.*not available yet"
+        CampaignError, match=r"provider: 'sendgrid' is not supported; use marketplace, evinotice"
     ):
-        load_campaign(write(tmp_path, GOOD + "provider: evinotice\n"))
+        load_campaign(write(tmp_path, GOOD + "provider: sendgrid\n"))
 
 
 def test_an_attachment_must_exist_and_changes_the_version(tmp_path: Path) -> None:

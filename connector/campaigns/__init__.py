@@ -1,10 +1,11 @@
 """Campaigns: send a message to the people an audience query returns — a typed campaign file,
 a plan (every audience row included or excluded with a reason), guards, and a ledger so each
-batch is sent exactly once. Marketplace now; the model and ledger leave room for EviNotice."""
+batch is sent exactly once. Marketplace, and certified campaigns through EviNotice."""
 
 from connector.campaigns.model import (
     Campaign,
     CampaignError,
+    CertifiedCampaign,
     MarketplaceCampaign,
     load_campaign,
     parse_campaign,
@@ -13,6 +14,7 @@ from connector.campaigns.model import (
 __all__ = [
     "Campaign",
     "CampaignError",
+    "CertifiedCampaign",
     "MarketplaceCampaign",
     "load_campaign",
     "parse_campaign",

@@ -27,6 +27,7 @@ from pydantic import (
 )
 
 from connector.errors import ConnectorError
+from connector.evinotice.options import EviNoticeOptions
 
 PROVIDERS = ("marketplace", "evinotice")
 # A table or view name (optionally schema-qualified) rather than a query.
@@ -174,8 +175,45 @@ class MarketplaceCampaign(CampaignBase):
         return fields
 
 
-# One model per provider: the EviNotice campaign slots in here.
-CAMPAIGN_MODELS: dict[str, type[CampaignBase]] = {"marketplace": MarketplaceCampaign}
+class CertifiedCampaign(CampaignBase):
+    """A certified campaign through EviNotice: one batch per chunk of the audience (at most
+    100,000 recipients each), built, configured and scheduled on the service."""
+
+    provider: Literal["evinotice"] = "evinotice"
+    description: Annotated[str, Field(min_length=1, max_length=200)]
+    subject: Annotated[str, Field(min_length=1, max_length=998)]
+    issuer_name: Annotated[str, Field(min_length=1)]
+    body: Annotated[
+        str, Field(min_length=1, description="Raw text; {{Variable}} from audience columns.")
+    ]
+    attachments: list[Attachment] = []
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="EviNotice options (cost_centre, language, commitment_options, ...).",
+    )
+
+    @field_validator("options")
+    @classmethod
+    def _known_options(cls, value: dict[str, Any]) -> dict[str, Any]:
+        parsed = EviNoticeOptions.parse(value)  # InvalidRequestError names field and values
+        core = {"Description", "Subject", "IssuerName"} & parsed.wire().keys()
+        if core:
+            raise ValueError(
+                f"{', '.join(sorted(core))} are campaign fields (description, subject, "
+                "issuer_name), not options"
+            )
+        return value
+
+    def wire_options(self) -> dict[str, Any]:
+        """The options as the PATCH sends them (wire names)."""
+        return EviNoticeOptions.parse(self.options).wire()
+
+
+# One model per provider.
+CAMPAIGN_MODELS: dict[str, type[CampaignBase]] = {
+    "marketplace": MarketplaceCampaign,
+    "evinotice": CertifiedCampaign,
+}
 Campaign = MarketplaceCampaign
 
 
@@ -187,10 +225,7 @@ def parse_campaign(data: Any, source: str = "campaign") -> CampaignBase:
     model = CAMPAIGN_MODELS.get(provider) if isinstance(provider, str) else None
     if model is None:
         known = ", ".join(CAMPAIGN_MODELS)
-        later = " (evinotice campaigns are not available yet)" if provider == "evinotice" else ""
-        raise CampaignError(
-            f"{source}: provider: {provider!r} is not supported; use {known}{later}"
-        )
+        raise CampaignError(f"{source}: provider: {provider!r} is not supported; use {known}")
     try:
         return TypeAdapter(model).validate_python(data)
     except ValidationError as exc:

@@ -81,6 +81,13 @@ def make_plan(
 ) -> CampaignPlan:
     """Replace the campaign's plan in one transaction; the audience query runs here."""
     now = now or datetime.now(UTC)
+    if campaign.provider == "evinotice":
+        # Certified mail has its own rules (addresses EviNotice takes, template variables).
+        from connector.campaigns.certified_plan import make_certified_plan
+        from connector.campaigns.model import CertifiedCampaign
+
+        assert isinstance(campaign, CertifiedCampaign)
+        return make_certified_plan(warehouse, campaign, source=source, now=now)
     category_id = getattr(campaign, "category", None)
     params = {
         "campaign": campaign.name,
@@ -133,6 +140,8 @@ def evaluate_guards(
     send_at = campaign.send_at_utc
     late = None if send_at is None else plan.planned_at - send_at
     max_delay = timedelta(minutes=limits.max_send_delay_minutes)
+    # Certified mail has no category and does not read the synced contacts.
+    certified = campaign.provider == "evinotice"
     results = [
         (
             "max_recipients",
@@ -151,18 +160,22 @@ def evaluate_guards(
         ),
         (
             "category_published",
-            plan.category_status == "Published",
-            plan.category_status or "unknown",
+            certified or plan.category_status == "Published",
+            "n/a" if certified else plan.category_status or "unknown",
             "Published",
-            f"category {getattr(campaign, 'category', '?')} is "
+            "certified mail has no category"
+            if certified
+            else f"category {getattr(campaign, 'category', '?')} is "
             + (plan.category_status or "not in the synced categories"),
         ),
         (
             "max_snapshot_age",
-            age is not None and age <= max_age,
-            "never synced" if age is None else _duration(age),
+            certified or (age is not None and age <= max_age),
+            "n/a" if certified else "never synced" if age is None else _duration(age),
             _duration(max_age),
-            "contacts were never synced"
+            "certified mail does not read the synced contacts"
+            if certified
+            else "contacts were never synced"
             if age is None
             else f"contacts snapshot is {_duration(age)} old (limit {_duration(max_age)})",
         ),

@@ -90,5 +90,6 @@ CAMPAIGN_TABLE_NAMES = (
     "campaign_plan",
     "campaign_results",
     "campaign_batch_recipients",
+    "campaign_plan_variables",
 )
 ALL_TABLE_NAMES = TABLE_NAMES + RECONCILE_TABLE_NAMES + EVIDENCE_TABLE_NAMES + CAMPAIGN_TABLE_NAMES

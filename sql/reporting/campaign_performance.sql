@@ -2,7 +2,9 @@
 --
 -- Plan figures from campaigns, batches from the ledger (campaign_results), delivery from the
 -- synced messages of the batches the ledger created (a batch whose messages lie in days not
--- synced yet counts in not_synced).
+-- synced yet counts in not_synced). Certified (EviNotice) campaigns: the batches' own counts
+-- from evinotice_batches, and each recipient's evidence from evinotice_evidence, joined by the
+-- LookupKey the build gave it: md5(batch_key || '|' || recipient_key).
 
 with
 
@@ -28,13 +30,28 @@ campaigns as (
 ),
 
 campaign_results as (
-    select campaign, state, recipients, batch_id
+    select campaign, provider, batch_key, state, recipients, batch_id
     from campaign_results
 ),
 
 messages as (
     select batch_id, status
     from messages
+),
+
+evinotice_batches as (
+    select id, total_count, sent_count, failed_count
+    from evinotice_batches
+),
+
+campaign_batch_recipients as (
+    select batch_key, recipient_key
+    from campaign_batch_recipients
+),
+
+evinotice_evidence as (
+    select id, lookup_key, state, outcome, last_update_date
+    from evinotice_evidence
 ),
 
 ledger as (
@@ -65,6 +82,64 @@ delivery as (
     group by r.campaign
 ),
 
+certified_batches as (
+    select
+        r.campaign,
+        sum(b.total_count) as evinotice_recipients,
+        sum(b.sent_count) as evinotice_sent,
+        sum(b.failed_count) as evinotice_failed
+    from campaign_results as r
+    join evinotice_batches as b on b.id = r.batch_id
+    where r.provider = 'evinotice'
+    group by r.campaign
+),
+
+certified_recipients as (
+    select
+        r.campaign,
+        md5(b.batch_key || '|' || b.recipient_key) as lookup_key
+    from campaign_results as r
+    join campaign_batch_recipients as b on b.batch_key = r.batch_key
+    where r.provider = 'evinotice' and r.state in ('done', 'reverted')
+),
+
+-- One evidence outcome per recipient: its latest record (a recipient may have several).
+latest_evidence as (
+    select lookup_key, state, outcome
+    from (
+        select
+            lookup_key,
+            state,
+            outcome,
+            row_number() over (
+                partition by lookup_key order by last_update_date desc nulls last, id desc
+            ) as rank_in_key
+        from evinotice_evidence
+        where lookup_key is not null
+    ) as ranked
+    where rank_in_key = 1
+),
+
+evidence as (
+    select
+        c.campaign,
+        count(*) as certified_recipients,
+        sum(case when e.lookup_key is not null then 1 else 0 end) as evidence_records,
+        sum(case when e.outcome = 'Delivered' then 1 else 0 end) as evidence_delivered,
+        sum(case when e.outcome = 'Read' then 1 else 0 end) as evidence_read,
+        sum(case when e.outcome = 'Accepted' then 1 else 0 end) as evidence_accepted,
+        sum(case when e.outcome = 'Rejected' then 1 else 0 end) as evidence_rejected,
+        sum(case when e.outcome = 'Refused' then 1 else 0 end) as evidence_refused,
+        sum(
+            case
+                when e.outcome in ('Failed', 'Cancelled') or e.state = 'Failed' then 1 else 0
+            end
+        ) as evidence_failed
+    from certified_recipients as c
+    left join latest_evidence as e on e.lookup_key = c.lookup_key
+    group by c.campaign
+),
+
 joined as (
     select
         c.name as campaign,
@@ -93,10 +168,23 @@ joined as (
         coalesce(d.discarded, 0) as discarded,
         coalesce(d.pending, 0) as pending,
         c.cancelled_at,
-        c.cancel_reason
+        c.cancel_reason,
+        cb.evinotice_recipients,
+        cb.evinotice_sent,
+        cb.evinotice_failed,
+        e.certified_recipients,
+        e.evidence_records,
+        e.evidence_delivered,
+        e.evidence_read,
+        e.evidence_accepted,
+        e.evidence_rejected,
+        e.evidence_refused,
+        e.evidence_failed
     from campaigns as c
     left join ledger as l on l.campaign = c.name
     left join delivery as d on d.campaign = c.name
+    left join certified_batches as cb on cb.campaign = c.name
+    left join evidence as e on e.campaign = c.name
 ),
 
 final as (
@@ -136,7 +224,20 @@ final as (
         case when messages > 0 then cast(failed + discarded as double precision) / messages end
             as failure_rate,
         cancelled_at,
-        cancel_reason
+        cancel_reason,
+        evinotice_recipients,
+        evinotice_sent,
+        evinotice_failed,
+        certified_recipients,
+        evidence_records,
+        evidence_delivered,
+        evidence_read,
+        evidence_accepted,
+        evidence_rejected,
+        evidence_refused,
+        evidence_failed,
+        certified_recipients - evidence_delivered - evidence_read - evidence_accepted
+        - evidence_rejected - evidence_refused - evidence_failed as evidence_pending
     from joined
 )
 

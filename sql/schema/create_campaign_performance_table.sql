@@ -3,8 +3,8 @@
 -- Rebuilt as a whole after each campaign send and each sync.
 create table if not exists campaign_performance (
     campaign text not null primary key, -- Campaign name (campaigns.name)
-    provider text, -- marketplace (evinotice later)
-    status text, -- planned, dry_run, stopped_by_guard, waiting, sending, sent or cancelled
+    provider text, -- marketplace, or evinotice (certified)
+    status text, -- planned, dry_run, stopped_by_guard, waiting, sending, sent, cancelled; certified also scheduled or reverted
     category_id text, -- Category the emails are sent in
     subject text, -- Email subject
     send_at timestamptz, -- When it was due (null: sent when run)
@@ -33,5 +33,17 @@ create table if not exists campaign_performance (
     complaint_rate double precision, -- complained / messages
     failure_rate double precision, -- (failed + discarded) / messages
     cancelled_at timestamptz, -- When a version was cancelled
-    cancel_reason text -- Why it was cancelled
+    cancel_reason text, -- Why it was cancelled
+    evinotice_recipients bigint, -- Certified: recipients on the campaign's EviNotice batches (the batches' TotalCount, from evinotice_batches)
+    evinotice_sent bigint, -- Certified: recipients the batches report sent (SentCount)
+    evinotice_failed bigint, -- Certified: recipients the batches report failed (FailedCount)
+    certified_recipients bigint, -- Certified: recipients the ledger put on scheduled (or reverted) batches
+    evidence_records bigint, -- Certified: those recipients with an evidence record synced (joined by LookupKey)
+    evidence_delivered bigint, -- Certified: latest evidence outcome Delivered (not yet read or answered)
+    evidence_read bigint, -- Certified: latest evidence outcome Read
+    evidence_accepted bigint, -- Certified: latest evidence outcome Accepted
+    evidence_rejected bigint, -- Certified: latest evidence outcome Rejected
+    evidence_refused bigint, -- Certified: latest evidence outcome Refused
+    evidence_failed bigint, -- Certified: latest evidence outcome Failed or Cancelled, or state Failed
+    evidence_pending bigint -- Certified: recipients with no final outcome yet (no record, or None / Certified / Sent)
 );

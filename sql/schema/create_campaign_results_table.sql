@@ -4,7 +4,7 @@
 create table if not exists campaign_results (
     batch_key text not null primary key, -- Stable key of the chunk (campaign, version, recipients)
     campaign text, -- Campaign name (campaigns.name)
-    provider text, -- marketplace (evinotice later)
+    provider text, -- marketplace or evinotice (certified)
     content_key text, -- Campaign version sent
     category_id text, -- Category the batch was sent in (what a lookup searches by)
     subject text, -- Subject the batch was sent with (what a lookup searches by)

@@ -1,0 +1,1 @@
+delete from campaign_plan_variables where campaign = :campaign
