@@ -20,6 +20,15 @@ RECIPIENT_COLUMNS = ("contact_id", "email", "name")
 _LINE = re.compile(r"\bLINE (\d+):")
 
 
+def _statement(name: str) -> str:
+    """A file's statement without its comment lines (the user's query is spliced in as text)."""
+    return "\n".join(
+        line
+        for line in read_sql(name).splitlines()
+        if line.strip() and not line.lstrip().startswith("--")
+    )
+
+
 class AudienceQueryError(ConnectorError):
     """The audience query failed in the warehouse, or returns no recipient column."""
 
@@ -30,15 +39,14 @@ def load_audience(tx: Transaction, audience: str, *, is_table: bool, source: str
     ``contact_id``, ``email`` and ``name`` always exist afterwards (null when not returned);
     at least one of ``contact_id`` and ``email`` must come from the audience.
     """
-    query = f"select * from {audience}" if is_table else audience
+    query = (
+        _statement("campaigns/select_audience_table").replace("{table}", audience)
+        if is_table
+        else audience
+    )
     # Temporary tables outlive a transaction on a pooled connection: start from none.
     tx.run("campaigns/drop_audience_rows")
-    template = "\n".join(
-        line
-        for line in read_sql("campaigns/create_audience_rows").splitlines()
-        if line.strip() and not line.lstrip().startswith("--")
-    )
-    statement = template.replace("{query}", query)
+    statement = _statement("campaigns/create_audience_rows").replace("{query}", query)
     if tx.connection.dialect.paramstyle in ("format", "pyformat"):
         statement = statement.replace("%", "%%")  # no parameters: % is the query's own
     try:
