@@ -19,7 +19,7 @@ demo: setup
 	@$(RUN) notifsync demo
 
 test: setup
-	@$(RUN) pytest
+	@$(RUN) pytest -n auto
 
 bench: setup
 	@$(RUN) python -m benchmarks.run
