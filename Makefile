@@ -19,7 +19,7 @@ demo: setup
 	@$(RUN) notifsync demo
 
 test: setup
-	@$(RUN) pytest -n auto
+	@$(RUN) pytest -n auto --dist worksteal
 
 bench: setup
 	@$(RUN) python -m benchmarks.run

@@ -33,7 +33,7 @@ from sandbox.app import Sandbox
 PROJECT = Path(__file__).resolve().parent.parent
 BATCHES = "/public/v1/notifications/batches"
 KILLS = 20
-RECIPIENTS = 360
+RECIPIENTS = 150
 PER_BATCH = 3
 SUBJECT = "Kill test"
 
@@ -110,7 +110,7 @@ def test_killing_a_send_repeatedly_sends_each_chunk_exactly_once(
 ) -> None:
     rng = random.Random(20261130)
     # Sandbox time runs with the wall clock: the lookup window is measured from the claims.
-    sandbox: Sandbox = make_sandbox(contacts=600, seed=13, start=datetime.now(UTC), latency_ms=40)
+    sandbox: Sandbox = make_sandbox(contacts=300, seed=13, start=datetime.now(UTC), latency_ms=40)
     recorder = Recorder(sandbox.app)
     warehouse = Warehouse(warehouse_url)
     warehouse.ensure_tables()
