@@ -17,7 +17,6 @@ from pathlib import Path
 import yaml
 from dagster import (
     AssetCheckResult,
-    AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
     AssetObservation,
@@ -40,7 +39,7 @@ from dagster import (
 )
 from pydantic import Field
 
-from assets.checks import TableChecks, non_negative_check, rates_check
+from assets.checks import TableChecks, guard_checks, guards_table, non_negative_check, rates_check
 from assets.metadata import definition_metadata, markdown_table, run_metadata, table_metadata
 from assets.reporting import FOLLOWS_ITS_INPUTS, Report, build_report, evaluate_checks
 from assets.resources import EviNoticeResource, MarketplaceResource, WarehouseResource
@@ -201,37 +200,10 @@ def campaign_plan_asset(
             "body": MetadataValue.md(getattr(campaign, "body", "")),
             "send_at": campaign.send_at_utc.isoformat() if campaign.send_at_utc else "when run",
             "sample": MetadataValue.md(markdown_table(preview)),
-            "guards": MetadataValue.md(
-                markdown_table(
-                    [
-                        {
-                            "guard": g.name,
-                            "figure": g.figure,
-                            "limit": g.limit,
-                            "result": "overridden"
-                            if g.overridden
-                            else ("ok" if g.passed else "STOP"),
-                        }
-                        for g in guards
-                    ]
-                )
-            ),
+            "guards": guards_table(guards),
         },
     )
-    for guard in guards:
-        yield AssetCheckResult(
-            asset_key="campaign_plan",
-            check_name=guard.name,
-            passed=guard.allows_apply,
-            severity=AssetCheckSeverity.ERROR,
-            description=guard.message,
-            metadata={
-                "figure": guard.figure,
-                "limit": guard.limit,
-                "overridden": guard.overridden,
-                **({"override_reason": config.override_reason} if guard.overridden else {}),
-            },
-        )
+    yield from guard_checks(guards, config.override_reason, "campaign_plan")
 
 
 class SendConfig(Config):

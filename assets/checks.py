@@ -9,16 +9,19 @@ offending rows). Freshness is a policy on each asset (see ``assets.ingest``).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from dagster import (
     AssetCheckKey,
     AssetCheckResult,
     AssetCheckSeverity,
     AssetCheckSpec,
+    MetadataValue,
 )
 
+from assets.metadata import markdown_table
 from connector.pipelines.sync import SyncResult
 from connector.warehouse.engine import Transaction, Warehouse
 
@@ -309,3 +312,49 @@ def statistics_add_up(warehouse: Warehouse, result: SyncResult) -> AssetCheckRes
         passed=mismatches == 0 and snapshot_rows > 0,
         metadata={"mismatched_rows": mismatches, "snapshot_rows": snapshot_rows},
     )
+
+
+class Guard(Protocol):
+    """A guard's verdict on a plan (push-back plans and campaign plans alike)."""
+
+    name: str
+    figure: Any
+    limit: Any
+    passed: bool
+    overridden: bool
+    allows_apply: bool
+    message: str
+
+
+def guards_table(guards: Iterable[Guard]) -> MetadataValue:
+    """The guards of a plan as a table for the UI: figure, limit, and ok / overridden / STOP."""
+    rows = [
+        {
+            "guard": g.name,
+            "figure": g.figure,
+            "limit": g.limit,
+            "result": "overridden" if g.overridden else ("ok" if g.passed else "STOP"),
+        }
+        for g in guards
+    ]
+    return MetadataValue.md(markdown_table(rows))
+
+
+def guard_checks(
+    guards: Iterable[Guard], override_reason: str, asset_key: str | None = None
+) -> Iterator[AssetCheckResult]:
+    """One blocking check result per guard; an overridden one carries the recorded reason."""
+    for guard in guards:
+        yield AssetCheckResult(
+            asset_key=asset_key,
+            check_name=guard.name,
+            passed=guard.allows_apply,
+            severity=AssetCheckSeverity.ERROR,
+            description=guard.message,
+            metadata={
+                "figure": guard.figure,
+                "limit": guard.limit,
+                "overridden": guard.overridden,
+                **({"override_reason": override_reason} if guard.overridden else {}),
+            },
+        )

@@ -36,6 +36,7 @@ from dagster import (
 )
 from pydantic import Field
 
+from assets.checks import guard_checks, guards_table
 from assets.export_files import export_run_key
 from assets.metadata import definition_metadata, markdown_table, run_metadata
 from assets.resources import MarketplaceResource, WarehouseResource
@@ -240,36 +241,10 @@ def reconciliation_plan(
             "conflicts": plan.conflicts,
             "active_contacts": plan.active_contacts,
             "preview": MetadataValue.md(markdown_table(preview)),
-            "guards": MetadataValue.md(
-                markdown_table(
-                    [
-                        {
-                            "guard": g.name,
-                            "figure": g.figure,
-                            "limit": g.limit,
-                            "result": "overridden"
-                            if g.overridden
-                            else ("ok" if g.passed else "STOP"),
-                        }
-                        for g in results
-                    ]
-                )
-            ),
+            "guards": guards_table(results),
         },
     )
-    for guard in results:
-        yield AssetCheckResult(
-            check_name=guard.name,
-            passed=guard.allows_apply,
-            severity=AssetCheckSeverity.ERROR,
-            description=guard.message,
-            metadata={
-                "figure": guard.figure,
-                "limit": guard.limit,
-                "overridden": guard.overridden,
-                **({"override_reason": config.override_reason} if guard.overridden else {}),
-            },
-        )
+    yield from guard_checks(results, config.override_reason)
 
 
 class ApplyConfig(Config):
