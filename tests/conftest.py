@@ -94,10 +94,6 @@ def postgres_url() -> Iterator[str]:
         yield url
 
 
-# Kept empty for tests that still pop these: nothing reads settings at import any more.
-RELOADED_MODULES: tuple[str, ...] = ()
-
-
 def load_definitions(**settings: Any) -> Any:
     """The code location built from the current environment, ``settings`` overriding it."""
     from assets.definitions import LocationSettings, build_definitions

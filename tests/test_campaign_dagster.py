@@ -5,7 +5,6 @@ checks, malformed files, the report, cancel, one run per file content."""
 from __future__ import annotations
 
 import asyncio
-import sys
 import types
 import uuid
 from collections.abc import Iterator
@@ -16,7 +15,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import RELOADED_MODULES, load_definitions, make_sandbox
+from conftest import load_definitions, make_sandbox
 from dagster import DagsterInstance, build_sensor_context
 
 from connector.marketplace.client import MarketplaceClient
@@ -132,8 +131,6 @@ def platform(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Platfo
 
         asyncio.run(sync())
         yield Platform(sandbox, posts, warehouse_url, folder)
-    for name in RELOADED_MODULES:
-        sys.modules.pop(name, None)
 
 
 def send_job(path: Path, plan: dict[str, Any] | None = None) -> Any:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import csv
-import sys
 import types
 import uuid
 from collections.abc import Iterator, Sequence
@@ -16,7 +15,7 @@ from typing import Any
 
 import orjson
 import pytest
-from conftest import RELOADED_MODULES, load_definitions, make_sandbox
+from conftest import load_definitions, make_sandbox
 from dagster import AssetCheckSeverity, DagsterInstance, Definitions, build_sensor_context
 
 from connector.http import ClientLimits
@@ -125,8 +124,6 @@ def platform(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Platfo
         world = Platform(sandbox, writes, url, token, warehouse_url, exports)
         sync(world)
         yield world
-    for name in RELOADED_MODULES:
-        sys.modules.pop(name, None)
 
 
 def sync(platform: Platform) -> None:
