@@ -136,7 +136,7 @@ async def _send(
     summary: SendSummary,
 ) -> None:
     key = campaign.content_key()
-    _set_status(warehouse, campaign, key, "sending", started=clock())
+    set_campaign_status(warehouse, campaign.name, key, "sending", started=clock())
     work = _pending_work(warehouse, campaign.name) + _new_work(warehouse, campaign.name)
     claim = uuid.uuid4().hex
     # Claims go to the ledger a group at a time (few transactions per group); within a group
@@ -192,7 +192,7 @@ async def _send(
                     summary.resent_after_lookup += 1
     unsettled = _pending_work(warehouse, campaign.name)
     status = "cancelled" if summary.cancelled else ("sending" if unsettled else "sent")
-    _set_status(warehouse, campaign, key, status, finished=clock())
+    set_campaign_status(warehouse, campaign.name, key, status, finished=clock())
 
 
 def _claim(
@@ -451,20 +451,21 @@ def _is_cancelled(warehouse: Warehouse, campaign: CampaignBase) -> bool:
     return row is not None and row["cancelled_content_key"] == campaign.content_key()
 
 
-def _set_status(
+def set_campaign_status(
     warehouse: Warehouse,
-    campaign: CampaignBase,
+    name: str,
     key: str,
     status: str,
     *,
     started: datetime | None = None,
     finished: datetime | None = None,
 ) -> None:
+    """Record a campaign version's sending status (both providers)."""
     with warehouse.transaction() as tx:
         tx.run(
             "campaigns/update_campaign_status",
             {
-                "name": campaign.name,
+                "name": name,
                 "content_key": key,
                 "status": status,
                 "send_started_at": started,

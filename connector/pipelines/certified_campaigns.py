@@ -38,6 +38,7 @@ from connector.evinotice.client import (
     EviNoticeClient,
     Recipient,
 )
+from connector.pipelines.campaigns import set_campaign_status
 from connector.warehouse.engine import Warehouse
 
 log = logging.getLogger(__name__)
@@ -113,7 +114,7 @@ async def build_certified_campaign(
                 f"{campaign.name} was reverted to Draft: reschedule it "
                 "(notifsync campaign reschedule) or cancel it"
             )
-        _set_status(warehouse, campaign.name, key, "sending", started=clock())
+        set_campaign_status(warehouse, campaign.name, key, "sending", started=clock())
         claim = _claim_new(warehouse, campaign, key, run_id, clock())
         batches = _ledger(warehouse, campaign.name)
         for batch in batches:
@@ -134,7 +135,7 @@ async def build_certified_campaign(
             if batch.batch_id:
                 summary.batch_ids.append(batch.batch_id)
         status = "scheduled" if summary.done == summary.batches else "sending"
-        _set_status(warehouse, campaign.name, key, status, finished=clock())
+        set_campaign_status(warehouse, campaign.name, key, status, finished=clock())
     return summary
 
 
@@ -424,7 +425,7 @@ async def _change(
             _record(warehouse, batch, REVERTED if at is None else DONE, now)
             summary.changed.append(batch.batch_id)
         status = REVERTED if action == "revert" and not summary.refused else "scheduled"
-        _set_status(warehouse, name, row["content_key"], status)
+        set_campaign_status(warehouse, name, row["content_key"], status)
     return summary
 
 
@@ -482,28 +483,6 @@ def _problem(
                 "problem_title": title,
                 "problem_detail": detail,
                 "now": now,
-            },
-        )
-
-
-def _set_status(
-    warehouse: Warehouse,
-    name: str,
-    key: str,
-    status: str,
-    *,
-    started: datetime | None = None,
-    finished: datetime | None = None,
-) -> None:
-    with warehouse.transaction() as tx:
-        tx.run(
-            "campaigns/update_campaign_status",
-            {
-                "name": name,
-                "content_key": key,
-                "status": status,
-                "send_started_at": started,
-                "send_finished_at": finished,
             },
         )
 
