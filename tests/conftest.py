@@ -3,8 +3,12 @@ PostgreSQL databases, the reporting warehouses with their helpers, and the code 
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -15,6 +19,8 @@ from connector.marketplace.client import MarketplaceClient
 from connector.settings import SANDBOX_TOKEN, MarketplaceSettings, Secret
 from sandbox.app import Sandbox, SandboxConfig
 from sandbox.server import serve_in_thread
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
 
 # A fixed anchor keeps generated timestamps identical from run to run.
 ANCHOR = datetime(2026, 11, 18, 15, 30, tzinfo=UTC)
@@ -144,3 +150,16 @@ def open_warehouse() -> Iterator[Any]:
 def warehouse(warehouse_url: str, open_warehouse: Any) -> Warehouse:
     """An empty warehouse with every table, on DuckDB and on PostgreSQL."""
     return open_warehouse(warehouse_url)
+
+
+def run_script(script: str, *args: str) -> subprocess.Popen[str]:
+    """A child Python process running ``script`` on the project's code (``args`` as its
+    ``sys.argv[1:]``), its output piped: the kill tests SIGKILL such children mid-flight."""
+    return subprocess.Popen(
+        [sys.executable, "-c", script, *args],
+        cwd=PROJECT_DIR,
+        env={**os.environ, "PYTHONPATH": str(PROJECT_DIR)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import fresh_postgres_database, make_sandbox
+from conftest import fresh_postgres_database, make_sandbox, run_script
 from test_pushback_kill import Recorder, served
 
 from connector.warehouse.engine import Warehouse
@@ -89,14 +89,7 @@ def warehouse_url() -> Iterator[str]:
 
 
 def run_send(url: str, warehouse_url: str, path: Path, run_id: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-c", SEND, url, warehouse_url, str(path), run_id],
-        cwd=PROJECT,
-        env={**os.environ, "PYTHONPATH": str(PROJECT)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    return run_script(SEND, url, warehouse_url, str(path), run_id)
 
 
 def ledger(warehouse: Warehouse) -> list[dict[str, Any]]:

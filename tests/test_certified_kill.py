@@ -11,11 +11,9 @@ recipients, and one schedule request per batch.
 
 from __future__ import annotations
 
-import os
 import random
 import signal
 import subprocess
-import sys
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -23,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import fresh_postgres_database, make_sandbox
+from conftest import fresh_postgres_database, make_sandbox, run_script
 from test_pushback_kill import Recorder, served
 
 from connector.warehouse.engine import Warehouse
@@ -93,14 +91,7 @@ def warehouse_url() -> Iterator[str]:
 
 
 def run_build(url: str, warehouse_url: str, path: Path, run_id: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-c", BUILD, url, warehouse_url, str(path), run_id],
-        cwd=PROJECT,
-        env={**os.environ, "PYTHONPATH": str(PROJECT)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    return run_script(BUILD, url, warehouse_url, str(path), run_id)
 
 
 def test_killing_a_build_repeatedly_makes_each_batch_once(

@@ -13,10 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import csv
-import os
 import signal
 import subprocess
-import sys
 import threading
 import types
 from collections import Counter
@@ -25,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import fresh_postgres_database, make_sandbox
+from conftest import fresh_postgres_database, make_sandbox, run_script
 
 from connector.http import ClientLimits
 from connector.marketplace.client import MarketplaceClient
@@ -120,14 +118,7 @@ def ledger(warehouse: Warehouse) -> list[dict[str, Any]]:
 
 
 def run_apply(url: str, warehouse_url: str, run_id: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-c", APPLY, url, warehouse_url, run_id],
-        cwd=PROJECT,
-        env={**os.environ, "PYTHONPATH": str(PROJECT)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    return run_script(APPLY, url, warehouse_url, run_id)
 
 
 def wait_for_start(child: subprocess.Popen[str]) -> None:
