@@ -139,14 +139,19 @@ async def _load_contacts(
             result.notes.append(f"changes since {format_timestamp(since)}")
         live = tx.run("load/count_live_rows", target="contacts").scalar() if full else 0
         chunks = _read(client, "contacts", bulk, filter=filter, report=result.read)
-        async with _merged_contacts(tx, chunks, synced_at) as (stage, counts):
-            result.counts = counts
+        async with _staged_contacts(tx, chunks, synced_at) as (stage, opt_outs):
+            deleted = 0
+            # Before the merge: rows the merge writes are in the stage, so neither the count
+            # nor the marking depends on it, and on DuckDB these joins run before the merge
+            # fills the key index with a million new keys (memory stays within the cap).
             if full and result.read.complete:
                 _guard_mass_deletion(tx, stage, live, policy, mass_deletion_reason, now)
-                result.counts["contacts"].deleted = tx.mark_missing_as_deleted(stage, now)
+                deleted = tx.mark_missing_as_deleted(stage, now)
             elif full:
                 # Fewer rows than the API counts: "missing" may only mean "not read".
                 result.notes.append("read incomplete: no contact marked deleted this time")
+            result.counts = tx.merge(stage, (opt_outs, "contact_id"))
+            result.counts["contacts"].deleted = deleted
         if high_water is not None:
             tx.set_state(CONTACTS_CURSOR, high_water, now)
         tx.set_state(CONTACTS_SYNCED_AT, now.isoformat(), now)
@@ -177,17 +182,17 @@ async def refresh_contacts(
                 yield chunk
 
     with warehouse.transaction() as tx:
-        async with _merged_contacts(tx, chunks(), synced_at) as (_, counts):
-            result.counts = counts
+        async with _staged_contacts(tx, chunks(), synced_at) as (stage, opt_outs):
+            result.counts = tx.merge(stage, (opt_outs, "contact_id"))
     return result
 
 
 @contextlib.asynccontextmanager
-async def _merged_contacts(
+async def _staged_contacts(
     tx: Transaction, chunks: AsyncIterator[Chunk], synced_at: str
-) -> AsyncIterator[tuple[Stage, dict[str, MergeCounts]]]:
-    """Stage contacts and their opt-outs from ``chunks`` and merge them; the contacts stage
-    stays open inside the block (a full refresh compares the table with it)."""
+) -> AsyncIterator[tuple[Stage, Stage]]:
+    """Stage contacts and their opt-outs from ``chunks``; the stages stay open inside the
+    block (the caller merges them, and a full refresh compares the table with them)."""
     with tx.stage("contacts") as stage, tx.stage("contact_opt_outs") as opt_outs:
         constants = {"synced_at": synced_at}
 
@@ -202,7 +207,7 @@ async def _merged_contacts(
             opt_outs.write(categories)
 
         await _pipe(chunks, write)
-        yield stage, tx.merge(stage, (opt_outs, "contact_id"))
+        yield stage, opt_outs
 
 
 def _guard_mass_deletion(
