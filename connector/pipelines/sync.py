@@ -91,8 +91,6 @@ async def sync_contacts(
     now = _now(now)
     load = functools.partial(_load_contacts, mass_deletion_reason=mass_deletion_reason, bulk=bulk)
     result = await load(client, warehouse, full_refresh, policy, now)
-    result.api_count = await client.count("contacts")
-    result.table_count = warehouse.count_live("contacts")
     counted = result.api_count is not None  # the API may answer a null total
     if result.mode == "incremental" and counted and result.api_count != result.table_count:
         # An incremental read cannot see deletions; the counts say something was deleted
@@ -107,8 +105,6 @@ async def sync_contacts(
             full.counts[name].inserted += counts.inserted
             full.counts[name].updated += counts.updated
             full.counts[name].deleted += counts.deleted
-        full.api_count = await client.count("contacts")
-        full.table_count = warehouse.count_live("contacts")
         return full
     return result
 
@@ -123,48 +119,78 @@ async def _load_contacts(
     mass_deletion_reason: str | None,
     bulk: bool,
 ) -> SyncResult:
+    # The requests around the read go out beside it, not before or after it (each is a
+    # round trip the sync would otherwise wait for):
+    # - a full read's high-water mark is asked for as the read starts (two requests; safe
+    #   however long the read takes: a change the read misses is stamped after the read
+    #   started, and the answer comes within moments of that, well inside the look-back).
+    #   An incremental run takes it from the rows it read instead (``_incremental_cursor``),
+    #   so its requests stay within the pages of the changes;
+    # - the API's count, compared with the table's afterwards, is asked for as the read
+    #   ends, and is on the wire while the merge runs.
     synced_at = format_timestamp(now)
-    with warehouse.transaction() as tx:
-        cursor = tx.get_state(CONTACTS_CURSOR)
-        last_full = tx.get_state(CONTACTS_LAST_FULL_REFRESH)
-        due = last_full is None or now - _parse(last_full) >= policy.full_refresh_every
-        full = full_refresh or cursor is None or due
-        # A full read takes its high-water mark before it starts (two requests, nothing next
-        # to a full read, and safe however long the read takes): anything changed during the
-        # read is newer. An incremental run takes it from the rows it read instead
-        # (``_incremental_cursor``), so its requests stay within the pages of the changes.
-        high_water = await client.latest_change("contacts") if full else None
-        since = None if full else _parse(cursor) - policy.lookback
-        # Created or updated since: a new contact has no audit.updated until it changes.
-        filter = None if since is None else changed_since(since)
-        result = SyncResult(mode="full" if full else "incremental", read=ReadReport("contacts"))
-        if since is not None:
-            result.notes.append(f"changes since {format_timestamp(since)}")
-        live = tx.run("load/count_live_rows", target="contacts").scalar() if full else 0
-        chunks = _read(client, "contacts", bulk, filter=filter, report=result.read)
-        read_started = time.monotonic()
-        async with _staged_contacts(tx, chunks, synced_at) as (stage, opt_outs):
-            if not full:
+    newest_change: asyncio.Future[str | None] | None = None
+    api_count: asyncio.Future[int | None] | None = None
+    try:
+        with warehouse.transaction() as tx:
+            cursor = tx.get_state(CONTACTS_CURSOR)
+            last_full = tx.get_state(CONTACTS_LAST_FULL_REFRESH)
+            due = last_full is None or now - _parse(last_full) >= policy.full_refresh_every
+            full = full_refresh or cursor is None or due
+            since = None if full else _parse(cursor) - policy.lookback
+            # Created or updated since: a new contact has no audit.updated until it changes.
+            filter = None if since is None else changed_since(since)
+            mode = "full" if full else "incremental"
+            result = SyncResult(mode=mode, read=ReadReport("contacts"))
+            if since is not None:
+                result.notes.append(f"changes since {format_timestamp(since)}")
+            live = tx.run("load/count_live_rows", target="contacts").scalar() if full else 0
+            if full:
+                newest_change = asyncio.ensure_future(client.latest_change("contacts"))
+            chunks = _read(client, "contacts", bulk, filter=filter, report=result.read)
+            read_started = time.monotonic()
+            async with _staged_contacts(tx, chunks, synced_at) as (stage, opt_outs):
                 read_seconds = time.monotonic() - read_started
-                high_water = _incremental_cursor(tx, stage, cursor, read_seconds, policy, result)
-            deleted = 0
-            # Before the merge: rows the merge writes are in the stage, so neither the count
-            # nor the marking depends on it, and on DuckDB these joins run before the merge
-            # fills the key index with a million new keys (memory stays within the cap).
-            if full and result.read.complete:
-                _guard_mass_deletion(tx, stage, live, policy, mass_deletion_reason, now)
-                deleted = tx.mark_missing_as_deleted(stage, now)
-            elif full:
-                # Fewer rows than the API counts: "missing" may only mean "not read".
-                result.notes.append("read incomplete: no contact marked deleted this time")
-            result.counts = tx.merge(stage, (opt_outs, "contact_id"))
-            result.counts["contacts"].deleted = deleted
-        if high_water is not None:
-            tx.set_state(CONTACTS_CURSOR, high_water, now)
-        tx.set_state(CONTACTS_SYNCED_AT, now.isoformat(), now)
-        if full:
-            tx.set_state(CONTACTS_LAST_FULL_REFRESH, synced_at, now)
-    return result
+                api_count = asyncio.ensure_future(client.count("contacts"))
+                if newest_change is not None:
+                    high_water = await newest_change
+                else:
+                    high_water = _incremental_cursor(
+                        tx, stage, cursor, read_seconds, policy, result
+                    )
+
+                def finish() -> None:
+                    deleted = 0
+                    # Before the merge: rows the merge writes are in the stage, so neither the
+                    # count nor the marking depends on it, and on DuckDB these joins run
+                    # before the merge fills the key index with a million new keys (memory
+                    # stays within the cap).
+                    if full and result.read.complete:
+                        _guard_mass_deletion(tx, stage, live, policy, mass_deletion_reason, now)
+                        deleted = tx.mark_missing_as_deleted(stage, now)
+                    elif full:
+                        # Fewer rows than the API counts: "missing" may only mean "not read".
+                        result.notes.append("read incomplete: no contact marked deleted this time")
+                    result.counts = tx.merge(stage, (opt_outs, "contact_id"))
+                    result.counts["contacts"].deleted = deleted
+                    live_after = tx.run("load/count_live_rows", target="contacts").scalar()
+                    result.table_count = int(live_after)
+
+                # In a worker thread (the connection is used by one thread at a time): the
+                # event loop stays free to send the count request and read its answer.
+                await asyncio.to_thread(finish)
+            if high_water is not None:
+                tx.set_state(CONTACTS_CURSOR, high_water, now)
+            tx.set_state(CONTACTS_SYNCED_AT, now.isoformat(), now)
+            if full:
+                tx.set_state(CONTACTS_LAST_FULL_REFRESH, synced_at, now)
+        assert api_count is not None  # sent once the read ended
+        result.api_count = await api_count
+        return result
+    finally:
+        for request in (newest_change, api_count):
+            if request is not None:
+                request.cancel()  # a no-op once answered; after an error nobody waits for it
 
 
 def _incremental_cursor(

@@ -188,11 +188,6 @@ class Warehouse:
         """Row count of a table (``count_rows``; the name other layers call today)."""
         return self.count_rows(table_name)
 
-    def count_live(self, table_name: str) -> int:
-        """Rows not marked deleted (``deleted_at is null``)."""
-        with self.transaction() as tx:
-            return int(tx.run("load/count_live_rows", target=table_name).scalar())
-
     def count_window(self, table_name: str, time_column: str, start: Any, end: Any) -> int:
         """Rows with ``start <= time_column < end``."""
         with self.transaction() as tx:
