@@ -136,7 +136,7 @@ def sync_everything(
             }
         async with evinotice_client(sandbox) as evi:
             results["evinotice_batches"] = await sync.sync_evinotice_batches(
-                evi, warehouse, sandbox.config.evinotice_site_id
+                evi, warehouse, sandbox.config.evinotice_site_id, bulk=bulk
             )
         return results
 

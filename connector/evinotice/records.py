@@ -5,6 +5,9 @@ The service's timestamps carry up to seven fractional digits and an offset
 (``2024-11-19T16:11:17.9870820+00:00``); they are parsed here and written as UTC with
 microseconds, which every warehouse reads. A state or outcome no list names yet is stored as
 it comes: it is data, never a reason to fail a sync.
+
+The bulk path (``sql/load/flatten_evinotice_batches.sql``) gives the same batch rows; the few
+timestamps it leaves to Python are filled by ``with_utc_timestamps``.
 """
 
 from __future__ import annotations
@@ -14,10 +17,15 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from connector.warehouse.rows import Row, encoded
 
 # States after which a batch has nothing left to process.
 FINISHED_STATES = ("Processed", "Sent", "Completed")
+# The batch columns that hold the service's timestamps.
+BATCH_TIMESTAMPS = ("created_at", "scheduled_for", "started_on", "processed_on")
 
 
 def evinotice_batch_rows(records: Iterable[dict[str, Any]], synced_at: str) -> list[Row]:
@@ -51,6 +59,27 @@ def evinotice_batch_rows(records: Iterable[dict[str, Any]], synced_at: str) -> l
             }
         )
     return rows
+
+
+def with_utc_timestamps(batches: pa.Table) -> pa.Table:
+    """Bulk-flattened batches with the timestamps the flattening left to Python filled in.
+
+    The flatten statement reads the service's own shape; another string (``<column>_text``:
+    a form only Python's ISO 8601 reader takes, or junk) goes through ``utc_timestamp`` here,
+    so both paths give the same instant, or none.
+    """
+    for name in BATCH_TIMESTAMPS:
+        texts = batches.column(f"{name}_text").combine_chunks()
+        todo = pc.is_valid(texts)
+        if not pc.any(todo).as_py():
+            continue
+        moments = batches.column(name).combine_chunks()
+        fixed = [utc_timestamp(t) for t in pc.filter(texts, todo).to_pylist()]
+        merged = pc.replace_with_mask(
+            moments, todo, pa.array(fixed, pa.string()).cast(moments.type)
+        )
+        batches = batches.set_column(batches.schema.get_field_index(name), name, merged)
+    return batches
 
 
 def evidence_rows(records: Iterable[dict[str, Any]], synced_at: str) -> list[Row]:
