@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -24,8 +25,13 @@ from connector.warehouse.rows import Row, encoded
 
 # States after which a batch has nothing left to process.
 FINISHED_STATES = ("Processed", "Sent", "Completed")
-# The batch columns that hold the service's timestamps.
-BATCH_TIMESTAMPS = ("created_at", "scheduled_for", "started_on", "processed_on")
+# The batch columns that hold the service's timestamps, and the fields they come from.
+BATCH_TIMESTAMPS = {
+    "created_at": "CreationDate",
+    "scheduled_for": "ScheduledFor",
+    "started_on": "StartedOn",
+    "processed_on": "ProcessedOn",
+}
 
 
 def evinotice_batch_rows(records: Iterable[dict[str, Any]], synced_at: str) -> list[Row]:
@@ -62,22 +68,20 @@ def evinotice_batch_rows(records: Iterable[dict[str, Any]], synced_at: str) -> l
 
 
 def with_utc_timestamps(batches: pa.Table) -> pa.Table:
-    """Bulk-flattened batches with the timestamps the flattening left to Python filled in.
+    """Bulk-flattened batches with the timestamps of their ``odd_timestamps`` rows read here.
 
-    The flatten statement reads the service's own shape; another string (``<column>_text``:
-    a form only Python's ISO 8601 reader takes, or junk) goes through ``utc_timestamp`` here,
-    so both paths give the same instant, or none.
+    The flatten statement reads the service's own shape; a row with another form (one only
+    Python's ISO 8601 reader takes, or junk) has its record read again and each timestamp
+    made by ``utc_timestamp``, exactly as ``evinotice_batch_rows`` makes it.
     """
-    for name in BATCH_TIMESTAMPS:
-        texts = batches.column(f"{name}_text").combine_chunks()
-        todo = pc.is_valid(texts)
-        if not pc.any(todo).as_py():
-            continue
+    odd = batches.column("odd_timestamps").combine_chunks()
+    if not pc.any(odd).as_py():
+        return batches
+    records = [orjson.loads(raw) for raw in pc.filter(batches.column("raw"), odd).to_pylist()]
+    for name, field in BATCH_TIMESTAMPS.items():
         moments = batches.column(name).combine_chunks()
-        fixed = [utc_timestamp(t) for t in pc.filter(texts, todo).to_pylist()]
-        merged = pc.replace_with_mask(
-            moments, todo, pa.array(fixed, pa.string()).cast(moments.type)
-        )
+        fixed = pa.array([utc_timestamp(r.get(field)) for r in records], pa.string())
+        merged = pc.replace_with_mask(moments, odd, fixed.cast(moments.type))
         batches = batches.set_column(batches.schema.get_field_index(name), name, merged)
     return batches
 
