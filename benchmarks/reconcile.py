@@ -13,6 +13,7 @@ import cProfile
 import csv
 import io
 import pstats
+import resource
 import tempfile
 import time
 import uuid
@@ -20,6 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 import sqlalchemy as sa
 from sqlalchemy.pool import NullPool
 
@@ -216,7 +218,7 @@ def apply_benchmark(rate: float, actions: int, latency_ms: float = 30) -> dict[s
         settings = MarketplaceSettings(url, Secret(SANDBOX_TOKEN))
         limits = ClientLimits(rate_limit=rate, max_concurrency=16, timeout=30, max_attempts=8)
 
-        async def run() -> tuple[pushback.ApplySummary, float]:
+        async def run() -> tuple[pushback.ApplySummary, float, float]:
             async with MarketplaceClient(settings, limits=limits) as client:
                 await sync_contacts(client, warehouse, full_refresh=True)
                 emails = [
@@ -239,15 +241,42 @@ def apply_benchmark(rate: float, actions: int, latency_ms: float = 30) -> dict[s
                 reconcile.make_plan(warehouse, run_id="bench", export_key=load.export_key)
                 # Let the sandbox's token bucket refill after the sync's requests.
                 await asyncio.sleep(2)
+                # One request first, so the limiter books the pause above before counting.
+                await client.count("contacts")
+                httpx.post(f"{url}/_sandbox/stats/reset").raise_for_status()
+                limiter = client.http.rate_limiter
+                idle_before = limiter.idle_slots
                 started = time.perf_counter()
                 summary = await pushback.apply_plan(client, warehouse, run_id="bench")
-                return summary, time.perf_counter() - started
+                seconds = time.perf_counter() - started
+                return summary, seconds, limiter.idle_slots - idle_before
 
-        summary, seconds = asyncio.run(run())
+        cpu_before = _cpu_seconds()
+        summary, seconds, idle_slots = asyncio.run(run())
+        cpu = _cpu_seconds() - cpu_before
+        seen = httpx.get(f"{url}/_sandbox/stats").json()
     throughput = summary.sent / seconds
-    print(f"outcomes: {dict(summary.outcomes)} in {seconds:.1f} s")
+    print(
+        f"outcomes: {dict(summary.outcomes)} in {seconds:.1f} s "
+        f"(client CPU, set-up and sync included: {cpu:.1f} s)"
+    )
     print(f"throughput: {throughput:.1f} actions/s = {throughput / rate:.0%} of the rate limit")
-    return {"throughput": throughput, "share_of_limit": throughput / rate}
+    print(
+        f"sandbox: {seen['requests']} requests, at most {seen['max_arrivals_per_second']} in a "
+        f"second, {seen['seconds_over_rate_limit']} seconds over the limit, "
+        f"{seen.get('throttled', 0)} throttled; client limiter: {idle_slots:.1f} turns unused"
+    )
+    return {
+        "throughput": throughput,
+        "share_of_limit": throughput / rate,
+        "idle_slots": idle_slots,
+        "max_arrivals_per_second": seen["max_arrivals_per_second"],
+    }
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def main() -> None:

@@ -83,16 +83,65 @@ def main() -> None:
     args = parser.parse_args()
     cli_startup_benchmark()
     fetch_benchmark(args.contacts, args.latency_ms, args.concurrency)
-    sync_benchmark(args.contacts, args.latency_ms)
+    sync = sync_benchmark(args.contacts, args.latency_ms)
     evinotice_sync_benchmark(args.evinotice_batches, args.latency_ms)
-    incremental_benchmark(args.contacts, args.latency_ms)
-    memory_benchmark((args.contacts, args.memory_contacts))
-    plan_benchmark(args.crm_rows)
+    incremental = incremental_benchmark(args.contacts, args.latency_ms)
+    memory = memory_benchmark((args.contacts, args.memory_contacts))
+    plan = plan_benchmark(args.crm_rows)
     plan_postgres_benchmark(100_000)
-    apply_benchmark(args.apply_rate, args.apply_actions, args.latency_ms)
+    apply = apply_benchmark(args.apply_rate, args.apply_actions, args.latency_ms)
     fault_benchmark(args.fault_contacts, "0.2", slow_seconds=12.0)
     campaign_plan_benchmark(args.audience_rows)
     campaign_send_benchmark(args.apply_rate, args.send_batches, args.latency_ms)
+    small, large = args.contacts, args.memory_contacts
+    summary = [
+        ("streaming: full sync / fetch-only, DuckDB", f"{sync['auto_duckdb_ratio']:.2f}", ">= 0.8"),
+        ("  the same, PostgreSQL", f"{sync['auto_postgresql_ratio']:.2f}", ">= 0.8"),
+        (
+            "  again with nothing changed, DuckDB / PostgreSQL",
+            f"{sync['auto_duckdb_again_ratio']:.2f} / {sync['auto_postgresql_again_ratio']:.2f}",
+            ">= 0.8",
+        ),
+        (
+            "concurrent paging: full sync / fetch-only, DuckDB",
+            f"{sync['concurrent_duckdb_ratio']:.2f}",
+            ">= 0.95",
+        ),
+        ("  the same, PostgreSQL", f"{sync['concurrent_postgresql_ratio']:.2f}", ">= 0.95"),
+        (
+            "  again with nothing changed, DuckDB / PostgreSQL",
+            f"{sync['concurrent_duckdb_again_ratio']:.2f}"
+            f" / {sync['concurrent_postgresql_again_ratio']:.2f}",
+            ">= 0.95",
+        ),
+        *(
+            (
+                f"peak RSS, full sync of {small:,} / {large:,} contacts, DuckDB cap {cap} (MB)",
+                f"{memory[small, cap]:,.0f} / {memory[large, cap]:,.0f}",
+                "<= 300, flat",
+            )
+            for cap in ("256MB", "128MB")
+        ),
+        (
+            f"plan {args.crm_rows:,} CRM lines, DuckDB / PostgreSQL (s)",
+            f"{plan['duckdb_total']:.1f} / {plan['postgresql_total']:.1f}",
+            "<= 3 (DuckDB)",
+        ),
+        (
+            f"push-back throughput / sandbox rate limit ({args.apply_rate:g}/s)",
+            f"{apply['share_of_limit']:.0%}",
+            ">= 95%",
+        ),
+        (
+            "incremental run after 1% changed: requests, streaming / paging",
+            f"{incremental['auto']:.0f} / {incremental['concurrent']:.0f}",
+            f"<= {incremental['budget']:.0f}",
+        ),
+    ]
+    print("\n== summary: each figure against its baseline from this run ==")
+    width = max(len(name) for name, _, _ in summary)
+    for name, figure, goal in summary:
+        print(f"{name:<{width}}  {figure:>15}  (goal {goal})")
 
 
 if __name__ == "__main__":

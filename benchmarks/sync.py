@@ -63,8 +63,10 @@ def postgres_database() -> Iterator[str]:
 
 def sync_benchmark(contacts: int, latency_ms: float) -> dict[str, float]:
     """Full sync of ``contacts`` into a fresh DuckDB file and PostgreSQL database vs. fetching
-    them, per read mode."""
+    them, per read mode; then the same full sync again with nothing changed (the daily case:
+    every row read, none written)."""
     print(f"\n== sync: {contacts:,} contacts, {latency_ms:g} ms latency ==")
+    print("(timed from the first request to the commit; the tables exist beforehand)")
     figures: dict[str, float] = {}
     with (
         sandbox_process("--contacts", str(contacts), "--latency-ms", str(latency_ms)) as url,
@@ -75,46 +77,68 @@ def sync_benchmark(contacts: int, latency_ms: float) -> dict[str, float]:
             fetch = _once(url, "duckdb:///:memory:", mode, "fetch-only")
             records = _once(url, "duckdb:///:memory:", mode, "fetch-records")
             duck = _once(url, f"duckdb:///{Path(scratch) / (mode + '.duckdb')}", mode)
+            duck_again = _once(
+                url, f"duckdb:///{Path(scratch) / (mode + '-2.duckdb')}", mode, "resync"
+            )
             rows_path = Path(scratch) / (mode + "-rows.duckdb")
             reference = _once(url, f"duckdb:///{rows_path}", mode, "row-builders")
             with postgres_database() as pg_url:
                 pg = _once(url, pg_url, mode)
+            with postgres_database() as pg_url:
+                pg_again = _once(url, pg_url, mode, "resync")
             fetch_rate = fetch["rows"] / fetch["seconds"]
             print(f"{label}:")
-            print(f"  fetch only (JSON lines)  : {_rate(fetch)}")
-            print(f"  fetch only (records)     : {_rate(records)}")
-            print(f"  full sync, DuckDB        : {_rate(duck)}")
-            print(f"  full sync, PostgreSQL    : {_rate(pg)}")
+            print(f"  fetch only (JSON lines)   : {_rate(fetch)}")
+            print(f"  fetch only (records)      : {_rate(records)}")
+            print(f"  full sync, DuckDB         : {_rate(duck)}")
+            print(f"  full sync, PostgreSQL     : {_rate(pg)}")
+            print(f"  again, unchanged, DuckDB  : {_rate(duck_again)}")
+            print(f"  again, unchanged, Postgres: {_rate(pg_again)}")
             print(
-                f"  row builders, DuckDB     : {_rate(reference)}  (the path before the bulk one)"
+                f"  row builders, DuckDB      : {_rate(reference)}  (the path before the bulk one)"
             )
-            for name, synced in (("DuckDB", duck), ("PostgreSQL", pg), ("rows", reference)):
+            runs = (
+                ("duckdb", duck),
+                ("postgresql", pg),
+                ("duckdb_again", duck_again),
+                ("postgresql_again", pg_again),
+                ("rows", reference),
+            )
+            for name, synced in runs:
                 ratio = (synced["rows"] / synced["seconds"]) / fetch_rate
-                print(f"  sync / fetch throughput, {name:<10}: {ratio:4.2f}")
-                figures[f"{mode}_{name.lower()}_ratio"] = ratio
+                print(f"  sync / fetch throughput, {name:<16}: {ratio:4.2f}")
+                figures[f"{mode}_{name}_ratio"] = ratio
     return figures
 
 
-def memory_benchmark(sizes: tuple[int, ...]) -> dict[int, float]:
-    """Peak memory of a full sync into DuckDB at each size (flat is the goal)."""
+def memory_benchmark(
+    sizes: tuple[int, ...], caps: tuple[str, ...] = ("256MB", "128MB")
+) -> dict[tuple[int, str], float]:
+    """Peak memory of a full sync into DuckDB at each size and DuckDB memory cap (the
+    ``memory_limit`` setting; 256MB is the default), beside fetching alone (flat is the goal)."""
     print(f"\n== memory: full sync into DuckDB at {', '.join(f'{n:,}' for n in sizes)} contacts ==")
-    peaks: dict[int, float] = {}
+    peaks: dict[tuple[int, str], float] = {}
     for contacts in sizes:
-        with (
-            sandbox_process("--contacts", str(contacts), timeout=1200) as url,
-            tempfile.TemporaryDirectory() as scratch,
-        ):
+        with sandbox_process("--contacts", str(contacts), timeout=1200) as url:
             fetch = _once(url, "duckdb:///:memory:", "auto", "fetch-only")
-            synced = _once(url, f"duckdb:///{Path(scratch) / 'bench.duckdb'}", "auto")
-        peaks[contacts] = synced["peak_rss_mb"]
-        print(f"{contacts:>9,} contacts: synced {synced['rows']:,.0f} in {synced['seconds']:.1f} s")
-        print(
-            f"           peak RSS {synced['peak_rss_mb']:,.0f} MB (interpreter + imports "
-            f"{synced['baseline_rss_mb']:,.0f} MB; fetch-only peak {fetch['peak_rss_mb']:,.0f} MB)"
-        )
+            print(
+                f"{contacts:>9,} contacts: fetch-only peak {fetch['peak_rss_mb']:,.0f} MB "
+                f"(interpreter + imports {fetch['baseline_rss_mb']:,.0f} MB)"
+            )
+            for cap in caps:
+                with tempfile.TemporaryDirectory() as scratch:
+                    database = Path(scratch) / "bench.duckdb"
+                    synced = _once(url, f"duckdb:///{database}?memory_limit={cap}", "auto")
+                peaks[contacts, cap] = synced["peak_rss_mb"]
+                print(
+                    f"{'':>11}DuckDB capped at {cap:>5}: "
+                    f"peak RSS {synced['peak_rss_mb']:,.0f} MB"
+                    f" (synced {synced['rows']:,.0f} in {synced['seconds']:.1f} s)"
+                )
     if len(sizes) > 1:
-        small, large = peaks[min(sizes)], peaks[max(sizes)]
-        print(f"growth {min(sizes):,} -> {max(sizes):,} contacts: {large - small:+,.0f} MB")
+        for cap in caps:
+            growth = peaks[max(sizes), cap] - peaks[min(sizes), cap]
+            print(f"growth {min(sizes):,} -> {max(sizes):,} contacts at {cap}: {growth:+,.0f} MB")
     return peaks
 
 
@@ -140,11 +164,15 @@ async def _change(url: str, count: int) -> None:
         await asyncio.gather(*(rename(c) for c in contacts))
 
 
-def incremental_benchmark(contacts: int, latency_ms: float, share: float = 0.01) -> None:
+def incremental_benchmark(
+    contacts: int, latency_ms: float, share: float = 0.01
+) -> dict[str, float]:
     """Requests and seconds of a scheduled (incremental) run after ``share`` of the contacts
-    changed, per read mode."""
+    changed, per read mode; returns the requests per mode and the budget."""
     changed = int(contacts * share)
     print(f"\n== incremental: {changed:,} of {contacts:,} contacts changed, {latency_ms:g} ms ==")
+    budget = changed / 100 + 3
+    figures: dict[str, float] = {"budget": budget}
     for mode in ("auto", "concurrent"):
         label = "streaming" if mode == "auto" else "concurrent paging"
         with (
@@ -156,8 +184,9 @@ def incremental_benchmark(contacts: int, latency_ms: float, share: float = 0.01)
             asyncio.run(_change(url, changed))
             httpx.post(f"{url}/_sandbox/stats/reset").raise_for_status()
             run = _once(url, warehouse_url, mode, "incremental")
-        budget = changed / 100 + 3
+        figures[mode] = run["requests"]
         print(
             f"{label:>17}: {run['requests']:,.0f} requests (budget {budget:,.0f}), "
             f"{run['rows']:,.0f} rows read, {run['seconds']:.2f} s"
         )
+    return figures

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import random
 import time
@@ -47,6 +48,10 @@ class ClientLimits:
     timeout: float = 30.0
     max_concurrency: int = 8
     rate_limit: float | None = None  # requests per second, client-side; None = unlimited
+    # Share of ``rate_limit`` left unused, so that requests whose way to the server takes a
+    # little more or less time (up to about ``rate_headroom`` seconds: 20 ms) still never
+    # arrive more than the limit within one of the server's seconds.
+    rate_headroom: float = 0.02
     max_attempts: int = 6
     backoff_base: float = 0.2
     backoff_max: float = 30.0
@@ -61,6 +66,8 @@ class ClientLimits:
             raise ValueError("max_concurrency must be at least 1")
         if self.rate_limit is not None and self.rate_limit <= 0:
             raise ValueError("rate_limit must be positive (or None for no limit)")
+        if not 0 <= self.rate_headroom < 1:
+            raise ValueError("rate_headroom must be at least 0 and below 1")
         if self.max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
 
@@ -68,6 +75,12 @@ class ClientLimits:
 class RateLimiter:
     """Spaces request starts evenly at ``rate`` per second; a 429 pauses every caller.
 
+    Turns are booked ahead, one ``1 / rate`` after the other, so a caller that waits for its
+    turn is ready when it opens. A caller woken late (the event loop was busy) still goes, but
+    never so that more than ``ceil(rate)`` requests start within one second: a burst of late
+    callers would be exactly what the server counts against its limit.
+
+    ``headroom`` keeps that share of the rate unused (see ``ClientLimits.rate_headroom``).
     ``clock`` and ``sleep`` are injectable so the spacing can be checked without real time.
     A caller re-checks the pause after its wait, so a 429 that arrives while it waits holds
     it back too. Without a configured rate, a 429 teaches the limiter one (the server's limit
@@ -79,10 +92,10 @@ class RateLimiter:
         self,
         rate: float | None,
         *,
+        headroom: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
     ) -> None:
-        self._interval = 0.0 if rate is None else 1.0 / rate
         self._configured = rate is not None
         self._clock = clock
         self._sleep = sleep
@@ -90,11 +103,21 @@ class RateLimiter:
         self._paused_until = 0.0
         self._recent: deque[float] = deque()  # starts in the last second (for learning a rate)
         self._lock = asyncio.Lock()
+        self._window: deque[float] = deque()  # the latest starts, up to ceil(rate) of them
+        self._set_interval(0.0 if rate is None else 1.0 / (rate * (1.0 - headroom)))
+        # Seconds a turn stood open with no caller ready to take it: budget lost for good,
+        # since the next caller's turn starts from when it came (``idle_slots`` in turns).
+        self.idle_seconds = 0.0
 
     @property
     def rate(self) -> float | None:
         """Requests per second now enforced (configured or learned), None when unlimited."""
         return 1.0 / self._interval if self._interval else None
+
+    @property
+    def idle_slots(self) -> float:
+        """Turns that went unused so far (``idle_seconds`` at the current rate)."""
+        return self.idle_seconds / self._interval if self._interval else 0.0
 
     @property
     def paused(self) -> bool:
@@ -106,18 +129,44 @@ class RateLimiter:
         while True:
             async with self._lock:
                 now = self._clock()
-                start = max(now, self._next_start, self._paused_until)
-                if start <= now:
+                opens = max(self._next_start, self._paused_until, self._window_opens())
+                if opens <= now:
+                    if self._interval and self._next_start:
+                        self.idle_seconds += now - opens
                     self._next_start = now + self._interval
-                    self._remember(now)
+                    self._started(now)
                     return
-                # Reserve the slot, sleep, then look again: a pause may have come meanwhile.
-                self._next_start = start + self._interval
-            await self._sleep(start - now)
-            async with self._lock:
-                if self._paused_until <= start:
-                    self._remember(self._clock())
-                    return
+                # Book the turn, sleep, then look again: a pause may have come meanwhile.
+                self._next_start = opens + self._interval
+            await self._sleep(opens - now)
+            while True:
+                async with self._lock:
+                    now = self._clock()
+                    if self._paused_until > opens:
+                        break  # paused meanwhile: book a new turn
+                    window = self._window_opens()
+                    if window <= now:
+                        self._started(now)
+                        return
+                # Woken so late, behind other late callers, that going now would crowd the
+                # second: wait the little it takes, keeping this turn.
+                await self._sleep(window - now)
+
+    def _window_opens(self) -> float:
+        """When one more start keeps at most ``ceil(rate)`` starts in any one second."""
+        window = self._window
+        if window.maxlen is None or len(window) < window.maxlen:
+            return 0.0
+        return window[0] + 1.0 - 1e-9  # a start exactly one second later is in a new second
+
+    def _started(self, now: float) -> None:
+        self._window.append(now)
+        self._remember(now)
+
+    def _set_interval(self, interval: float) -> None:
+        self._interval = interval
+        size = math.ceil(1.0 / interval - 1e-9) if interval else None  # no cap without a rate
+        self._window = deque(self._window, maxlen=size)
 
     def pause(self, seconds: float) -> None:
         """Hold back every caller for ``seconds`` (the server asked us to slow down)."""
@@ -128,7 +177,7 @@ class RateLimiter:
             # then 80% of the learned rate each time the server still refuses.
             sent = sum(1 for t in self._recent if t > now - 1.0)
             learned = 0.5 * sent if self._interval == 0.0 else 0.8 / self._interval
-            self._interval = 1.0 / max(1.0, learned)
+            self._set_interval(1.0 / max(1.0, learned))
         self._paused_until = max(self._paused_until, now + seconds)
 
     def _remember(self, now: float) -> None:
@@ -187,8 +236,13 @@ class ResilientClient:
             follow_redirects=True,  # large results may answer 302 to a download location
         )
         self._slots = asyncio.Semaphore(self.limits.max_concurrency)
-        self._rate = RateLimiter(self.limits.rate_limit)
+        self._rate = RateLimiter(self.limits.rate_limit, headroom=self.limits.rate_headroom)
         self.stats: Counter[str] = Counter()
+
+    @property
+    def rate_limiter(self) -> RateLimiter:
+        """The limiter every request of this client waits on (its rate, pauses, idle turns)."""
+        return self._rate
 
     async def __aenter__(self) -> ResilientClient:
         return self

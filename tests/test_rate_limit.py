@@ -96,6 +96,54 @@ def test_the_limiter_never_starts_more_than_its_rate_in_any_second(rate: float) 
     assert sorted(starts)[-1] == pytest.approx(399 / rate)
 
 
+def test_callers_woken_late_by_a_busy_loop_never_crowd_a_second() -> None:
+    """The event loop is held for 85 ms (a commit, another process): the callers whose turns
+    passed meanwhile all wake at once. They may go together, but never so that more than the
+    rate starts within one second, however the seconds are cut."""
+    time = FakeTime()
+    limiter = limiter_on(time, 50.0)
+    starts: list[float] = []
+
+    async def busy_loop() -> None:
+        await time.sleep(2.021)
+        time.now += 0.085  # nobody runs meanwhile; every turn booked in it is late
+
+    asyncio.run(time.run(*workers(limiter, time, 8, 300, starts), busy_loop()))
+
+    assert len(starts) == 300
+    late = [s for s in starts if s == pytest.approx(2.106)]
+    assert len(late) >= 4  # the late callers did go as soon as the loop was free
+    assert most_in_any_second(starts) <= 50
+    # Only the turns the busy loop took are lost, and the one a late caller must skip.
+    assert sorted(starts)[-1] <= 299 / 50 + 0.085 + 2 / 50 + 1e-9
+
+
+def test_turns_left_unused_are_counted() -> None:
+    """A caller that comes back 100 ms after its last request, at 50 per second: each time the
+    turn stood open 80 ms, four turns nobody took."""
+    time = FakeTime()
+    limiter = limiter_on(time, 50.0)
+
+    async def slow_caller() -> None:
+        for _ in range(11):
+            await limiter.acquire()
+            await time.sleep(0.1)
+
+    asyncio.run(time.run(slow_caller()))
+
+    assert limiter.idle_slots == pytest.approx(10 * 4)
+
+
+def test_callers_waiting_for_their_turns_leave_none_unused() -> None:
+    time = FakeTime()
+    limiter = limiter_on(time, 50.0)
+    starts: list[float] = []
+    asyncio.run(time.run(*workers(limiter, time, 4, 200, starts)))
+
+    assert limiter.idle_slots == pytest.approx(0)
+    assert sorted(starts)[-1] == pytest.approx(199 / 50)
+
+
 def test_a_429_pause_holds_back_callers_already_waiting_for_their_turn() -> None:
     time = FakeTime()
     limiter = limiter_on(time, 10.0)
@@ -236,3 +284,58 @@ def test_an_apply_against_a_tight_server_limit_loses_no_action(
         assert seen.get("throttled", 0) == 0
         # One more than the rate when a request delayed on its way lands in the next second.
         assert seen["max_arrivals_per_second"] <= 11
+
+
+def test_headroom_leaves_its_share_of_the_rate_unused() -> None:
+    time = FakeTime()
+    limiter = RateLimiter(50.0, headroom=0.02, clock=time.clock, sleep=time.sleep)
+    starts: list[float] = []
+    asyncio.run(time.run(*workers(limiter, time, 8, 200, starts)))
+
+    assert limiter.rate == pytest.approx(49.0)
+    assert most_in_any_second(starts) <= 49
+    assert sorted(starts)[-1] == pytest.approx(199 / 49)
+    assert ClientLimits().rate_headroom == 0.02  # what clients use unless told otherwise
+
+
+def test_an_apply_in_small_batches_keeps_to_the_server_limit_and_sends_each_action_once(
+    tmp_path: Path,
+) -> None:
+    """60 actions claimed 7 at a time (each batch claimed while the one before is sent, the
+    outcomes committed off the event loop) against a 20/s server limit with the client's rate
+    set to it: no second above the limit, no 429, every action sent once and recorded done."""
+    sandbox = make_sandbox(contacts=80, seed=17, clock_speed=0.0)
+    warehouse = Warehouse(f"duckdb:///{tmp_path / 'w.duckdb'}")
+    world = World(sandbox, Gateway(sandbox.app), warehouse, tmp_path)
+    world.warehouse.ensure_tables()
+    try:
+        world.sync()
+        targets = [c for c in sandbox.truth("contacts") if c["status"] == "Active"][:30]
+        world.plan(
+            world.write(
+                "crm.csv",
+                [
+                    *(line(c["email"], c["name"], "dne") for c in targets),
+                    *(line(f"batch{n}@example.org", f"Batch {n}") for n in range(30)),
+                ],
+            )
+        )
+        world.limits.update(max_concurrency=4, rate_limit=20.0)
+        sandbox.behaviour.update({"rate_limit": 20})
+        with served(world.gateway, sandbox) as url:
+            world.url = url
+            httpx.post(f"{url}/_sandbox/stats/reset")
+            summary = world.apply(refresh=False, batch_size=7)
+            seen = httpx.get(f"{url}/_sandbox/stats").json()
+    finally:
+        world.warehouse.dispose()
+
+    assert summary.outcomes == Counter(done=60) and summary.claimed_elsewhere == 0
+    ledger = world.ledger()
+    assert {r["state"] for r in ledger.values()} == {"done"}
+    assert {r["attempts"] for r in ledger.values()} == {1}
+    assert len(world.gateway.sent("POST")) == 60  # one write per action, none repeated
+    assert seen.get("throttled", 0) == 0
+    # One more than the rate when a request delayed on its way (here the sandbox shares the
+    # interpreter with the client) lands in the next second's count.
+    assert seen["max_arrivals_per_second"] <= 21

@@ -23,6 +23,7 @@ contact is still exactly as this connector's block left it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import uuid
 from collections import Counter
@@ -42,6 +43,7 @@ from connector.errors import (
     ConnectorError,
 )
 from connector.marketplace.client import MarketplaceClient
+from connector.pipelines.ledger_writer import LedgerWriter
 from connector.settings import MPT_API_TOKEN
 from connector.warehouse.engine import Transaction, Warehouse
 
@@ -119,65 +121,100 @@ async def _apply(
     started = asyncio.get_running_loop().time()
     claim = uuid.uuid4().hex
     actions, summary.skipped = _pending_actions(warehouse)
-    for start in range(0, len(actions), batch_size):
-        batch = actions[start : start + batch_size]
-        with warehouse.transaction() as tx:
-            _mark_sending(tx, batch, run_id, claim, clock())
-        with warehouse.transaction() as tx:
-            # Only what this apply holds now is sent: a concurrent apply's claim wins over ours.
-            held = set(tx.run("pushback/select_claims", {"claim": claim}).scalars())
-        summary.claimed_elsewhere += sum(a.action_key not in held for a in batch)
-        batch = [a for a in batch if a.action_key in held]
-        await _send_batch(client, warehouse, batch, summary, clock)
+    ledger = LedgerWriter(warehouse, _write_outcomes)
+    try:
+        await _send_claimed(client, ledger, actions, run_id, claim, batch_size, summary, clock)
+    finally:
+        ledger.close()
     summary.seconds = asyncio.get_running_loop().time() - started
     return summary
 
 
-async def _send_batch(
+async def _send_claimed(
     client: MarketplaceClient,
-    warehouse: Warehouse,
-    batch: Sequence[Action],
+    ledger: LedgerWriter,
+    actions: Sequence[Action],
+    run_id: str,
+    claim: str,
+    batch_size: int,
     summary: ApplySummary,
     clock: Callable[[], datetime],
 ) -> None:
-    """Send a claimed batch; each outcome is committed the moment its answer is in."""
+    """Claim the actions batch by batch and send what this apply holds; each outcome is
+    committed as soon as the ledger writer can (see ``LedgerWriter``).
 
-    async def one(action: Action) -> None:
-        try:
-            outcome = await _perform(client, action)
-        except AuthenticationError as exc:
-            # The server refused who we are, not the action: it stays pending (a 401/403 means
-            # nothing was done) and the whole apply stops.
-            _record(warehouse, action, _failed(exc, state="retry"), clock(), summary)
-            raise
-        _record(warehouse, action, outcome, clock(), summary)
+    Senders take claimed actions from a queue, so the rate limiter always has a request ready
+    for its next turn: the next batch is claimed while the one before is still being sent,
+    and no commit runs on the event loop. A sender waits for its outcome's commit before it
+    takes the next action, so no more actions are sent and not yet recorded than there are
+    connections: a kill loses no more than a commit per answer did.
+    """
+    ready: asyncio.Queue[Action | None] = asyncio.Queue(maxsize=max(1, batch_size // 2))
+    senders = client.http.limits.max_concurrency
 
-    tasks = [asyncio.ensure_future(one(action)) for action in batch]
+    async def claim_in_batches() -> None:
+        for start in range(0, len(actions), batch_size):
+            batch = actions[start : start + batch_size]
+            await ledger.run(
+                functools.partial(_claim, batch=batch, run_id=run_id, claim=claim, now=clock())
+            )
+            # Read back after the commit: a concurrent apply's claim wins over ours.
+            held = set(await ledger.run(functools.partial(_held, claim=claim)))
+            summary.claimed_elsewhere += sum(a.action_key not in held for a in batch)
+            for action in batch:
+                if action.action_key in held:
+                    await ready.put(action)
+        for _ in range(senders):
+            await ready.put(None)
+
+    async def send() -> None:
+        while (action := await ready.get()) is not None:
+            try:
+                outcome = await _perform(client, action)
+            except AuthenticationError as exc:
+                # The server refused who we are, not the action: it stays pending (a 401/403
+                # means nothing was done) and the whole apply stops.
+                await _record(ledger, action, _failed(exc, state="retry"), clock(), summary)
+                raise
+            await _record(ledger, action, outcome, clock(), summary)
+
+    tasks = [asyncio.ensure_future(claim_in_batches())]
+    tasks += [asyncio.ensure_future(send()) for _ in range(senders)]
     try:
         await asyncio.gather(*tasks)
     except AuthenticationError as exc:
         for task in tasks:
             task.cancel()  # in flight: left ``sending``, so the next apply checks them first
         await asyncio.gather(*tasks, return_exceptions=True)
+        await ledger.drain()  # what was answered before the refusal is recorded
         raise ConfigurationError(
             f"{MPT_API_TOKEN} was refused by the Marketplace API ({exc.status} "
             f"{exc.problem.title or 'authentication failed'}): the apply stopped, and every "
             "action not done stays pending for the next apply"
         ) from exc
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+    await ledger.drain()
 
 
-def _record(
-    warehouse: Warehouse,
+async def _record(
+    ledger: LedgerWriter,
     action: Action,
     outcome: Outcome,
     now: datetime,
     summary: ApplySummary,
 ) -> None:
-    with warehouse.transaction() as tx:
-        tx.run("pushback/update_outcome", _outcome_row(action, outcome, now))
+    await ledger.record(_outcome_row(action, outcome, now))
     summary.outcomes[outcome.state] += 1
     if outcome.state == "done" and outcome.contact_id:
         summary.touched_contacts.append(outcome.contact_id)
+
+
+def _write_outcomes(tx: Transaction, *, rows: Sequence[dict[str, Any]]) -> None:
+    tx.run_many("pushback/update_outcome", rows)
 
 
 @dataclass
@@ -231,30 +268,36 @@ def _pending_actions(warehouse: Warehouse) -> tuple[list[Action], int]:
     return actions, skipped
 
 
-def _mark_sending(
-    tx: Transaction, batch: Sequence[Action], run_id: str, claim: str, now: datetime
+def _claim(
+    tx: Transaction, *, batch: Sequence[Action], run_id: str, claim: str, now: datetime
 ) -> None:
-    rows = [
-        {
-            "action_key": action.action_key,
-            "run_id": run_id,
-            "claim": claim,
-            "action": action.action,
-            "email": action.email,
-            "contact_id": action.contact_id,
-            "attempts": action.attempts + 1,
-            "previous_attempts": action.attempts,
-            "now": now,
-        }
-        for action in batch
-    ]
-    tx.run_many(
-        "pushback/update_sending", [r for r, a in zip(rows, batch, strict=True) if a.previous_state]
-    )
-    tx.run_many(
-        "pushback/insert_sending",
-        [r for r, a in zip(rows, batch, strict=True) if not a.previous_state],
-    )
+    """Mark a batch ``sending`` under this apply's claim, committed before any of it is sent.
+
+    Staged and written in two statements (new actions, and actions tried before if nobody
+    touched them since they were read): a row at a time is slow on DuckDB.
+    """
+    with tx.stage("pushback_results") as stage:
+        stage.write(
+            [
+                {
+                    "action_key": action.action_key,
+                    "action": action.action,
+                    "email": action.email,
+                    "contact_id": action.contact_id,
+                    "state": action.previous_state,  # null: never claimed before
+                    "attempts": action.attempts,  # as read: the claim adds this attempt
+                }
+                for action in batch
+            ],
+            {"run_id": run_id, "claim": claim, "last_attempt_at": now.isoformat()},
+        )
+        tx.run("pushback/insert_staged_claims", stage=stage.name)
+        tx.run("pushback/update_staged_claims", stage=stage.name)
+
+
+def _held(tx: Transaction, *, claim: str) -> list[str]:
+    """The actions this apply's claim holds now."""
+    return list(tx.run("pushback/select_claims", {"claim": claim}).scalars())
 
 
 def _outcome_row(action: Action, outcome: Outcome, now: datetime) -> dict[str, Any]:

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import functools
 import gc
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -123,14 +124,16 @@ async def _load_contacts(
     bulk: bool,
 ) -> SyncResult:
     synced_at = format_timestamp(now)
-    # The newest change before the read starts: anything changed during the read is newer,
-    # so the next incremental run starts from here (minus the look-back) and misses nothing.
-    high_water = await client.latest_change("contacts")
     with warehouse.transaction() as tx:
         cursor = tx.get_state(CONTACTS_CURSOR)
         last_full = tx.get_state(CONTACTS_LAST_FULL_REFRESH)
         due = last_full is None or now - _parse(last_full) >= policy.full_refresh_every
         full = full_refresh or cursor is None or due
+        # A full read takes its high-water mark before it starts (two requests, nothing next
+        # to a full read, and safe however long the read takes): anything changed during the
+        # read is newer. An incremental run takes it from the rows it read instead
+        # (``_incremental_cursor``), so its requests stay within the pages of the changes.
+        high_water = await client.latest_change("contacts") if full else None
         since = None if full else _parse(cursor) - policy.lookback
         # Created or updated since: a new contact has no audit.updated until it changes.
         filter = None if since is None else changed_since(since)
@@ -139,20 +142,64 @@ async def _load_contacts(
             result.notes.append(f"changes since {format_timestamp(since)}")
         live = tx.run("load/count_live_rows", target="contacts").scalar() if full else 0
         chunks = _read(client, "contacts", bulk, filter=filter, report=result.read)
-        async with _merged_contacts(tx, chunks, synced_at) as (stage, counts):
-            result.counts = counts
+        read_started = time.monotonic()
+        async with _staged_contacts(tx, chunks, synced_at) as (stage, opt_outs):
+            if not full:
+                read_seconds = time.monotonic() - read_started
+                high_water = _incremental_cursor(tx, stage, cursor, read_seconds, policy, result)
+            deleted = 0
+            # Before the merge: rows the merge writes are in the stage, so neither the count
+            # nor the marking depends on it, and on DuckDB these joins run before the merge
+            # fills the key index with a million new keys (memory stays within the cap).
             if full and result.read.complete:
                 _guard_mass_deletion(tx, stage, live, policy, mass_deletion_reason, now)
-                result.counts["contacts"].deleted = tx.mark_missing_as_deleted(stage, now)
+                deleted = tx.mark_missing_as_deleted(stage, now)
             elif full:
                 # Fewer rows than the API counts: "missing" may only mean "not read".
                 result.notes.append("read incomplete: no contact marked deleted this time")
+            result.counts = tx.merge(stage, (opt_outs, "contact_id"))
+            result.counts["contacts"].deleted = deleted
         if high_water is not None:
             tx.set_state(CONTACTS_CURSOR, high_water, now)
         tx.set_state(CONTACTS_SYNCED_AT, now.isoformat(), now)
         if full:
             tx.set_state(CONTACTS_LAST_FULL_REFRESH, synced_at, now)
     return result
+
+
+def _incremental_cursor(
+    tx: Transaction,
+    stage: Stage,
+    cursor: str,
+    read_seconds: float,
+    policy: ContactsPolicy,
+    result: SyncResult,
+) -> str:
+    """The cursor after an incremental read: the newest change among the rows it read.
+
+    Why that misses nothing: a change the read did not return happened after the read had
+    passed that row's place, so it is stamped after the read started; every row the read
+    returned was stamped before the read ended. The next run starts at the newest of those
+    minus the look-back, which is before the read started as long as the read took less than
+    the look-back. A streamed read is one snapshot, so there nothing changed during it is in
+    it and the mark is as safe as one taken before the read. A read that took more than half
+    the look-back (a margin for the server committing a change later than it stamps it)
+    keeps the old cursor: the next run reads this window again rather than trust the mark.
+    """
+    newest = tx.run("sync/select_newest_change_in_stage", stage=stage.name).scalar()
+    lookback = policy.lookback.total_seconds()
+    if read_seconds > lookback / 2:
+        result.notes.append(
+            f"the read took {read_seconds:.0f} s, more than half the {lookback:.0f} s "
+            "look-back: the cursor stays where it was"
+        )
+        return cursor
+    if newest is None:
+        return cursor  # nothing read: nothing newer than the cursor is known
+    if isinstance(newest, str):
+        newest = _parse(newest)
+    # Truncated to the millisecond: never later than the stamp itself, so nothing is skipped.
+    return max(cursor, format_timestamp(newest), key=_parse)
 
 
 async def refresh_contacts(
@@ -177,17 +224,17 @@ async def refresh_contacts(
                 yield chunk
 
     with warehouse.transaction() as tx:
-        async with _merged_contacts(tx, chunks(), synced_at) as (_, counts):
-            result.counts = counts
+        async with _staged_contacts(tx, chunks(), synced_at) as (stage, opt_outs):
+            result.counts = tx.merge(stage, (opt_outs, "contact_id"))
     return result
 
 
 @contextlib.asynccontextmanager
-async def _merged_contacts(
+async def _staged_contacts(
     tx: Transaction, chunks: AsyncIterator[Chunk], synced_at: str
-) -> AsyncIterator[tuple[Stage, dict[str, MergeCounts]]]:
-    """Stage contacts and their opt-outs from ``chunks`` and merge them; the contacts stage
-    stays open inside the block (a full refresh compares the table with it)."""
+) -> AsyncIterator[tuple[Stage, Stage]]:
+    """Stage contacts and their opt-outs from ``chunks``; the stages stay open inside the
+    block (the caller merges them, and a full refresh compares the table with them)."""
     with tx.stage("contacts") as stage, tx.stage("contact_opt_outs") as opt_outs:
         constants = {"synced_at": synced_at}
 
@@ -202,7 +249,7 @@ async def _merged_contacts(
             opt_outs.write(categories)
 
         await _pipe(chunks, write)
-        yield stage, tx.merge(stage, (opt_outs, "contact_id"))
+        yield stage, opt_outs
 
 
 def _guard_mass_deletion(

@@ -118,8 +118,19 @@ class Transaction:
             counts[child.table.name] = MergeCounts(
                 staged=child.rows, inserted=added, deleted=removed
             )
-        self.run("load/delete_rows_to_write", **names)
-        self.run("load/insert_rows_to_write", **names, columns=stage.columns)
+        if updated:
+            self.run("load/delete_rows_to_write", **names)
+        if written == stage.rows:
+            # Every staged row is new or changed (a first load): no semi-join on a million
+            # keys, which on DuckDB would hold its hash table beside the key index.
+            self.run(
+                "load/insert_all_staged_rows",
+                stage=stage.name,
+                target=target,
+                columns=stage.columns,
+            )
+        else:
+            self.run("load/insert_rows_to_write", **names, columns=stage.columns)
         for child, child_key in children:
             self.run(
                 "load/replace_children_of_written_rows",
