@@ -168,12 +168,12 @@ def test_flattened_batches_equal_the_row_builder_rows() -> None:
 def test_every_timestamp_form_becomes_what_the_row_builder_makes_of_it(zone: str) -> None:
     # Whatever the DuckDB session's time zone (a DuckDB warehouse flattens on its own
     # connection), a time without an offset is UTC, as the service's clock is.
-    duck = duckdb.connect()
-    duck.execute(f"set TimeZone = '{zone}'")
     records = [
         {"Id": f"b-{i}", **dict.fromkeys(STAMPS, value)} for i, value in enumerate(EDGE_TIMESTAMPS)
     ]
-    got = _bulk_rows(records, duck)
+    with duckdb.connect() as duck:
+        duck.execute(f"set TimeZone = '{zone}'")
+        got = _bulk_rows(records, duck)
     for row, value in zip(got, EDGE_TIMESTAMPS, strict=True):
         want = utc_timestamp(value)
         for column in ("created_at", "scheduled_for", "started_on", "processed_on"):
