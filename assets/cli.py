@@ -110,6 +110,13 @@ main.add_command(campaign)
 )
 @click.option("--churn", is_flag=True, help="Create, update, block and delete contacts live.")
 @click.option("--churn-rate", default=5.0, show_default=True, help="Churn events per second.")
+@click.option(
+    "--evinotice-batches",
+    default=40,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="EviNotice batches to generate.",
+)
 def sandbox(
     host: str,
     port: int,
@@ -121,6 +128,7 @@ def sandbox(
     slow_seconds: float,
     churn: bool,
     churn_rate: float,
+    evinotice_batches: int,
 ) -> None:
     """Serve a local emulator of both APIs on loopback until stopped (Ctrl-C)."""
     from sandbox.app import Sandbox, SandboxConfig
@@ -142,6 +150,7 @@ def sandbox(
             token=token,
             evinotice_username=username,
             evinotice_password=password,
+            evinotice_batches=evinotice_batches,
         )
     except FaultSpecError as exc:
         raise click.BadParameter(str(exc), param_hint="--faults") from exc

@@ -2,7 +2,8 @@
 
 Prints, in one run: rows per second for sequential paging, concurrent paging and streaming of
 the same collection (same added latency) and their ratios; a full contacts sync into DuckDB and
-PostgreSQL against fetching alone; an incremental run's requests after 1% changed; peak memory
+PostgreSQL against fetching alone; EviNotice batch syncs (bulk and row builders) against
+fetching alone; an incremental run's requests after 1% changed; peak memory
 of full syncs at 100k and 1M contacts (flat is the goal); planning 1M CRM lines against 1M
 contacts; push-back throughput as a share of the sandbox's rate limit; a 200k-contact paged
 read under a 20% fault mix against the same read fault-free; planning a 1M-row campaign
@@ -21,6 +22,7 @@ import time
 from benchmarks.campaigns import plan_benchmark as campaign_plan_benchmark
 from benchmarks.campaigns import send_benchmark as campaign_send_benchmark
 from benchmarks.cli_startup import cli_startup_benchmark
+from benchmarks.evinotice_sync import evinotice_sync_benchmark
 from benchmarks.faults import fault_benchmark
 from benchmarks.reconcile import apply_benchmark, plan_benchmark, plan_postgres_benchmark
 from benchmarks.sandbox_process import sandbox_process
@@ -77,10 +79,12 @@ def main() -> None:
     parser.add_argument("--fault-contacts", type=int, default=200_000)
     parser.add_argument("--audience-rows", type=int, default=1_000_000)
     parser.add_argument("--send-batches", type=int, default=300)
+    parser.add_argument("--evinotice-batches", type=int, default=5000)
     args = parser.parse_args()
     cli_startup_benchmark()
     fetch_benchmark(args.contacts, args.latency_ms, args.concurrency)
     sync = sync_benchmark(args.contacts, args.latency_ms)
+    evinotice_sync_benchmark(args.evinotice_batches, args.latency_ms)
     incremental = incremental_benchmark(args.contacts, args.latency_ms)
     memory = memory_benchmark((args.contacts, args.memory_contacts))
     plan = plan_benchmark(args.crm_rows)

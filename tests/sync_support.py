@@ -43,7 +43,7 @@ def marketplace_client(app: Any, **limits: Any) -> MarketplaceClient:
     )
 
 
-def evinotice_client(sandbox: Sandbox) -> EviNoticeClient:
+def evinotice_client(sandbox: Sandbox, app: Any = None) -> EviNoticeClient:
     config = sandbox.config
     settings = EviNoticeSettings(
         base_url="http://sandbox.local",
@@ -52,7 +52,9 @@ def evinotice_client(sandbox: Sandbox) -> EviNoticeClient:
         site_id=config.evinotice_site_id,
     )
     return EviNoticeClient(
-        settings, limits=ClientLimits(**FAST), transport=httpx.ASGITransport(app=sandbox.app)
+        settings,
+        limits=ClientLimits(**FAST),
+        transport=httpx.ASGITransport(app=app or sandbox.app),
     )
 
 
@@ -136,7 +138,7 @@ def sync_everything(
             }
         async with evinotice_client(sandbox) as evi:
             results["evinotice_batches"] = await sync.sync_evinotice_batches(
-                evi, warehouse, sandbox.config.evinotice_site_id
+                evi, warehouse, sandbox.config.evinotice_site_id, bulk=bulk
             )
         return results
 

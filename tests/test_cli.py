@@ -58,6 +58,7 @@ def faulty_sandbox() -> Iterator[str]:
     """``notifsync sandbox`` with a 20% mix of every fault and a rate limit."""
     options = ("--contacts", "1500", "--seed", "5", "--faults", "0.2")
     options += ("--rate-limit", str(RATE_LIMIT), "--slow-seconds", "1.5")
+    options += ("--evinotice-batches", "250")
     with sandbox_process(*options) as url:
         yield url
 
@@ -112,4 +113,4 @@ def test_fetch_of_a_filtered_collection_and_of_evinotice_batches(
         for b in truth(faulty_sandbox, "evinotice-batches")
         if b["SiteId"] == SANDBOX_EVINOTICE_SITE_ID
     }
-    assert ids == owned
+    assert ids == owned and len(owned) > 200  # --evinotice-batches: three pages

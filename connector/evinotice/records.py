@@ -5,6 +5,9 @@ The service's timestamps carry up to seven fractional digits and an offset
 (``2024-11-19T16:11:17.9870820+00:00``); they are parsed here and written as UTC with
 microseconds, which every warehouse reads. A state or outcome no list names yet is stored as
 it comes: it is data, never a reason to fail a sync.
+
+The bulk path (``sql/load/flatten_evinotice_batches.sql``) gives the same batch rows; the few
+timestamps it leaves to Python are filled by ``with_utc_timestamps``.
 """
 
 from __future__ import annotations
@@ -14,10 +17,21 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from connector.warehouse.rows import Row, encoded
 
 # States after which a batch has nothing left to process.
 FINISHED_STATES = ("Processed", "Sent", "Completed")
+# The batch columns that hold the service's timestamps, and the fields they come from.
+BATCH_TIMESTAMPS = {
+    "created_at": "CreationDate",
+    "scheduled_for": "ScheduledFor",
+    "started_on": "StartedOn",
+    "processed_on": "ProcessedOn",
+}
 
 
 def evinotice_batch_rows(records: Iterable[dict[str, Any]], synced_at: str) -> list[Row]:
@@ -51,6 +65,25 @@ def evinotice_batch_rows(records: Iterable[dict[str, Any]], synced_at: str) -> l
             }
         )
     return rows
+
+
+def with_utc_timestamps(batches: pa.Table) -> pa.Table:
+    """Bulk-flattened batches with the timestamps of their ``odd_timestamps`` rows read here.
+
+    The flatten statement reads the service's own shape; a row with another form (one only
+    Python's ISO 8601 reader takes, or junk) has its record read again and each timestamp
+    made by ``utc_timestamp``, exactly as ``evinotice_batch_rows`` makes it.
+    """
+    odd = batches.column("odd_timestamps").combine_chunks()
+    if not pc.any(odd).as_py():
+        return batches
+    records = [orjson.loads(raw) for raw in pc.filter(batches.column("raw"), odd).to_pylist()]
+    for name, field in BATCH_TIMESTAMPS.items():
+        moments = batches.column(name).combine_chunks()
+        fixed = pa.array([utc_timestamp(r.get(field)) for r in records], pa.string())
+        merged = pc.replace_with_mask(moments, odd, fixed.cast(moments.type))
+        batches = batches.set_column(batches.schema.get_field_index(name), name, merged)
+    return batches
 
 
 def evidence_rows(records: Iterable[dict[str, Any]], synced_at: str) -> list[Row]:

@@ -20,7 +20,7 @@ import orjson
 
 from connector.errors import MassDeletionError
 from connector.evinotice.client import EviNoticeClient
-from connector.evinotice.records import evinotice_batch_rows
+from connector.evinotice.records import evinotice_batch_rows, with_utc_timestamps
 from connector.marketplace import rql
 from connector.marketplace.client import MarketplaceClient, ReadReport, changed_since
 from connector.marketplace.records import (
@@ -399,16 +399,24 @@ async def sync_evinotice_batches(
     site_id: str,
     *,
     now: datetime | None = None,
+    bulk: bool = True,
 ) -> SyncResult:
-    """Merge every EviNotice batch of the owner site."""
+    """Merge every EviNotice batch of the owner site. ``bulk`` False takes the row builder's
+    path instead of JSON lines (the reference in tests)."""
     now = _now(now)
     synced_at = format_timestamp(now)
     result = SyncResult(mode="merge", synced_at=now)
     with warehouse.transaction() as tx, tx.stage("evinotice_batches") as stage:
-        seen = await _pipe(
-            client.iter_batches(site_id),
-            lambda page: stage.write(evinotice_batch_rows(page, synced_at)),
-        )
+
+        def write(chunk: Chunk) -> None:
+            if isinstance(chunk, bytes):
+                batches = with_utc_timestamps(tx.flatten(chunk, "evinotice_batches"))
+                stage.write_arrow(batches, {"synced_at": synced_at})
+            else:
+                stage.write(evinotice_batch_rows(chunk, synced_at))
+
+        pages = client.read_batch_lines(site_id) if bulk else client.iter_batches(site_id)
+        seen = await _pipe(pages, write)
         result.counts = tx.merge(stage)
     result.api_count = seen
     result.table_count = warehouse.count_rows("evinotice_batches")
