@@ -100,6 +100,7 @@ class RateLimiter:
         self._clock = clock
         self._sleep = sleep
         self._next_start = 0.0
+        self._last_start = -math.inf
         self._paused_until = 0.0
         self._recent: deque[float] = deque()  # starts in the last second (for learning a rate)
         self._lock = asyncio.Lock()
@@ -133,7 +134,6 @@ class RateLimiter:
                 if opens <= now:
                     if self._interval and self._next_start:
                         self.idle_seconds += now - opens
-                    self._next_start = now + self._interval
                     self._started(now)
                     return
                 # Book the turn, sleep, then look again: a pause may have come meanwhile.
@@ -144,22 +144,26 @@ class RateLimiter:
                     now = self._clock()
                     if self._paused_until > opens:
                         break  # paused meanwhile: book a new turn
-                    window = self._window_opens()
-                    if window <= now:
+                    # Late callers (woken together after the process was held up) go one
+                    # interval apart, as booked turns do, and never crowd the second.
+                    ready = max(self._window_opens(), self._last_start + self._interval)
+                    if ready <= now:
                         self._started(now)
                         return
                 # Woken so late, behind other late callers, that going now would crowd the
-                # second: wait the little it takes, keeping this turn.
-                await self._sleep(window - now)
+                # server: wait the little it takes, keeping this turn.
+                await self._sleep(ready - now)
 
     def _window_opens(self) -> float:
         """When one more start keeps at most ``ceil(rate)`` starts in any one second."""
         window = self._window
         if window.maxlen is None or len(window) < window.maxlen:
             return 0.0
-        return window[0] + 1.0 - 1e-9  # a start exactly one second later is in a new second
+        return window[0] + 1.0  # a start exactly one second later is in a new second
 
     def _started(self, now: float) -> None:
+        self._last_start = now
+        self._next_start = max(self._next_start, now + self._interval)
         self._window.append(now)
         self._remember(now)
 

@@ -61,8 +61,12 @@ class LedgerWriter:
             await self._flushing  # it writes until nothing is pending
         self._raise_if_failed()
 
-    def close(self) -> None:
-        """Stop the writer thread (after ``drain``; a write in progress still finishes)."""
+    async def close(self) -> None:
+        """Write what is still queued, then stop the writer thread."""
+        if self._flushing is not None:
+            # Shielded and waited for whatever happens: shutting the thread down under a
+            # flush would drop the rows it has not written yet.
+            await asyncio.wait([asyncio.shield(self._flushing)])
         self._thread.shutdown(wait=True)
 
     async def _flush(self) -> None:
@@ -70,11 +74,18 @@ class LedgerWriter:
             rows, group = self._pending, self._group
             self._pending, self._group = [], None
             try:
-                if self._error is None:
-                    await self.run(functools.partial(self._write_outcomes, rows=rows))
-            except Exception as exc:  # raised to every waiter, and by the next record or drain
-                self._error = exc
-            finally:
+                if self._error is not None:
+                    raise self._error  # after a failed write nothing more is trusted to commit
+                await self.run(functools.partial(self._write_outcomes, rows=rows))
+            except BaseException as exc:
+                # Raised to every waiter of this group, and by the next record or drain; a
+                # cancelled write counts as failed (it may or may not have committed).
+                self._error = self._error or _as_failure(exc)
+                if group is not None and not group.done():
+                    group.set_exception(self._error)
+                if not isinstance(exc, Exception):
+                    raise
+            else:
                 if group is not None and not group.done():
                     group.set_result(None)
 
@@ -85,3 +96,9 @@ class LedgerWriter:
     def _raise_if_failed(self) -> None:
         if self._error is not None:
             raise self._error
+
+
+def _as_failure(exc: BaseException) -> Exception:
+    if isinstance(exc, Exception):
+        return exc
+    return RuntimeError(f"an outcome write was interrupted ({type(exc).__name__})")

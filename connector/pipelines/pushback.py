@@ -125,7 +125,7 @@ async def _apply(
     try:
         await _send_claimed(client, ledger, actions, run_id, claim, batch_size, summary, clock)
     finally:
-        ledger.close()
+        await ledger.close()
     summary.seconds = asyncio.get_running_loop().time() - started
     return summary
 
@@ -182,22 +182,35 @@ async def _send_claimed(
     tasks += [asyncio.ensure_future(send()) for _ in range(senders)]
     try:
         await asyncio.gather(*tasks)
-    except AuthenticationError as exc:
+    except BaseException as exc:
         for task in tasks:
             task.cancel()  # in flight: left ``sending``, so the next apply checks them first
         await asyncio.gather(*tasks, return_exceptions=True)
-        await ledger.drain()  # what was answered before the refusal is recorded
-        raise ConfigurationError(
-            f"{MPT_API_TOKEN} was refused by the Marketplace API ({exc.status} "
-            f"{exc.problem.title or 'authentication failed'}): the apply stopped, and every "
-            "action not done stays pending for the next apply"
-        ) from exc
-    except BaseException:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        # What was answered before the stop is recorded before the error goes up (shielded:
+        # a second cancellation must not drop outcomes already in hand).
+        await _drain_after(ledger, exc)
+        if isinstance(exc, AuthenticationError):
+            raise ConfigurationError(
+                f"{MPT_API_TOKEN} was refused by the Marketplace API ({exc.status} "
+                f"{exc.problem.title or 'authentication failed'}): the apply stopped, and "
+                "every action not done stays pending for the next apply"
+            ) from exc
         raise
     await ledger.drain()
+
+
+async def _drain_after(ledger: LedgerWriter, stop: BaseException) -> None:
+    """Record the outcomes in hand when the apply stops; a failure to do so is logged, not
+    raised (the error that stopped the apply is the one to report)."""
+    try:
+        await asyncio.shield(ledger.drain())
+    except Exception as exc:
+        log.error(
+            "the apply stopped (%s) and the outcomes answered before could not all be "
+            "recorded: %s; those actions stay 'sending' and the next apply looks them up",
+            type(stop).__name__,
+            exc,
+        )
 
 
 async def _record(

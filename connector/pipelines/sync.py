@@ -11,10 +11,10 @@ import contextlib
 import functools
 import gc
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -33,6 +33,8 @@ from connector.marketplace.records import (
 from connector.marketplace.rql import format_datetime as format_timestamp
 from connector.warehouse.engine import MergeCounts, Stage, Transaction, Warehouse
 from connector.warehouse.json_lines import lines_table
+
+T = TypeVar("T")
 
 CONTACTS_CURSOR = "contacts.cursor"
 CONTACTS_LAST_FULL_REFRESH = "contacts.last_full_refresh"
@@ -123,7 +125,8 @@ async def _load_contacts(
     # round trip the sync would otherwise wait for):
     # - a full read's high-water mark is asked for as the read starts (two requests; safe
     #   however long the read takes: a change the read misses is stamped after the read
-    #   started, and the answer comes within moments of that, well inside the look-back).
+    #   started, and the answer comes moments later, inside the look-back, or is not used:
+    #   ``_full_read_cursor``).
     #   An incremental run takes it from the rows it read instead (``_incremental_cursor``),
     #   so its requests stay within the pages of the changes;
     # - the API's count, compared with the table's afterwards, is asked for as the read
@@ -145,15 +148,20 @@ async def _load_contacts(
             if since is not None:
                 result.notes.append(f"changes since {format_timestamp(since)}")
             live = tx.run("load/count_live_rows", target="contacts").scalar() if full else 0
-            if full:
-                newest_change = asyncio.ensure_future(client.latest_change("contacts"))
-            chunks = _read(client, "contacts", bulk, filter=filter, report=result.read)
             read_started = time.monotonic()
+            if full:
+                newest_change = asyncio.ensure_future(
+                    _answered_at(client.latest_change("contacts"))
+                )
+            chunks = _read(client, "contacts", bulk, filter=filter, report=result.read)
             async with _staged_contacts(tx, chunks, synced_at) as (stage, opt_outs):
                 read_seconds = time.monotonic() - read_started
                 api_count = asyncio.ensure_future(client.count("contacts"))
                 if newest_change is not None:
-                    high_water = await newest_change
+                    newest, answered_at = await newest_change
+                    high_water = _full_read_cursor(
+                        newest, answered_at - read_started, cursor, policy, result
+                    )
                 else:
                     high_water = _incremental_cursor(
                         tx, stage, cursor, read_seconds, policy, result
@@ -178,7 +186,7 @@ async def _load_contacts(
 
                 # In a worker thread (the connection is used by one thread at a time): the
                 # event loop stays free to send the count request and read its answer.
-                await asyncio.to_thread(finish)
+                await _in_worker(finish)
             if high_water is not None:
                 tx.set_state(CONTACTS_CURSOR, high_water, now)
             tx.set_state(CONTACTS_SYNCED_AT, now.isoformat(), now)
@@ -188,9 +196,54 @@ async def _load_contacts(
         result.api_count = await api_count
         return result
     finally:
-        for request in (newest_change, api_count):
-            if request is not None:
-                request.cancel()  # a no-op once answered; after an error nobody waits for it
+        # A no-op once answered; after an error nobody waits for them: cancelled and
+        # collected, so none outlives the client or leaves an unread exception behind.
+        requests = [r for r in (newest_change, api_count) if r is not None]
+        for request in requests:
+            request.cancel()
+        await asyncio.gather(*requests, return_exceptions=True)
+
+
+async def _answered_at(request: Awaitable[T]) -> tuple[T, float]:
+    """The answer to ``request`` and when it came (``time.monotonic``)."""
+    answer = await request
+    return answer, time.monotonic()
+
+
+async def _in_worker(work: Callable[[], T]) -> T:
+    """``work()`` in a worker thread. If the caller is cancelled meanwhile, the thread is
+    waited for before the cancellation goes on: the transaction it works in must not be
+    rolled back and closed under it."""
+    future = asyncio.ensure_future(asyncio.to_thread(work))
+    try:
+        return await asyncio.shield(future)
+    finally:
+        if not future.done():
+            await asyncio.wait([future])
+
+
+def _full_read_cursor(
+    newest: str | None,
+    answered_after: float,
+    cursor: str | None,
+    policy: ContactsPolicy,
+    result: SyncResult,
+) -> str | None:
+    """The cursor after a full read: the newest change the API named as the read started.
+
+    Asked for beside the read, the answer may come late (queued behind the read's pages,
+    retried): a mark answered more than half the look-back after the read started could
+    stand after a change the read had already passed, so the old cursor stays instead (the
+    next incremental run then reads more, never less).
+    """
+    lookback = policy.lookback.total_seconds()
+    if answered_after > lookback / 2:
+        result.notes.append(
+            f"the newest change was answered {answered_after:.0f} s after the read started, "
+            f"more than half the {lookback:.0f} s look-back: the cursor stays where it was"
+        )
+        return cursor
+    return newest
 
 
 def _incremental_cursor(
