@@ -49,7 +49,8 @@ from connector.crm.mapping import (
     mapping_from_dict,
 )
 from connector.crm.merge import merge_duplicates
-from connector.crm.reader import (
+from connector.crm.reader import CrmBatch, CrmChunk, CrmRead, CrmSummary, read_export
+from connector.crm.rows import (
     CONTACT_FIELDS,
     INVALID_EMAIL,
     MISSING_EMAIL,
@@ -57,10 +58,6 @@ from connector.crm.reader import (
     REJECTED_FIELDS,
     UNREADABLE_FLAG,
     UNREADABLE_LINE,
-    CrmChunk,
-    CrmRead,
-    CrmSummary,
-    read_export,
 )
 from connector.emails import normalize_email
 
@@ -74,6 +71,7 @@ __all__ = [
     "UNREADABLE_FLAG",
     "UNREADABLE_LINE",
     "CategoryColumn",
+    "CrmBatch",
     "CrmChunk",
     "CrmError",
     "CrmFileError",

@@ -78,9 +78,10 @@ def load_exports(
         for path in paths:
             with read_export(path, mapping, sheet=sheet) as export:
                 constants = {"run_id": run_id, "read_at": read_at}
-                for chunk in export:
-                    contacts.write(chunk.contacts, constants)
-                    rejected.write(chunk.rejected, constants)
+                # Batches of Arrow columns: plain lines are read and normalised in bulk.
+                for batch in export.batches():
+                    contacts.write_arrow(batch.contacts, constants)
+                    rejected.write(batch.rejected, constants)
                 summary = export.summary
             load.rows += summary.contacts
             load.rejected += summary.rejected

@@ -1,0 +1,333 @@
+"""An export read in bulk, for the warehouse: ``CrmBatch``es of Arrow columns rather than a
+dict per row (``CrmRead.batches()``).
+
+A CSV export in UTF-8 or Windows-1252 is read by ``CsvBlocks`` (plain lines parsed by Arrow)
+and its records are normalised a column at a time: an email matching ``PLAIN_EMAIL`` (plain
+ASCII, only case to fold; connector/emails.py) is lower-cased by Arrow, each distinct
+combination of flag cells is read once by ``FlagReader``, names are trimmed by Arrow (its
+whitespace is Python's: Unicode category Zs or bidi class WS, B, S). A record that needs more
+(an email that is not plain: IDN, spaces, junk; a missing required name; a flag cell that
+reads neither true nor false; a line only ``CsvSource`` can read) goes through
+``RecordRules``, one record at a time. Other exports (.xlsx, UTF-16) are read record by record
+and their rows converted. Either way the rows are the ones iterating ``CrmRead`` gives.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from connector.crm.blocks import CsvBlocks, OddRecord, PlainRun
+from connector.crm.columns import ResolvedColumns
+from connector.crm.rows import (
+    CONTACT_FIELDS,
+    INVALID_EMAIL,
+    MISSING_EMAIL,
+    MISSING_FIELD,
+    UNREADABLE_FLAG,
+    UNREADABLE_LINE,
+    FlagReader,
+)
+from connector.crm.sources import raw_text
+from connector.emails import PLAIN_EMAIL, PLAIN_LENGTH, normalize_unusual
+
+CONTACTS_SCHEMA = pa.schema(
+    [
+        ("source_file", pa.string()),
+        ("line", pa.int64()),
+        ("email", pa.string()),
+        ("email_original", pa.string()),
+        ("name", pa.string()),
+        ("do_not_email", pa.bool_()),
+        ("unsubscribed", pa.bool_()),
+        ("hard_bounced", pa.bool_()),
+        ("opted_out_category_ids", pa.string()),  # JSON text, as crm_contacts stores it
+        ("mailable", pa.bool_()),
+    ]
+)
+assert tuple(CONTACTS_SCHEMA.names) == CONTACT_FIELDS
+
+# PLAIN_EMAIL in RE2 syntax (Arrow's): no possessive quantifiers or look-behind, the same
+# language (a label may not end with "-"); a test holds the two to the same answers.
+PLAIN_EMAIL_RE2 = (
+    r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*@"
+    r"([A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?\.)+[A-Za-z]{2,63}$"
+)
+
+
+@dataclass
+class CrmBatch:
+    """A run of records: contact rows as Arrow columns (``CONTACTS_SCHEMA``), rejected rows."""
+
+    contacts: pa.Table
+    rejected: list[dict[str, Any]] = field(default_factory=list)
+
+
+class RecordRules:
+    """One record at a time to a contact row or a rejected row (``CrmRead``'s own rules)."""
+
+    def __init__(
+        self,
+        columns: ResolvedColumns,
+        source_file: str,
+        delimiter: str,
+        flags: FlagReader,
+        rejected_by_kind: dict[str, int],
+    ) -> None:
+        self.source_file = source_file
+        self.delimiter = delimiter
+        self.flags = flags
+        self.by_kind = rejected_by_kind
+        self.required_name = "name" in columns.mapping.required
+        self.email_at, self.name_at = columns.email, columns.full_name
+        self.first_at, self.last_at = columns.first_name, columns.last_name
+        self.has_parts = self.first_at is not None or self.last_at is not None
+        self.contacts: list[dict[str, Any]] = []
+        self.rejected: list[dict[str, Any]] = []
+        self.blank = 0  # records of blank cells only
+
+    def reject(
+        self, line: int, kind: str, detail: str | None, raw: str, email: str | None = None
+    ) -> None:
+        """A rejected row."""
+        self.by_kind[kind] = self.by_kind.get(kind, 0) + 1
+        self.rejected.append(
+            {
+                "source_file": self.source_file,
+                "line": line,
+                "kind": kind,
+                "reason": f"{kind}: {detail}" if detail else kind,
+                "raw": raw,
+                "email": email,
+            }
+        )
+
+    def unreadable(self, line: int, problem: str, raw: str) -> None:
+        """A line the source could not read."""
+        self.reject(line, UNREADABLE_LINE, problem, raw)
+
+    def add(self, fields: list[str], line: int) -> None:
+        """One record's row."""
+        original = fields[self.email_at]
+        email: str | None = original.strip()
+        assert email is not None
+        if len(email) <= PLAIN_LENGTH and PLAIN_EMAIL.fullmatch(email):
+            email = email.lower()
+        else:
+            email, problem = normalize_unusual(email)
+            if email is None:
+                raw = raw_text(self.delimiter.join(fields))
+                if problem == "empty" and not any(f.strip() for f in fields):
+                    self.blank += 1  # only spaces in every cell: a blank line, not a record
+                elif problem == "empty":
+                    self.reject(line, MISSING_EMAIL, None, raw)
+                else:
+                    detail = f"{problem} ({original.strip()[:200]!r})"
+                    self.reject(line, INVALID_EMAIL, detail, raw)
+                return
+        name = fields[self.name_at].strip() if self.name_at is not None else ""
+        if not name and self.has_parts:
+            first = fields[self.first_at].strip() if self.first_at is not None else ""
+            last = fields[self.last_at].strip() if self.last_at is not None else ""
+            name = f"{first} {last}".strip()
+        if "\n" in name or "\r" in name:
+            name = " ".join(name.split())
+        if not name and self.required_name:
+            self.reject(line, MISSING_FIELD, "name", raw_text(self.delimiter.join(fields)), email)
+            return
+        flags = self.flags
+        if flags.key is None:
+            do_not_email = unsubscribed = bounced = False
+            categories: tuple[str, ...] = ()
+        else:
+            cells = flags.key(fields)
+            hit = flags.cache.get(cells)
+            if hit is None:
+                hit = flags.read(cells)
+            do_not_email, unsubscribed, bounced, categories, unreadable = hit
+            if unreadable is not None:
+                raw = raw_text(self.delimiter.join(fields))
+                self.reject(line, UNREADABLE_FLAG, unreadable, raw, email)
+                return
+        self.contacts.append(
+            {
+                "source_file": self.source_file,
+                "line": line,
+                "email": email,
+                "email_original": original,
+                "name": name or None,
+                "do_not_email": do_not_email,
+                "unsubscribed": unsubscribed,
+                "hard_bounced": bounced,
+                "opted_out_category_ids": categories,
+                "mailable": not (do_not_email or unsubscribed or bounced),
+            }
+        )
+
+    def take(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """The rows made since the last call."""
+        contacts, rejected = self.contacts, self.rejected
+        self.contacts, self.rejected = [], []
+        return contacts, rejected
+
+
+class BulkCsvPart:
+    """One CSV export read by ``CsvBlocks`` into ``CrmBatch``es; counts as it goes."""
+
+    def __init__(
+        self,
+        blocks: CsvBlocks,
+        columns: ResolvedColumns,
+        source_file: str,
+        rejected_by_kind: dict[str, int],
+    ) -> None:
+        self.blocks = blocks
+        self.columns = columns
+        self.source_file = source_file
+        self.flags = FlagReader(columns)
+        assert blocks.format.delimiter is not None
+        self.rules = RecordRules(
+            columns, source_file, blocks.format.delimiter, self.flags, rejected_by_kind
+        )
+        self.contacts = 0
+
+    @property
+    def blank(self) -> int:
+        """Blank records skipped so far."""
+        return self.blocks.blank + self.rules.blank
+
+    def batches(self) -> Iterator[CrmBatch]:
+        """A batch per run of plain lines, with the odd records read before it."""
+        rules = self.rules
+        for item in self.blocks:
+            if isinstance(item, OddRecord):
+                if item.fields is None:
+                    rules.unreadable(item.line, item.problem, item.raw)
+                else:
+                    rules.add(item.fields, item.line)
+                continue
+            table = self._plain_rows(item)
+            contacts, rejected = rules.take()
+            if contacts:
+                table = pa.concat_tables([contacts_table(contacts), table])
+            self.contacts += table.num_rows
+            yield CrmBatch(table, rejected)
+        contacts, rejected = rules.take()
+        if contacts or rejected:
+            self.contacts += len(contacts)
+            yield CrmBatch(contacts_table(contacts), rejected)
+
+    def _plain_rows(self, run: PlainRun) -> pa.Table:
+        """The run's contact rows; the records that need more go through ``RecordRules``."""
+        columns, fields, count = self.columns, run.fields, run.fields.num_rows
+        original = fields.column(columns.email).combine_chunks()
+        plain = pc.and_(
+            pc.match_substring_regex(original, PLAIN_EMAIL_RE2),
+            pc.less_equal(pc.utf8_length(original), PLAIN_LENGTH),
+        )
+        name = self._names(fields)
+        needs_rules = pc.invert(plain)
+        if "name" in columns.mapping.required:
+            needs_rules = pc.or_(needs_rules, pc.equal(name, ""))
+        do_not_email, unsubscribed, bounced, categories, unreadable = self._flags(fields)
+        if unreadable is not None:
+            needs_rules = pc.or_(needs_rules, unreadable)
+        lines = pa.array(range(run.first_line, run.first_line + count), pa.int64())
+        if pc.any(needs_rules).as_py():
+            positions = pc.indices_nonzero(needs_rules)
+            records = fields.take(positions).to_pylist()
+            for index, record in zip(positions.to_pylist(), records, strict=True):
+                self.rules.add(list(record.values()), run.first_line + index)
+        table = pa.Table.from_arrays(
+            [
+                pa.repeat(pa.scalar(self.source_file), count),
+                lines,
+                pc.utf8_lower(original),
+                original,
+                pc.if_else(pc.equal(name, ""), pa.scalar(None, pa.string()), name),
+                do_not_email,
+                unsubscribed,
+                bounced,
+                categories,
+                pc.invert(pc.or_(pc.or_(do_not_email, unsubscribed), bounced)),
+            ],
+            schema=CONTACTS_SCHEMA,
+        )
+        return table.filter(pc.invert(needs_rules))
+
+    def _names(self, fields: pa.Table) -> pa.Array:
+        columns = self.columns
+        empty = pa.repeat(pa.scalar(""), fields.num_rows)
+
+        def trimmed(index: int | None) -> pa.Array:
+            if index is None:
+                return empty
+            return pc.utf8_trim_whitespace(fields.column(index).combine_chunks())
+
+        name = trimmed(columns.full_name)
+        if columns.first_name is not None or columns.last_name is not None:
+            parts = pc.utf8_trim_whitespace(
+                pc.binary_join_element_wise(
+                    trimmed(columns.first_name), trimmed(columns.last_name), " "
+                )
+            )
+            name = pc.if_else(pc.equal(name, ""), parts, name)
+        return name
+
+    def _flags(
+        self, fields: pa.Table
+    ) -> tuple[pa.Array, pa.Array, pa.Array, pa.Array, pa.Array | None]:
+        """Per record: the three flags, the categories as JSON text, and whether a flag cell
+        is unreadable (None when none is); each distinct combination of cells read once."""
+        count = fields.num_rows
+        indexes = [cell.index for cell in self.flags.cells]
+        if not indexes:
+            false = pa.repeat(pa.scalar(False), count)
+            return false, false, false, pa.repeat(pa.scalar("[]"), count), None
+        cells = [fields.column(i).combine_chunks() for i in indexes]
+        # Plain lines hold no NUL, so it separates the cells of a combination unambiguously.
+        key = cells[0] if len(cells) == 1 else pc.binary_join_element_wise(*cells, "\x00")
+        encoded = key.dictionary_encode()
+        readings = [
+            self.flags.read(value if len(cells) == 1 else tuple(value.split("\x00")))
+            for value in encoded.dictionary.to_pylist()
+        ]
+        positions = encoded.indices
+
+        def per_record(values: list[Any], arrow_type: pa.DataType) -> pa.Array:
+            return pc.take(pa.array(values, arrow_type), positions)
+
+        unreadable = [reading[4] is not None for reading in readings]
+        return (
+            per_record([r[0] for r in readings], pa.bool_()),
+            per_record([r[1] for r in readings], pa.bool_()),
+            per_record([r[2] for r in readings], pa.bool_()),
+            per_record([json_text(r[3]) for r in readings], pa.string()),
+            per_record(unreadable, pa.bool_()) if any(unreadable) else None,
+        )
+
+
+def json_text(categories: tuple[str, ...]) -> str:
+    """Opted-out category ids as the JSON text ``crm_contacts`` stores."""
+    return orjson.dumps(categories).decode()
+
+
+def contacts_table(rows: list[dict[str, Any]]) -> pa.Table:
+    """Contact rows (dicts) as a ``CONTACTS_SCHEMA`` table."""
+    texts: dict[tuple[str, ...], str] = {}
+    columns: dict[str, list[Any]] = {name: [] for name in CONTACT_FIELDS}
+    for row in rows:
+        for name in CONTACT_FIELDS:
+            columns[name].append(row[name])
+    categories = columns["opted_out_category_ids"]
+    for i, value in enumerate(categories):
+        text = texts.get(value)
+        if text is None:
+            text = texts[value] = json_text(value)
+        categories[i] = text
+    return pa.Table.from_pydict(columns, schema=CONTACTS_SCHEMA)
