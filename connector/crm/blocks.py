@@ -145,7 +145,7 @@ class CsvBlocks:
         if b"\x00" in block:
             return None
         crs = block.count(b"\r")
-        if crs and (crs != block.count(b"\r\n") or not block.endswith(b"\n")):
+        if crs and crs != block.count(b"\r\n"):
             return None
         text = _utf8(block, self.encoding)
         if text is None:

@@ -217,7 +217,8 @@ class CsvSource:
                     self.line = line
                     line += lines
                     if undecodable[0] != seen_undecodable:
-                        seen_undecodable = undecodable[0]
+                        # One reason is enough: a NUL in the same line must not reject the next.
+                        seen_undecodable, seen_nuls = undecodable[0], nuls[0]
                         self.problem = f"undecodable bytes (not valid {self.format.encoding})"
                         self.raw = raw_text("".join(buffer))
                         buffer.clear()
