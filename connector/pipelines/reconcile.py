@@ -70,10 +70,12 @@ def load_exports(
     now = now or datetime.now(UTC)
     read_at = now.isoformat()
     load = ExportLoad(run_id=run_id, export_key=export_key(paths), files=[p.name for p in paths])
+    # Written straight into the tables (emptied first): a million rows staged first would be
+    # copied twice. The transaction keeps it all or nothing.
     with (
         warehouse.transaction() as tx,
-        tx.stage("crm_contacts") as contacts,
-        tx.stage("crm_rejected_rows") as rejected,
+        tx.replacing("crm_contacts") as contacts,
+        tx.replacing("crm_rejected_rows") as rejected,
     ):
         for path in paths:
             with read_export(path, mapping, sheet=sheet) as export:
@@ -100,8 +102,6 @@ def load_exports(
                     "warnings": summary.warnings,
                 }
             )
-        tx.replace_all(contacts)
-        tx.replace_all(rejected)
     return load
 
 
