@@ -144,8 +144,7 @@ class CsvBlocks:
         """The block's rows when every line in it is plain, else None."""
         if b"\x00" in block:
             return None
-        crs = block.count(b"\r")
-        if crs and crs != block.count(b"\r\n"):
+        if b"\r" in block and block.count(b"\r") != block.count(b"\r\n"):
             return None
         text = _utf8(block, self.encoding)
         if text is None:
@@ -164,8 +163,9 @@ class CsvBlocks:
         table = self._parse(text, quoting=quoted)
         if table is None or table.num_rows != lines:
             return None
-        if not quoted and _leading_space(text, self._delimiter):
-            # skipinitialspace: csv drops spaces before a field; unquoted, that is all it does.
+        if not quoted and b" " in text:
+            # skipinitialspace: csv drops spaces before a field; unquoted, that is all it does
+            # (a no-op on a field that starts otherwise, so not worth finding which do).
             table = pa.table(
                 [pc.utf8_ltrim(column, characters=" ") for column in table.columns],
                 names=table.column_names,
@@ -282,10 +282,6 @@ def _utf8(block: bytes, encoding: str) -> bytes | None:
     except UnicodeDecodeError:
         return None
     return block if encoding == "utf-8" else text.encode()
-
-
-def _leading_space(text: bytes, delimiter: bytes) -> bool:
-    return text.startswith(b" ") or b"\n " in text or delimiter + b" " in text
 
 
 def _quoted_line(delimiter: str, width: int) -> re.Pattern[bytes]:

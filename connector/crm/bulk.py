@@ -237,7 +237,7 @@ class BulkCsvPart:
         do_not_email, unsubscribed, bounced, categories, unreadable = self._flags(fields)
         if unreadable is not None:
             needs_rules = pc.or_(needs_rules, unreadable)
-        lines = pa.array(range(run.first_line, run.first_line + count), pa.int64())
+        lines = pc.add(_counting(count), run.first_line)
         if pc.any(needs_rules).as_py():
             positions = pc.indices_nonzero(needs_rules)
             records = fields.take(positions).to_pylist()
@@ -310,6 +310,16 @@ class BulkCsvPart:
             per_record([json_text(r[3]) for r in readings], pa.string()),
             per_record(unreadable, pa.bool_()) if any(unreadable) else None,
         )
+
+
+_COUNTING: list[pa.Array] = [pa.array([], pa.int64())]
+
+
+def _counting(count: int) -> pa.Array:
+    """0, 1, ..., count - 1 (a slice of one array kept for every run)."""
+    if len(_COUNTING[0]) < count:
+        _COUNTING[0] = pa.array(range(max(count, 2 * len(_COUNTING[0]))), pa.int64())
+    return _COUNTING[0].slice(0, count)
 
 
 def json_text(categories: tuple[str, ...]) -> str:
