@@ -3,6 +3,8 @@
     read = read_export("contacts.csv", mapping="auto")   # or "salesforce", a YAML path, ...
     for chunk in read:                                    # CrmChunk(contacts, rejected)
         ...
+    for batch in read_export("contacts.csv").batches():  # or: CrmBatch(contacts as Arrow
+        ...                                               # columns, rejected), read in bulk
     read.summary                                          # CrmSummary: counts, mapping, warnings
     read_export("book.xlsx", sheet="Leads")               # one sheet; default: every sheet
                                                           # whose header has the email column
@@ -21,6 +23,11 @@ Row shapes (plain dicts; field order in ``CONTACT_FIELDS`` / ``REJECTED_FIELDS``
     rejected = {source_file: str, line: int, kind: str, reason: str, raw: str,
                 email: str | None}
     conflict = {email: str, lines: list[int], sources: list[str], resolution: str}
+
+``batches()`` gives the same rows, contacts as an Arrow table (``CONTACTS_SCHEMA`` in
+``bulk.py``; the category ids as JSON text): for a CSV export in UTF-8 or Windows-1252, lines
+Arrow reads exactly as the ``csv`` module does are parsed and normalised a block at a time,
+and only the others go through the record-at-a-time rules (see ``blocks.py`` and ``bulk.py``).
 
 ``opted_out_category_ids`` is a tuple, not a list: a row of only immutable values is not
 tracked by the garbage collector, which makes reading a million rows a third faster.
