@@ -24,17 +24,8 @@ import pyarrow.compute as pc
 
 from connector.crm.blocks import CsvBlocks, OddRecord, PlainRun
 from connector.crm.columns import ResolvedColumns
-from connector.crm.rows import (
-    CONTACT_FIELDS,
-    INVALID_EMAIL,
-    MISSING_EMAIL,
-    MISSING_FIELD,
-    UNREADABLE_FLAG,
-    UNREADABLE_LINE,
-    FlagReader,
-)
-from connector.crm.sources import raw_text
-from connector.emails import PLAIN_EMAIL, PLAIN_LENGTH, normalize_unusual
+from connector.crm.rows import CONTACT_FIELDS, FlagReader, RecordRules
+from connector.emails import PLAIN_LENGTH
 
 CONTACTS_SCHEMA = pa.schema(
     [
@@ -66,114 +57,6 @@ class CrmBatch:
 
     contacts: pa.Table
     rejected: list[dict[str, Any]] = field(default_factory=list)
-
-
-class RecordRules:
-    """One record at a time to a contact row or a rejected row (``CrmRead``'s own rules)."""
-
-    def __init__(
-        self,
-        columns: ResolvedColumns,
-        source_file: str,
-        delimiter: str,
-        flags: FlagReader,
-        rejected_by_kind: dict[str, int],
-    ) -> None:
-        self.source_file = source_file
-        self.delimiter = delimiter
-        self.flags = flags
-        self.by_kind = rejected_by_kind
-        self.required_name = "name" in columns.mapping.required
-        self.email_at, self.name_at = columns.email, columns.full_name
-        self.first_at, self.last_at = columns.first_name, columns.last_name
-        self.has_parts = self.first_at is not None or self.last_at is not None
-        self.contacts: list[dict[str, Any]] = []
-        self.rejected: list[dict[str, Any]] = []
-        self.blank = 0  # records of blank cells only
-
-    def reject(
-        self, line: int, kind: str, detail: str | None, raw: str, email: str | None = None
-    ) -> None:
-        """A rejected row."""
-        self.by_kind[kind] = self.by_kind.get(kind, 0) + 1
-        self.rejected.append(
-            {
-                "source_file": self.source_file,
-                "line": line,
-                "kind": kind,
-                "reason": f"{kind}: {detail}" if detail else kind,
-                "raw": raw,
-                "email": email,
-            }
-        )
-
-    def unreadable(self, line: int, problem: str, raw: str) -> None:
-        """A line the source could not read."""
-        self.reject(line, UNREADABLE_LINE, problem, raw)
-
-    def add(self, fields: list[str], line: int) -> None:
-        """One record's row."""
-        original = fields[self.email_at]
-        email: str | None = original.strip()
-        assert email is not None
-        if len(email) <= PLAIN_LENGTH and PLAIN_EMAIL.fullmatch(email):
-            email = email.lower()
-        else:
-            email, problem = normalize_unusual(email)
-            if email is None:
-                raw = raw_text(self.delimiter.join(fields))
-                if problem == "empty" and not any(f.strip() for f in fields):
-                    self.blank += 1  # only spaces in every cell: a blank line, not a record
-                elif problem == "empty":
-                    self.reject(line, MISSING_EMAIL, None, raw)
-                else:
-                    detail = f"{problem} ({original.strip()[:200]!r})"
-                    self.reject(line, INVALID_EMAIL, detail, raw)
-                return
-        name = fields[self.name_at].strip() if self.name_at is not None else ""
-        if not name and self.has_parts:
-            first = fields[self.first_at].strip() if self.first_at is not None else ""
-            last = fields[self.last_at].strip() if self.last_at is not None else ""
-            name = f"{first} {last}".strip()
-        if "\n" in name or "\r" in name:
-            name = " ".join(name.split())
-        if not name and self.required_name:
-            self.reject(line, MISSING_FIELD, "name", raw_text(self.delimiter.join(fields)), email)
-            return
-        flags = self.flags
-        if flags.key is None:
-            do_not_email = unsubscribed = bounced = False
-            categories: tuple[str, ...] = ()
-        else:
-            cells = flags.key(fields)
-            hit = flags.cache.get(cells)
-            if hit is None:
-                hit = flags.read(cells)
-            do_not_email, unsubscribed, bounced, categories, unreadable = hit
-            if unreadable is not None:
-                raw = raw_text(self.delimiter.join(fields))
-                self.reject(line, UNREADABLE_FLAG, unreadable, raw, email)
-                return
-        self.contacts.append(
-            {
-                "source_file": self.source_file,
-                "line": line,
-                "email": email,
-                "email_original": original,
-                "name": name or None,
-                "do_not_email": do_not_email,
-                "unsubscribed": unsubscribed,
-                "hard_bounced": bounced,
-                "opted_out_category_ids": categories,
-                "mailable": not (do_not_email or unsubscribed or bounced),
-            }
-        )
-
-    def take(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        """The rows made since the last call."""
-        contacts, rejected = self.contacts, self.rejected
-        self.contacts, self.rejected = [], []
-        return contacts, rejected
 
 
 class BulkCsvPart:

@@ -18,23 +18,14 @@ from connector.crm.bulk import BulkCsvPart, CrmBatch, contacts_table
 from connector.crm.columns import ResolvedColumns, detect_mapping, resolve_columns
 from connector.crm.errors import CrmFileError
 from connector.crm.mapping import CrmMapping, load_mapping
-from connector.crm.rows import (
-    INVALID_EMAIL,
-    MISSING_EMAIL,
-    MISSING_FIELD,
-    UNREADABLE_FLAG,
-    UNREADABLE_LINE,
-    FlagReader,
-)
+from connector.crm.rows import FlagReader, RecordRules
 from connector.crm.sniff import DELIMITER_NAMES, FileFormat, detect_format
 from connector.crm.sources import (
     HEADER_SEARCH_ROWS,
     CsvSource,
     XlsxBook,
     XlsxSource,
-    raw_text,
 )
-from connector.emails import PLAIN_EMAIL, PLAIN_LENGTH, normalize_unusual
 
 DEFAULT_CHUNK_SIZE = 50_000
 
@@ -314,104 +305,32 @@ class CrmRead:
         return contacts, rejected
 
     def _chunks(self, part: _Part) -> Iterator[CrmChunk]:
-        source, columns, summary = part.source, part.columns, self.summary
-        source_file, chunk_size = part.source_file, self.chunk_size
-        required_name = "name" in columns.mapping.required
-        email_at, name_at = columns.email, columns.full_name
-        first_at, last_at = columns.first_name, columns.last_name
-        has_parts = first_at is not None or last_at is not None
-        flags = FlagReader(columns)
-        flag_key, flag_cache = flags.key, flags.cache
-        plain, plain_length, unusual = PLAIN_EMAIL.fullmatch, PLAIN_LENGTH, normalize_unusual
-        by_kind = summary.rejected_by_kind
-        contacts: list[dict[str, Any]] = []
-        rejected: list[dict[str, Any]] = []
-        delimiter = self.format.delimiter or "\t"
-        counted = blank = 0
+        source, summary, chunk_size = part.source, self.summary, self.chunk_size
+        rules = RecordRules(
+            part.columns,
+            part.source_file,
+            self.format.delimiter or "\t",
+            FlagReader(part.columns),
+            summary.rejected_by_kind,
+        )
+        add, unreadable, take = rules.add, rules.unreadable, rules.take
+        counted = 0
         budget = chunk_size + 1  # records left before the next chunk goes out
-
-        def reject(kind: str, detail: str | None, raw: str, email: str | None = None) -> None:
-            by_kind[kind] = by_kind.get(kind, 0) + 1
-            rejected.append(
-                {
-                    "source_file": source_file,
-                    "line": source.line,
-                    "kind": kind,
-                    "reason": f"{kind}: {detail}" if detail else kind,
-                    "raw": raw,
-                    "email": email,
-                }
-            )
-
-        # The hot loop: a million rows should take a second or two, so per-row work is kept
-        # to one regex, one cached lookup for all flags and one dict.
         for fields in source.records():
             budget -= 1
             if not budget:
+                contacts, rejected = take()
                 counted += len(contacts)
                 yield CrmChunk(contacts, rejected)
-                contacts, rejected = [], []
                 budget = chunk_size
             if fields is None:
-                reject(UNREADABLE_LINE, source.problem, source.raw)
-                continue
-            original = fields[email_at]
-            # normalize_email inlined: the call and its tuple cost a tenth of the row.
-            email = original.strip()
-            if len(email) <= plain_length and plain(email):
-                email = email.lower()
-                if email == original:
-                    email = original
+                unreadable(source.line, source.problem, source.raw)
             else:
-                email, problem = unusual(email)
-                if email is None:
-                    raw = raw_text(delimiter.join(fields))
-                    if problem == "empty" and not any(f.strip() for f in fields):
-                        blank += 1  # only spaces in every cell: a blank line, not a record
-                    elif problem == "empty":
-                        reject(MISSING_EMAIL, None, raw)
-                    else:
-                        reject(INVALID_EMAIL, f"{problem} ({original.strip()[:200]!r})", raw)
-                    continue
-            name = fields[name_at].strip() if name_at is not None else ""
-            if not name and has_parts:
-                first = fields[first_at].strip() if first_at is not None else ""
-                last = fields[last_at].strip() if last_at is not None else ""
-                name = f"{first} {last}".strip()
-            if "\n" in name or "\r" in name:
-                name = " ".join(name.split())
-            if not name and required_name:
-                reject(MISSING_FIELD, "name", raw_text(delimiter.join(fields)), email)
-                continue
-            if flag_key is None:
-                do_not_email = unsubscribed = bounced = False
-                categories: tuple[str, ...] = ()
-            else:
-                cells = flag_key(fields)
-                hit = flag_cache.get(cells)
-                if hit is None:
-                    hit = flags.read(cells)
-                do_not_email, unsubscribed, bounced, categories, unreadable = hit
-                if unreadable is not None:
-                    reject(UNREADABLE_FLAG, unreadable, raw_text(delimiter.join(fields)), email)
-                    continue
-            contacts.append(
-                {
-                    "source_file": source_file,
-                    "line": source.line,
-                    "email": email,
-                    "email_original": original,
-                    "name": name or None,
-                    "do_not_email": do_not_email,
-                    "unsubscribed": unsubscribed,
-                    "hard_bounced": bounced,
-                    "opted_out_category_ids": categories,
-                    "mailable": not (do_not_email or unsubscribed or bounced),
-                }
-            )
+                add(fields, source.line)
+        contacts, rejected = take()
         summary.contacts += counted + len(contacts)
-        summary.rejected = sum(by_kind.values())
+        summary.rejected = sum(summary.rejected_by_kind.values())
         summary.records = summary.contacts + summary.rejected
-        summary.blank += source.blank + blank
+        summary.blank += source.blank + rules.blank
         if contacts or rejected:
             yield CrmChunk(contacts, rejected)
