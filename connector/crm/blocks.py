@@ -121,8 +121,8 @@ class CsvBlocks:
 
     def plain_line(self, part: bytes, terminated: bool) -> bool:
         """Whether one line (without its LF) is plain; see the module docstring."""
-        if b"\x00" in part:
-            return False
+        if not part or b"\x00" in part:
+            return False  # an empty line is a blank record, which CsvSource counts
         cr = part.find(b"\r")
         if cr != -1 and (cr != len(part) - 1 or not terminated):
             return False
