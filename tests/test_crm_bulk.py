@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from connector.crm import CrmFileError, read_export
 from connector.crm.blocks import BLOCK_BYTES
-from connector.crm.bulk import PLAIN_EMAIL_RE2
+from connector.crm.bulk import ODD_BATCH, PLAIN_EMAIL_RE2
 from connector.emails import PLAIN_EMAIL
 from connector.pipelines import reconcile
 from connector.warehouse.engine import Warehouse
@@ -237,6 +237,20 @@ def test_a_fully_quoted_export_is_read_in_bulk_the_same_way(tmp_path: Path) -> N
     contacts, rejected, _ = assert_same(path)
     assert len(contacts) == 500 and not rejected
     assert contacts[0]["name"] == 'Ann, 0 O"Brien'
+
+
+def test_an_export_of_odd_lines_is_read_by_the_record_reader_in_batches(tmp_path: Path) -> None:
+    """Fields quoted after a space are never plain: every record goes through CsvSource,
+    still in batches of ODD_BATCH (memory stays flat), then the plain lines after them."""
+    rows = ['"Email", "Name", "Do Not Email"']
+    rows += [f'"p.{i}@example.com", "P {i}", "{i % 3 == 0}"' for i in range(ODD_BATCH + 10)]
+    rows += [f"plain.{i}@example.com,Plain,false" for i in range(10)]
+    path = tmp_path / "spaced.csv"
+    path.write_bytes("\n".join(rows).encode())
+    contacts, rejected, _ = assert_same(path)
+    assert len(contacts) == ODD_BATCH + 20 and not rejected
+    sizes = [batch.contacts.num_rows for batch in read_export(path).batches()]
+    assert sizes[0] == ODD_BATCH and sum(sizes) == ODD_BATCH + 20
 
 
 def test_workbooks_give_the_same_rows_through_batches(tmp_path: Path) -> None:

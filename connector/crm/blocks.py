@@ -30,6 +30,10 @@ from connector.crm.sniff import DELIMITERS, FileFormat
 from connector.crm.sources import CsvSource
 
 BLOCK_BYTES = 4 << 20
+# After this many records in a row followed by an odd line, CsvSource reads the rest of the
+# block without the next line being checked after each record: an export of odd lines (every
+# field quoted after a space, say) would otherwise pay for the checks and gain nothing.
+ODD_LINES_CHECKED = 64
 # Byte-wise encodings whose lines can be checked and decoded a block at a time.
 BULK_ENCODINGS = frozenset({"utf-8", "cp1252"})
 
@@ -42,14 +46,9 @@ class PlainRun:
     first_line: int
 
 
-@dataclass
-class OddRecord:
-    """A record ``CsvSource`` read: its fields, or None with the problem and the raw line."""
-
-    fields: list[str] | None
-    line: int
-    problem: str
-    raw: str
+# A record ``CsvSource`` read: its fields (None when unreadable), line, problem and raw line.
+# A plain tuple: an export of odd lines makes one per record.
+OddRecord = tuple[list[str] | None, int, str, str]
 
 
 def bulk_readable(fmt: FileFormat) -> bool:
@@ -112,10 +111,17 @@ class CsvBlocks:
                 source = CsvSource(
                     self.path, self.format, lines=feed, header=self.header, first_line=line
                 )
+                odd_next = 0  # records in a row whose next line was odd too
                 for fields in source.records():
-                    yield OddRecord(fields, source.line, source.problem, source.raw)
-                    if source.at_record_boundary() and feed.next_is_plain():
-                        break
+                    yield (fields, source.line, source.problem, source.raw)
+                    if not source.at_record_boundary():
+                        continue
+                    if feed.at_block_end():
+                        break  # the next block may be plain as a whole
+                    if odd_next < ODD_LINES_CHECKED:
+                        if feed.next_is_plain():
+                            break
+                        odd_next += 1
                 line = source.next_line
                 self.blank += source.blank
 
@@ -201,7 +207,6 @@ class _Feed:
         self._blocks = blocks
         self.block = b""
         self._parts: list[bytes] | None = []  # the block's lines, split when needed
-        self._plain: list[bool] | None = None
         self._index = 0  # next unread line of the block
         self._terminated = True  # whether the block's last line ends with an LF
 
@@ -213,7 +218,7 @@ class _Feed:
                 return False
             if not block.endswith(b"\n"):
                 block += self._raw.readline()
-            self.block, self._parts, self._plain, self._index = block, None, None, 0
+            self.block, self._parts, self._index = block, None, 0
             self._terminated = block.endswith(b"\n")
         return True
 
@@ -230,47 +235,45 @@ class _Feed:
             parts = self.block.split(b"\n")
             if self._terminated:
                 parts.pop()
-            self._parts, self._plain, self._index = parts, None, 0
+            self._parts, self._index = parts, 0
         return self._parts
 
-    def _classified(self) -> list[bool]:
+    def _plain(self, index: int) -> bool:
         parts = self._split()
-        if self._plain is None:
-            last = len(parts) - 1
-            plain_line, terminated = self._blocks.plain_line, self._terminated
-            self._plain = [
-                plain_line(part, terminated or i != last) for i, part in enumerate(parts)
-            ]
-        return self._plain
+        terminated = self._terminated or index != len(parts) - 1
+        return self._blocks.plain_line(parts[index], terminated)
 
     def take_plain_run(self) -> list[bytes]:
         """The plain lines from here to the next line that is not (or the block's end)."""
-        plain = self._classified()
+        parts = self._split()
         start = end = self._index
-        while end < len(plain) and plain[end]:
+        while end < len(parts) and self._plain(end):
             end += 1
         self._index = end
-        assert self._parts is not None
-        return self._parts[start:end]
+        return parts[start:end]
+
+    def at_block_end(self) -> bool:
+        """Whether every line of the current block has been read."""
+        return self._parts is not None and self._index >= len(self._parts)
 
     def next_is_plain(self) -> bool:
         """Whether the next unread line is plain (False at the end of the file)."""
-        if not self.fill():
-            return False
-        return self._classified()[self._index]
+        return self.fill() and self._plain(self._index)
 
-    def __iter__(self) -> _Feed:
-        return self
-
-    def __next__(self) -> bytes:
-        if not self.fill():
-            raise StopIteration
-        parts = self._split()
-        part = parts[self._index]
-        self._index += 1
-        if self._index == len(parts) and not self._terminated:
-            return part
-        return part + b"\n"
+    def __iter__(self) -> Iterator[bytes]:
+        """The unread lines with their LF, as reading the file gives them (for CsvSource)."""
+        while self.fill():
+            parts = self._split()
+            last = len(parts) - 1
+            index = self._index
+            while index <= last:
+                # Moved on before the yield: CsvSource may stop reading after any line.
+                self._index = index + 1
+                if index == last and not self._terminated:
+                    yield parts[index]
+                else:
+                    yield parts[index] + b"\n"
+                index = self._index
 
 
 def _utf8(block: bytes, encoding: str) -> bytes | None:

@@ -16,13 +16,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from connector.crm.blocks import CsvBlocks, OddRecord, PlainRun
+from connector.crm.blocks import CsvBlocks, PlainRun
 from connector.crm.columns import ResolvedColumns
 from connector.crm.rows import CONTACT_FIELDS, FlagReader, RecordRules
 from connector.emails import PLAIN_LENGTH
@@ -45,6 +46,10 @@ assert tuple(CONTACTS_SCHEMA.names) == CONTACT_FIELDS
 
 # PLAIN_EMAIL in RE2 syntax (Arrow's): no possessive quantifiers or look-behind, the same
 # language (a label may not end with "-"); a test holds the two to the same answers.
+# Odd records in a row go out in batches of this many (an export of odd lines stays in memory
+# a batch at a time, as the plain runs do).
+ODD_BATCH = 50_000
+
 PLAIN_EMAIL_RE2 = (
     r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*@"
     r"([A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?\.)+[A-Za-z]{2,63}$"
@@ -85,25 +90,38 @@ class BulkCsvPart:
         return self.blocks.blank + self.rules.blank
 
     def batches(self) -> Iterator[CrmBatch]:
-        """A batch per run of plain lines, with the odd records read before it."""
-        rules = self.rules
+        """A batch per run of plain lines, with the odd records read before it; odd records
+        in a row go out every ``ODD_BATCH`` records."""
+        rules, add, unreadable = self.rules, self.rules.add, self.rules.unreadable
+        odd = 0
         for item in self.blocks:
-            if isinstance(item, OddRecord):
-                if item.fields is None:
-                    rules.unreadable(item.line, item.problem, item.raw)
+            if type(item) is tuple:
+                fields, line, problem, raw = item
+                if fields is None:
+                    unreadable(line, problem, raw)
                 else:
-                    rules.add(item.fields, item.line)
+                    add(fields, line)
+                odd += 1
+                if odd >= ODD_BATCH:
+                    odd = 0
+                    yield self._batch(None)
                 continue
-            table = self._plain_rows(item)
-            contacts, rejected = rules.take()
-            if contacts:
-                table = pa.concat_tables([contacts_table(contacts), table])
-            self.contacts += table.num_rows
-            yield CrmBatch(table, rejected)
-        contacts, rejected = rules.take()
-        if contacts or rejected:
-            self.contacts += len(contacts)
-            yield CrmBatch(contacts_table(contacts), rejected)
+            assert isinstance(item, PlainRun)
+            odd = 0
+            yield self._batch(self._plain_rows(item))
+        if rules.rejected or odd:
+            yield self._batch(None)
+
+    def _batch(self, table: pa.Table | None) -> CrmBatch:
+        """The rows the record rules made so far, with ``table``'s."""
+        contacts, rejected = self.rules.take()
+        if contacts:
+            made = contacts_table(contacts)
+            table = made if table is None else pa.concat_tables([made, table])
+        if table is None:
+            table = CONTACTS_SCHEMA.empty_table()
+        self.contacts += table.num_rows
+        return CrmBatch(table, rejected)
 
     def _plain_rows(self, run: PlainRun) -> pa.Table:
         """The run's contact rows; the records that need more go through ``RecordRules``."""
@@ -212,15 +230,10 @@ def json_text(categories: tuple[str, ...]) -> str:
 
 def contacts_table(rows: list[dict[str, Any]]) -> pa.Table:
     """Contact rows (dicts) as a ``CONTACTS_SCHEMA`` table."""
+    columns = {name: list(map(itemgetter(name), rows)) for name in CONTACT_FIELDS}
     texts: dict[tuple[str, ...], str] = {}
-    columns: dict[str, list[Any]] = {name: [] for name in CONTACT_FIELDS}
-    for row in rows:
-        for name in CONTACT_FIELDS:
-            columns[name].append(row[name])
-    categories = columns["opted_out_category_ids"]
-    for i, value in enumerate(categories):
-        text = texts.get(value)
-        if text is None:
-            text = texts[value] = json_text(value)
-        categories[i] = text
+    columns["opted_out_category_ids"] = [
+        texts.get(value) or texts.setdefault(value, json_text(value))
+        for value in columns["opted_out_category_ids"]
+    ]
     return pa.Table.from_pydict(columns, schema=CONTACTS_SCHEMA)
