@@ -5,6 +5,7 @@ same ``crm_contacts`` / ``crm_rejected_rows`` on both warehouses."""
 
 from __future__ import annotations
 
+import csv
 import re
 import sys
 from pathlib import Path
@@ -216,6 +217,20 @@ def test_every_encoding_reads_the_same_in_bulk(tmp_path: Path, encoding: str) ->
     path.write_bytes(data)
     contacts, rejected, _ = assert_same(path)
     assert len(contacts) == 3 and len(rejected) == 1
+
+
+@pytest.mark.parametrize("quoted", [False, True])
+def test_a_field_over_the_csv_limit_rejects_its_line_in_bulk_too(
+    tmp_path: Path, quoted: bool
+) -> None:
+    huge = "x" * (csv.field_size_limit() + 1)
+    cell = f'"{huge}"' if quoted else huge
+    rows = ["Email,Name", "a@example.com,A", f"b@example.com,{cell}", "c@example.com,C"]
+    path = tmp_path / "huge.csv"
+    path.write_bytes("\n".join(rows).encode())
+    contacts, rejected, _ = assert_same(path)
+    assert [c["line"] for c in contacts] == [2, 4]
+    assert [r["line"] for r in rejected] == [3]
 
 
 def test_a_fully_quoted_export_is_read_in_bulk_the_same_way(tmp_path: Path) -> None:

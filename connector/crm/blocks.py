@@ -16,6 +16,7 @@ is looked at line by line. Memory holds one block and its columns.
 
 from __future__ import annotations
 
+import csv
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -129,6 +130,8 @@ class CsvBlocks:
         """Whether one line (without its LF) is plain; see the module docstring."""
         if not part or b"\x00" in part:
             return False  # an empty line is a blank record, which CsvSource counts
+        if len(part) > csv.field_size_limit():
+            return False  # a field may be over csv's limit, which rejects the line
         cr = part.find(b"\r")
         if cr != -1 and (cr != len(part) - 1 or not terminated):
             return False
@@ -169,6 +172,8 @@ class CsvBlocks:
         table = self._parse(text, quoting=quoted)
         if table is None or table.num_rows != lines:
             return None
+        if len(text) > csv.field_size_limit() and _longest(table) > csv.field_size_limit():
+            return None  # csv rejects a line with a field over its limit; Arrow has none
         if not quoted and b" " in text:
             # skipinitialspace: csv drops spaces before a field; unquoted, that is all it does
             # (a no-op on a field that starts otherwise, so not worth finding which do).
@@ -274,6 +279,11 @@ class _Feed:
                 else:
                     yield parts[index] + b"\n"
                 index = self._index
+
+
+def _longest(table: pa.Table) -> int:
+    """The length (in characters, as csv counts) of the longest value in the table."""
+    return max((pc.max(pc.utf8_length(column)).as_py() or 0) for column in table.columns)
 
 
 def _utf8(block: bytes, encoding: str) -> bytes | None:
