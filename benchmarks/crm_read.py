@@ -1,8 +1,9 @@
 """CRM export reading speed: a synthetic Salesforce-style CSV read and normalised.
 
 Writes N rows (a tenth of them opted out or bounced, a few invalid emails, some quoted
-names with commas) to a temporary directory, then times ``read_export`` over it and reports
-rows per second and peak memory. Peak memory is traced Python allocations during the read
+names with commas) to a temporary directory, then times ``read_export`` over it (row dicts,
+and in bulk: ``batches()``) and reports rows per second and peak memory. Peak memory is
+traced Python allocations during the read
 (tracemalloc, run separately from the timed pass so tracing does not slow the timing). A
 second timed pass also folds the rows into one per email with ``merge_duplicates``.
 
@@ -58,6 +59,14 @@ def _read(path: Path, chunk_size: int) -> tuple[int, int]:
     return contacts, rejected
 
 
+def _read_in_bulk(path: Path) -> tuple[int, int]:
+    contacts = rejected = 0
+    for batch in read_export(path, "auto").batches():
+        contacts += batch.contacts.num_rows
+        rejected += len(batch.rejected)
+    return contacts, rejected
+
+
 def _read_and_merge(path: Path, chunk_size: int) -> tuple[int, int]:
     rows = (
         row for chunk in read_export(path, "auto", chunk_size=chunk_size) for row in chunk.contacts
@@ -76,6 +85,9 @@ def bench_read(rows: int, chunk_size: int = 50_000) -> dict[str, float]:
         seconds = time.perf_counter() - started
         assert contacts + rejected == rows, (contacts, rejected, rows)
         started = time.perf_counter()
+        assert _read_in_bulk(path) == (contacts, rejected)
+        bulk_seconds = time.perf_counter() - started
+        started = time.perf_counter()
         merged, _ = _read_and_merge(path, chunk_size)
         merge_seconds = time.perf_counter() - started
         tracemalloc.start()
@@ -91,12 +103,17 @@ def bench_read(rows: int, chunk_size: int = 50_000) -> dict[str, float]:
         "mb_per_second": size / seconds / 1e6,
         "peak_traced_mb": peak / 1e6,
         "read_and_merge_seconds": merge_seconds,
+        "bulk_seconds": bulk_seconds,
         "file_mb": size / 1e6,
     }
     print(f"\n== CRM export read: {rows:,} rows, {size / 1e6:,.1f} MB, chunks of {chunk_size:,} ==")
     print(
         f"read + normalise: {seconds:6.2f} s = {rows / seconds:>10,.0f} rows/s "
         f"({size / seconds / 1e6:,.0f} MB/s); {contacts:,} contacts, {rejected:,} rejected"
+    )
+    print(
+        f"read in bulk (batches(), Arrow columns, as the reconcile load does): "
+        f"{bulk_seconds:6.2f} s = {rows / bulk_seconds:>10,.0f} rows/s"
     )
     print(f"peak traced memory during the read: {peak / 1e6:,.1f} MB")
     print(

@@ -2,7 +2,7 @@
 throughput as a share of the rate limit.
 
     python -m benchmarks.reconcile [--rows 1000000] [--rate 50] [--actions 600]
-                                   [--postgres-rows 100000]
+                                   [--postgres-rows 100000] [--profile] [--plan-only]
 """
 
 from __future__ import annotations
@@ -12,27 +12,36 @@ import asyncio
 import cProfile
 import csv
 import io
+import os
 import pstats
 import resource
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 import sqlalchemy as sa
+from sqlalchemy.engine import Connection
 from sqlalchemy.pool import NullPool
 
 from benchmarks.sandbox_process import sandbox_process
 from benchmarks.sync import postgres_database
+from connector.crm.bulk import BulkCsvPart
 from connector.http import ClientLimits
 from connector.marketplace.client import MarketplaceClient
 from connector.pipelines import pushback, reconcile
 from connector.pipelines.sync import sync_contacts
 from connector.settings import SANDBOX_TOKEN, MarketplaceSettings, Secret
-from connector.warehouse.engine import Transaction, Warehouse
+from connector.warehouse.engine import (
+    DEFAULT_DUCKDB_MEMORY_LIMIT,
+    Stage,
+    Transaction,
+    Warehouse,
+)
 
 POSTGRES_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432"
 
@@ -93,74 +102,140 @@ def _fill_contacts(warehouse: Warehouse, rows: int) -> None:
         tx.set_state("contacts.synced_at", now.isoformat(), now)
 
 
-def _statement_times() -> tuple[dict[str, float], Any]:
-    """Seconds per ``sql/`` file run through the warehouse while the block runs."""
-    times: dict[str, float] = {}
-    original = Transaction.run
+def _cpu() -> float:
+    """CPU seconds of this process, every thread (DuckDB's and Arrow's too)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
-    def timed(self: Transaction, name: str, *args: Any, **kwargs: Any) -> Any:
-        started = time.perf_counter()
-        try:
-            return original(self, name, *args, **kwargs)
-        finally:
-            times[name] = times.get(name, 0.0) + time.perf_counter() - started
 
-    return times, timed
+class _Split:
+    """Wall and CPU seconds per label, taken by wrapping methods for the duration of a run.
+
+    Only the outermost timed call counts, so a timed method calling another one (``Stage.write``
+    calls ``write_arrow`` on DuckDB) is not counted twice.
+    """
+
+    def __init__(self) -> None:
+        self.wall: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
+        self._depth = 0
+        self._originals: list[tuple[Any, str, Any]] = []
+
+    def wrap(self, owner: Any, attribute: str, label: Callable[[tuple[Any, ...]], str]) -> None:
+        original = getattr(owner, attribute)
+        split = self
+
+        def timed(self: Any, *args: Any, **kwargs: Any) -> Any:
+            if split._depth:
+                return original(self, *args, **kwargs)
+            split._depth += 1
+            wall, cpu = time.perf_counter(), _cpu()
+            try:
+                return original(self, *args, **kwargs)
+            finally:
+                split._depth -= 1
+                name = label(args)
+                split.wall[name] = split.wall.get(name, 0.0) + time.perf_counter() - wall
+                split.cpu[name] = split.cpu.get(name, 0.0) + _cpu() - cpu
+
+        self._originals.append((owner, attribute, original))
+        setattr(owner, attribute, timed)
+
+    def restore(self) -> None:
+        for owner, attribute, original in reversed(self._originals):
+            setattr(owner, attribute, original)
+        self._originals.clear()
+
+    def take(self, prefix: str) -> tuple[float, float]:
+        """Wall and CPU seconds of the labels starting with ``prefix``."""
+        names = [n for n in self.wall if n.startswith(prefix)]
+        return sum(self.wall[n] for n in names), sum(self.cpu[n] for n in names)
+
+
+def _seconds(wall: float, cpu: float) -> str:
+    return f"{wall:6.2f} s wall, {cpu:6.2f} s CPU"
 
 
 def _plan_once(warehouse_url: str, rows: int, export: Path, profile: bool) -> dict[str, float]:
     warehouse = Warehouse(warehouse_url)
     warehouse.ensure_tables()
     _fill_contacts(warehouse, rows)
-    times, timed = _statement_times()
-    original = Transaction.run
-    Transaction.run = timed  # type: ignore[method-assign]
+    split = _Split()
+    # read = the rest of loading; normalise = the column-wise rules (with the records among
+    # them that need the per-record ones); stage = rows into the warehouse and every
+    # statement the load runs, with its commit.
+    split.wrap(BulkCsvPart, "_plain_rows", lambda args: "normalise")
+    split.wrap(Stage, "write", lambda args: "stage")
+    split.wrap(Stage, "write_arrow", lambda args: "stage")
+    split.wrap(Transaction, "run", lambda args: f"sql:{args[0]}")
+    split.wrap(Connection, "_commit_impl", lambda args: "sql:commit")
     profiler = cProfile.Profile() if profile else None
     try:
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), _cpu()
         if profiler:
             profiler.enable()
         load = reconcile.load_exports(warehouse, [export], run_id="bench")
         if profiler:
             profiler.disable()
-        read_seconds = time.perf_counter() - started
-        read_sql = sum(times.values())
-        started = time.perf_counter()
+        load_wall, load_cpu = time.perf_counter() - started, _cpu() - cpu
+        load_split = {label: (split.wall[label], split.cpu[label]) for label in split.wall}
+        split.wall.clear()
+        split.cpu.clear()
+        started, cpu = time.perf_counter(), _cpu()
         plan = reconcile.make_plan(warehouse, run_id="bench", export_key=load.export_key)
-        plan_seconds = time.perf_counter() - started
+        plan_wall, plan_cpu = time.perf_counter() - started, _cpu() - cpu
     finally:
-        Transaction.run = original  # type: ignore[method-assign]
+        split.restore()
         warehouse.dispose()
-    total = read_seconds + plan_seconds
+    normalise = load_split.get("normalise", (0.0, 0.0))
+    stage_wall = sum(w for n, (w, _) in load_split.items() if n == "stage" or n[:4] == "sql:")
+    stage_cpu = sum(c for n, (_, c) in load_split.items() if n == "stage" or n[:4] == "sql:")
+    read = (load_wall - normalise[0] - stage_wall, load_cpu - normalise[1] - stage_cpu)
+    total_wall, total_cpu = load_wall + plan_wall, load_cpu + plan_cpu
     print(
-        f"read + normalise + stage: {read_seconds:6.2f} s ({load.rows / read_seconds:,.0f} lines/s;"
-        f" of which SQL {read_sql:.2f} s)"
+        f"read + normalise + stage: {_seconds(load_wall, load_cpu)} "
+        f"({rows / load_wall:,.0f} lines/s)"
     )
-    print(f"plan (SQL)              : {plan_seconds:6.2f} s")
+    print(f"  read (CSV to columns) : {_seconds(*read)}")
+    print(f"  normalise             : {_seconds(*normalise)}")
+    print(f"  stage (into tables)   : {_seconds(stage_wall, stage_cpu)}")
+    for name, (wall, cpu) in sorted(load_split.items(), key=lambda item: -item[1][0]):
+        if name != "normalise" and wall >= 0.01:
+            print(f"    {name.removeprefix('sql:'):<48}: {_seconds(wall, cpu)}")
+    print(f"plan (SQL)              : {_seconds(plan_wall, plan_cpu)}")
+    for name in sorted(split.wall, key=lambda n: -split.wall[n]):
+        if split.wall[name] >= 0.01:
+            print(f"  {name[4:]:<50}: {_seconds(split.wall[name], split.cpu[name])}")
     print(
-        f"total                   : {total:6.2f} s; plan {plan.actions}, rejected {load.rejected}"
+        f"total                   : {_seconds(total_wall, total_cpu)}; plan {plan.actions}, "
+        f"rejected {load.rejected}"
     )
-    slowest = sorted(times.items(), key=lambda item: -item[1])[:6]
-    print("slowest statements      : " + ", ".join(f"{n} {t:.2f} s" for n, t in slowest))
     if profiler:
         out = io.StringIO()
         pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(8)
         lines = [line for line in out.getvalue().splitlines() if line.strip()][-9:]
-        print("where reading spends its time (cProfile, own time):")
+        print("where loading spends its time (cProfile, own time):")
         for line in lines:
             print("    " + line.strip())
-    return {"read_seconds": read_seconds, "plan_seconds": plan_seconds, "total": total}
+    return {
+        "read_seconds": load_wall,
+        "plan_seconds": plan_wall,
+        "total": total_wall,
+        "total_cpu": total_cpu,
+    }
 
 
-def plan_benchmark(rows: int) -> dict[str, float]:
+def plan_benchmark(rows: int, profile: bool = False) -> dict[str, float]:
     """Read and plan ``rows`` CRM lines against ``rows`` platform contacts, DuckDB and
-    PostgreSQL, with where the time goes."""
+    PostgreSQL, with where the time goes (CPU seconds count every thread: compare those when
+    the machine is busy, as wall seconds then measure the other work too)."""
     print(f"\n== plan: {rows:,} CRM lines against {rows:,} contacts ==")
+    print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     with tempfile.TemporaryDirectory() as scratch:
         export = Path(scratch) / "crm.csv"
         write_export(export, rows)
-        print("-- DuckDB")
-        duck = _plan_once(f"duckdb:///{Path(scratch) / 'plan.duckdb'}", rows, export, True)
+        print(f"-- DuckDB (memory_limit {DEFAULT_DUCKDB_MEMORY_LIMIT})")
+        duck = _plan_once(f"duckdb:///{Path(scratch) / 'plan.duckdb'}", rows, export, profile)
         print("-- PostgreSQL")
         with postgres_database() as url:
             pg = _plan_once(url, rows, export, False)
@@ -285,10 +360,13 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=50)
     parser.add_argument("--actions", type=int, default=600)
     parser.add_argument("--postgres-rows", type=int, default=100_000)
+    parser.add_argument("--profile", action="store_true", help="cProfile the DuckDB load")
+    parser.add_argument("--plan-only", action="store_true", help="skip the apply benchmark")
     args = parser.parse_args()
-    plan_benchmark(args.rows)
+    plan_benchmark(args.rows, args.profile)
     plan_postgres_benchmark(args.postgres_rows)
-    apply_benchmark(args.rate, args.actions)
+    if not args.plan_only:
+        apply_benchmark(args.rate, args.actions)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@
     read = read_export("contacts.csv", mapping="auto")   # or "salesforce", a YAML path, ...
     for chunk in read:                                    # CrmChunk(contacts, rejected)
         ...
+    for batch in read_export("contacts.csv").batches():  # or: CrmBatch(contacts as Arrow
+        ...                                               # columns, rejected), read in bulk
     read.summary                                          # CrmSummary: counts, mapping, warnings
     read_export("book.xlsx", sheet="Leads")               # one sheet; default: every sheet
                                                           # whose header has the email column
@@ -21,6 +23,11 @@ Row shapes (plain dicts; field order in ``CONTACT_FIELDS`` / ``REJECTED_FIELDS``
     rejected = {source_file: str, line: int, kind: str, reason: str, raw: str,
                 email: str | None}
     conflict = {email: str, lines: list[int], sources: list[str], resolution: str}
+
+``batches()`` gives the same rows, contacts as an Arrow table (``CONTACTS_SCHEMA`` in
+``bulk.py``; the category ids as JSON text): for a CSV export in UTF-8 or Windows-1252, lines
+Arrow reads exactly as the ``csv`` module does are parsed and normalised a block at a time,
+and only the others go through the record-at-a-time rules (see ``blocks.py`` and ``bulk.py``).
 
 ``opted_out_category_ids`` is a tuple, not a list: a row of only immutable values is not
 tracked by the garbage collector, which makes reading a million rows a third faster.
@@ -49,7 +56,8 @@ from connector.crm.mapping import (
     mapping_from_dict,
 )
 from connector.crm.merge import merge_duplicates
-from connector.crm.reader import (
+from connector.crm.reader import CrmBatch, CrmChunk, CrmRead, CrmSummary, read_export
+from connector.crm.rows import (
     CONTACT_FIELDS,
     INVALID_EMAIL,
     MISSING_EMAIL,
@@ -57,10 +65,6 @@ from connector.crm.reader import (
     REJECTED_FIELDS,
     UNREADABLE_FLAG,
     UNREADABLE_LINE,
-    CrmChunk,
-    CrmRead,
-    CrmSummary,
-    read_export,
 )
 from connector.emails import normalize_email
 
@@ -74,6 +78,7 @@ __all__ = [
     "UNREADABLE_FLAG",
     "UNREADABLE_LINE",
     "CategoryColumn",
+    "CrmBatch",
     "CrmChunk",
     "CrmError",
     "CrmFileError",

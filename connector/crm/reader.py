@@ -7,55 +7,27 @@ are then built one record at a time and handed out in chunks; nothing holds the 
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from connector.crm.columns import FlagCell, ResolvedColumns, detect_mapping, resolve_columns
+from connector.crm.blocks import CsvBlocks, bulk_readable
+from connector.crm.bulk import BulkCsvPart, CrmBatch, contacts_table
+from connector.crm.columns import ResolvedColumns, detect_mapping, resolve_columns
 from connector.crm.errors import CrmFileError
-from connector.crm.mapping import (
-    CategoryColumn,
-    CrmMapping,
-    FlagColumn,
-    load_mapping,
-    value_key,
-)
+from connector.crm.mapping import CrmMapping, load_mapping
+from connector.crm.rows import FlagReader, RecordRules
 from connector.crm.sniff import DELIMITER_NAMES, FileFormat, detect_format
 from connector.crm.sources import (
     HEADER_SEARCH_ROWS,
     CsvSource,
     XlsxBook,
     XlsxSource,
-    raw_text,
 )
-from connector.emails import PLAIN_EMAIL, PLAIN_LENGTH, normalize_unusual
-
-CONTACT_FIELDS = (
-    "source_file",
-    "line",
-    "email",
-    "email_original",
-    "name",
-    "do_not_email",
-    "unsubscribed",
-    "hard_bounced",
-    "opted_out_category_ids",
-    "mailable",
-)
-REJECTED_FIELDS = ("source_file", "line", "kind", "reason", "raw", "email")
-
-# ``kind`` of a rejected row; ``reason`` starts with it and adds the detail.
-MISSING_EMAIL = "missing email"
-INVALID_EMAIL = "invalid email"
-MISSING_FIELD = "missing field"
-UNREADABLE_LINE = "unreadable line"
-UNREADABLE_FLAG = "unreadable flag"
 
 DEFAULT_CHUNK_SIZE = 50_000
-_CACHE_LIMIT = 4096
 
 
 @dataclass
@@ -289,6 +261,40 @@ class CrmRead:
         finally:
             self.close()
 
+    def batches(self) -> Iterator[CrmBatch]:
+        """The rows as ``CrmBatch``es of Arrow columns, read in bulk where the file allows
+        (see ``connector/crm/bulk.py``); the same rows as iterating, in other chunks. Like
+        iterating, this can be done once."""
+        if self._started:
+            raise RuntimeError(f"{self.path}: a CrmRead can be iterated only once")
+        self._started = True
+        summary = self.summary
+        try:
+            for part in self._parts:
+                bulk = self._bulk_part(part)
+                if bulk is None:
+                    for chunk in self._chunks(part):
+                        yield CrmBatch(contacts_table(chunk.contacts), chunk.rejected)
+                    continue
+                yield from bulk.batches()
+                summary.contacts += bulk.contacts
+                summary.blank += bulk.blank
+                summary.rejected = sum(summary.rejected_by_kind.values())
+                summary.records = summary.contacts + summary.rejected
+            summary.complete = True
+        finally:
+            self.close()
+
+    def _bulk_part(self, part: _Part) -> BulkCsvPart | None:
+        source = part.source
+        if not isinstance(source, CsvSource) or not bulk_readable(source.format):
+            return None
+        offset = source.data_offset()
+        if offset is None:
+            return None
+        blocks = CsvBlocks(self.path, source.format, source.header, offset, source.next_line)
+        return BulkCsvPart(blocks, part.columns, part.source_file, self.summary.rejected_by_kind)
+
     def read_all(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """Every contact and rejected row in lists: for small files and tests."""
         contacts: list[dict[str, Any]] = []
@@ -299,188 +305,32 @@ class CrmRead:
         return contacts, rejected
 
     def _chunks(self, part: _Part) -> Iterator[CrmChunk]:
-        source, columns, summary = part.source, part.columns, self.summary
-        source_file, chunk_size = part.source_file, self.chunk_size
-        required_name = "name" in columns.mapping.required
-        email_at, name_at = columns.email, columns.full_name
-        first_at, last_at = columns.first_name, columns.last_name
-        has_parts = first_at is not None or last_at is not None
-        flags = _FlagReader(columns)
-        flag_key, flag_cache = flags.key, flags.cache
-        plain, plain_length, unusual = PLAIN_EMAIL.fullmatch, PLAIN_LENGTH, normalize_unusual
-        by_kind = summary.rejected_by_kind
-        contacts: list[dict[str, Any]] = []
-        rejected: list[dict[str, Any]] = []
-        delimiter = self.format.delimiter or "\t"
-        counted = blank = 0
+        source, summary, chunk_size = part.source, self.summary, self.chunk_size
+        rules = RecordRules(
+            part.columns,
+            part.source_file,
+            self.format.delimiter or "\t",
+            FlagReader(part.columns),
+            summary.rejected_by_kind,
+        )
+        add, unreadable, take = rules.add, rules.unreadable, rules.take
+        counted = 0
         budget = chunk_size + 1  # records left before the next chunk goes out
-
-        def reject(kind: str, detail: str | None, raw: str, email: str | None = None) -> None:
-            by_kind[kind] = by_kind.get(kind, 0) + 1
-            rejected.append(
-                {
-                    "source_file": source_file,
-                    "line": source.line,
-                    "kind": kind,
-                    "reason": f"{kind}: {detail}" if detail else kind,
-                    "raw": raw,
-                    "email": email,
-                }
-            )
-
-        # The hot loop: a million rows should take a second or two, so per-row work is kept
-        # to one regex, one cached lookup for all flags and one dict.
         for fields in source.records():
             budget -= 1
             if not budget:
+                contacts, rejected = take()
                 counted += len(contacts)
                 yield CrmChunk(contacts, rejected)
-                contacts, rejected = [], []
                 budget = chunk_size
             if fields is None:
-                reject(UNREADABLE_LINE, source.problem, source.raw)
-                continue
-            original = fields[email_at]
-            # normalize_email inlined: the call and its tuple cost a tenth of the row.
-            email = original.strip()
-            if len(email) <= plain_length and plain(email):
-                email = email.lower()
-                if email == original:
-                    email = original
+                unreadable(source.line, source.problem, source.raw)
             else:
-                email, problem = unusual(email)
-                if email is None:
-                    raw = raw_text(delimiter.join(fields))
-                    if problem == "empty" and not any(f.strip() for f in fields):
-                        blank += 1  # only spaces in every cell: a blank line, not a record
-                    elif problem == "empty":
-                        reject(MISSING_EMAIL, None, raw)
-                    else:
-                        reject(INVALID_EMAIL, f"{problem} ({original.strip()[:200]!r})", raw)
-                    continue
-            name = fields[name_at].strip() if name_at is not None else ""
-            if not name and has_parts:
-                first = fields[first_at].strip() if first_at is not None else ""
-                last = fields[last_at].strip() if last_at is not None else ""
-                name = f"{first} {last}".strip()
-            if "\n" in name or "\r" in name:
-                name = " ".join(name.split())
-            if not name and required_name:
-                reject(MISSING_FIELD, "name", raw_text(delimiter.join(fields)), email)
-                continue
-            if flag_key is None:
-                do_not_email = unsubscribed = bounced = False
-                categories: tuple[str, ...] = ()
-            else:
-                cells = flag_key(fields)
-                hit = flag_cache.get(cells)
-                if hit is None:
-                    hit = flags.read(cells)
-                do_not_email, unsubscribed, bounced, categories, unreadable = hit
-                if unreadable is not None:
-                    reject(UNREADABLE_FLAG, unreadable, raw_text(delimiter.join(fields)), email)
-                    continue
-            contacts.append(
-                {
-                    "source_file": source_file,
-                    "line": source.line,
-                    "email": email,
-                    "email_original": original,
-                    "name": name or None,
-                    "do_not_email": do_not_email,
-                    "unsubscribed": unsubscribed,
-                    "hard_bounced": bounced,
-                    "opted_out_category_ids": categories,
-                    "mailable": not (do_not_email or unsubscribed or bounced),
-                }
-            )
+                add(fields, source.line)
+        contacts, rejected = take()
         summary.contacts += counted + len(contacts)
-        summary.rejected = sum(by_kind.values())
+        summary.rejected = sum(summary.rejected_by_kind.values())
         summary.records = summary.contacts + summary.rejected
-        summary.blank += source.blank + blank
+        summary.blank += source.blank + rules.blank
         if contacts or rejected:
             yield CrmChunk(contacts, rejected)
-
-
-# do_not_email, unsubscribed, hard_bounced, opted-out categories, why the flags are unreadable
-_Flags = tuple[bool, bool, bool, tuple[str, ...], str | None]
-_SLOTS = {"do_not_email": 0, "unsubscribed": 1, "hard_bounced": 2}
-
-
-class _FlagReader:
-    """The flags and category opt-outs of a record, cached by the cells that decide them.
-
-    Flag columns hold a handful of distinct values, so the tuple of a record's flag cells is
-    looked up in a dict; only a new combination is read cell by cell. A cell that reads
-    neither true nor false makes the record unreadable (fail closed: never guess "mailable").
-    """
-
-    def __init__(self, columns: ResolvedColumns) -> None:
-        self.cells: list[FlagCell] = [
-            *(
-                cell
-                for flag in ("do_not_email", "unsubscribed", "hard_bounced")
-                for cell in columns.flags[flag]
-            ),
-            *columns.categories,
-        ]
-        self.mapping = columns.mapping.name
-        indexes = [cell.index for cell in self.cells]
-        self.key = operator.itemgetter(*indexes) if indexes else None
-        self.cache: dict[Any, _Flags] = {}
-
-    def read(self, cells: Any) -> _Flags:
-        """Read one combination of flag cells (a tuple, or a string for a single column)."""
-        values = (cells,) if len(self.cells) == 1 else cells
-        flags = [False, False, False]
-        categories: list[str] = []
-        problem: str | None = None
-        for value, cell in zip(values, self.cells, strict=True):
-            reading = _reading(value, cell.column) if value else False
-            if reading is None:
-                problem = problem or self._problem(value, cell)
-                continue
-            if not reading:
-                continue
-            slot = _SLOTS.get(cell.target)
-            if slot is not None:
-                flags[slot] = True
-            elif cell.target not in categories:
-                categories.append(cell.target)
-        result = (flags[0], flags[1], flags[2], tuple(categories), problem)
-        # Bounce reasons or dates can make many combinations; stop caching past a limit.
-        if len(self.cache) < _CACHE_LIMIT:
-            self.cache[cells] = result
-        return result
-
-    def _problem(self, value: str, cell: FlagCell) -> str:
-        what = cell.target if cell.target in _SLOTS else f"the opt-out of {cell.target}"
-        where = f"column {cell.label!r} ({what})"
-        if cell.column.nonempty:
-            return f"{where} holds {value.strip()[:100]!r}, punctuation only: not a value"
-        return (
-            f"{where} holds {value.strip()[:100]!r}, neither a true value "
-            f"({_listing(cell.column.true_values)}) nor a false value "
-            f"({_listing(cell.column.false_values)}) of mapping {self.mapping!r}"
-        )
-
-
-def _reading(value: str, column: FlagColumn | CategoryColumn) -> bool | None:
-    """True or false for a flag cell, or None when it reads as neither."""
-    key = value_key(value)
-    if column.nonempty:
-        if not key or key in column.false_values:
-            return False
-        # "-" or "?" in a bounce-reason column is a placeholder, not a reason: do not guess.
-        return True if any(char.isalnum() for char in key) else None
-    if key in column.true_values:
-        return True
-    if not key or key in column.false_values:
-        return False
-    return None
-
-
-def _listing(values: frozenset[str], limit: int = 8) -> str:
-    items = sorted(values)
-    text = ", ".join(items[:limit])
-    return text + (", ..." if len(items) > limit else "") if items else "none"

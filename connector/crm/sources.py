@@ -13,7 +13,7 @@ from __future__ import annotations
 import csv
 import io
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import date, datetime, time
 from pathlib import Path
 from typing import IO, Any
@@ -47,7 +47,18 @@ def raw_text(text: str) -> str:
 class CsvSource:
     """Records of a delimited text file, with line numbers and recovery from broken quoting."""
 
-    def __init__(self, path: Path, fmt: FileFormat) -> None:
+    def __init__(
+        self,
+        path: Path,
+        fmt: FileFormat,
+        *,
+        lines: Iterable[bytes] | None = None,
+        header: list[str] | None = None,
+        first_line: int = 1,
+    ) -> None:
+        """``lines``: read these (bytes, line endings kept) instead of the file, as the data
+        lines that follow ``header`` from ``first_line`` on (the bulk reader hands over the
+        lines that need this reader); ``read_header`` is then not called."""
         self.path = path
         self.format = fmt
         self.line = 0
@@ -63,8 +74,14 @@ class CsvSource:
         self._pending: deque[str] = deque()
         self._split: deque[bytes] = deque()  # the rest of a line cut at a bare CR
         self._next_line = 1
-        self._file: IO[Any] = self._open()
-        self._lines = iter(self._file)
+        self._file: IO[Any] | None = None
+        if lines is None:
+            self._file = self._open()
+            self._lines: Iterator[Any] = iter(self._file)
+        else:
+            self._lines = iter(lines)
+            self._next_line = first_line
+            self._set_header(header or [])
         self._reader = self._new_reader()
 
     def _open(self) -> IO[Any]:
@@ -79,7 +96,24 @@ class CsvSource:
 
     def close(self) -> None:
         """Close the file."""
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
+
+    @property
+    def next_line(self) -> int:
+        """The line the next record starts on (after a ``records`` item)."""
+        return self._next_line
+
+    def at_record_boundary(self) -> bool:
+        """Whether every line read so far is done with: nothing is queued to be read again."""
+        return not (self._buffer or self._pending or self._split)
+
+    def data_offset(self) -> int | None:
+        """After ``read_header``: the byte offset of the first data line, when the file is read
+        as bytes and nothing read is held back (else None)."""
+        if self._file is None or self.format.text_stream or not self.at_record_boundary():
+            return None
+        return self._file.tell()
 
     def _source(self) -> Iterator[str]:
         """Physical lines, decoded, each remembered until its record is done."""
@@ -160,11 +194,14 @@ class CsvSource:
             raise CrmFileError(name, f"the header line is not valid {self.format.encoding}")
         if self._nuls[0]:
             raise CrmFileError(name, "the header line holds a NUL byte")
-        header = [field.strip() for field in record]
-        named = [i for i, label in enumerate(header) if label]
-        self.header, self.width, self.min_width = header, len(header), named[-1] + 1
+        self._set_header([field.strip() for field in record])
         self._buffer.clear()
-        return header
+        return self.header
+
+    def _set_header(self, header: list[str]) -> None:
+        named = [i for i, label in enumerate(header) if label]
+        self.header, self.width = header, len(header)
+        self.min_width = named[-1] + 1 if named else 0
 
     def records(self) -> Iterator[list[str] | None]:
         """Data records after the header (``None`` for an unreadable one, see ``problem``)."""
@@ -180,10 +217,12 @@ class CsvSource:
                     self.line = line
                     line += lines
                     if undecodable[0] != seen_undecodable:
-                        seen_undecodable = undecodable[0]
+                        # One reason is enough: a NUL in the same line must not reject the next.
+                        seen_undecodable, seen_nuls = undecodable[0], nuls[0]
                         self.problem = f"undecodable bytes (not valid {self.format.encoding})"
                         self.raw = raw_text("".join(buffer))
                         buffer.clear()
+                        self._next_line = line
                         yield None
                         continue
                     if nuls[0] != seen_nuls:
@@ -191,6 +230,7 @@ class CsvSource:
                         self.problem = NUL_PROBLEM
                         self.raw = raw_text("".join(buffer))
                         buffer.clear()
+                        self._next_line = line
                         yield None
                         continue
                     count = len(fields)
@@ -209,6 +249,7 @@ class CsvSource:
                                 f"unterminated quote (the record runs over {lines} lines and "
                                 f"has {count} fields, the header has {width})"
                             )
+                            self._next_line = line
                             yield None
                             continue
                         else:
@@ -216,6 +257,7 @@ class CsvSource:
                             self.problem = f"too {which} fields ({count}, the header has {width})"
                             self.raw = raw_text(buffer[0])
                             buffer.clear()
+                            self._next_line = line
                             yield None
                             continue
                     elif not any(fields):
@@ -223,6 +265,7 @@ class CsvSource:
                         buffer.clear()
                         continue
                     buffer.clear()
+                    self._next_line = line
                     yield fields
                 return
             except csv.Error as exc:
@@ -238,6 +281,7 @@ class CsvSource:
                     seen_nuls = nuls[0]
                     self.problem = NUL_PROBLEM
                 line = self._reread(line + 1, new_reader=True)
+                self._next_line = line
                 yield None
 
     def _reread(self, next_line: int, new_reader: bool) -> int:

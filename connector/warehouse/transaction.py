@@ -92,6 +92,16 @@ class Transaction:
         # temporary table), and a statement here would hide the error that matters.
         self.run("load/drop_stage_table", stage=stage.name)
 
+    @contextlib.contextmanager
+    def replacing(self, target: str) -> Iterator[Stage]:
+        """A writer straight into ``target``, emptied first: for a table a load replaces
+        whole, where staging would copy every row once more. The transaction still makes the
+        replacement all or nothing."""
+        writer = _TableWriter(self, table(target))
+        self.run("load/delete_all_rows", target=target)
+        yield writer
+        self.changed.add(target)
+
     # -- load strategies --------------------------------------------------------------------
 
     def merge(self, stage: Stage, *children: tuple[Stage, str]) -> dict[str, MergeCounts]:
@@ -228,6 +238,14 @@ class Transaction:
         """Write a value to ``sync_state``, committed with the load it belongs to."""
         self.run("load/upsert_sync_state", {"name": name, "value": value, "now": now})
         self.changed.add("sync_state")
+
+
+class _TableWriter(Stage):
+    """A ``Stage`` whose rows go into the table itself."""
+
+    def __init__(self, tx: Transaction, definition: Table) -> None:
+        super().__init__(tx, definition)
+        self.name = definition.name
 
 
 def _key(definition: Table) -> str:

@@ -1,63 +1,105 @@
 -- The plan: what must change on the platform for it to agree with the CRM export(s).
 -- A CRM email listed more than once counts as its most restrictive line (a flagged line
--- beats a mailable one); platform contacts are matched on the normalised email.
+-- beats a mailable one, then the first by file and line); platform contacts are matched on
+-- the normalised email (an Active one first, then the lowest id).
+--
+-- Shaped for a million lines against a million contacts in little memory (DuckDB's default
+-- cap is 256 MB): most emails are on one CRM line and one platform contact, and need no
+-- ranking; a count per email (a hash aggregate) finds the few repeated ones, and only those
+-- are ranked. Each big relation is read once, as a stream: only the rows that become an
+-- action are kept, so nothing the size of the export is held (a CTE read twice is).
 insert into reconciliation_plan (
     action_key, run_id, action, email, contact_id, name, reason, source_file, line, planned_at
 )
-with crm_lines as (
-    select
-        email,
-        name,
-        do_not_email,
-        unsubscribed,
-        hard_bounced,
-        mailable,
-        source_file,
-        line,
-        max(name) over (partition by email) as any_name,
-        row_number() over (
-            partition by email
-            order by case when mailable then 1 else 0 end, source_file, line
-        ) as restrictive_rank
+with repeated_crm_emails as (
+    select email
     from crm_contacts
     where email is not null
+    group by email
+    having count(*) > 1
 ),
 
-crm as (
+repeated_crm_lines as (
     select
-        email,
-        coalesce(name, any_name) as name,
-        mailable,
-        source_file,
-        line,
-        trim(
-            case when do_not_email then 'do-not-email ' else '' end
-            || case when unsubscribed then 'unsubscribed ' else '' end
-            || case when hard_bounced then 'hard-bounced' else '' end
-        ) as flags
-    from crm_lines
+        crm_contacts.email,
+        crm_contacts.name,
+        crm_contacts.do_not_email,
+        crm_contacts.unsubscribed,
+        crm_contacts.hard_bounced,
+        crm_contacts.mailable,
+        crm_contacts.source_file,
+        crm_contacts.line,
+        max(crm_contacts.name) over (partition by crm_contacts.email) as any_name,
+        row_number() over (
+            partition by crm_contacts.email
+            order by
+                case when crm_contacts.mailable then 1 else 0 end,
+                crm_contacts.source_file,
+                crm_contacts.line
+        ) as restrictive_rank
+    from crm_contacts
+    join repeated_crm_emails on repeated_crm_emails.email = crm_contacts.email
+),
+
+deciding_lines as (
+    select
+        email, name, do_not_email, unsubscribed, hard_bounced, mailable, source_file, line
+    from crm_contacts
+    where email is not null
+      and not exists (
+          select 1 from repeated_crm_emails where repeated_crm_emails.email = crm_contacts.email
+      )
+
+    union all
+
+    select
+        email, coalesce(name, any_name), do_not_email, unsubscribed, hard_bounced, mailable,
+        source_file, line
+    from repeated_crm_lines
     where restrictive_rank = 1
 ),
 
-platform_ranked as (
-    select
-        id,
-        email_key,
-        name,
-        status,
-        blocked_reason,
-        updated_at,
-        row_number() over (
-            partition by email_key
-            order by case when status = 'Active' then 0 else 1 end, id
-        ) as email_rank
+repeated_platform_emails as (
+    select email_key
     from contacts
     where deleted_at is null and email_key is not null
+    group by email_key
+    having count(*) > 1
+),
+
+repeated_platform_contacts as (
+    select
+        contacts.id,
+        contacts.email_key,
+        contacts.name,
+        contacts.status,
+        contacts.blocked_reason,
+        contacts.updated_at,
+        row_number() over (
+            partition by contacts.email_key
+            order by case when contacts.status = 'Active' then 0 else 1 end, contacts.id
+        ) as email_rank
+    from contacts
+    join repeated_platform_emails
+        on repeated_platform_emails.email_key = contacts.email_key
+    where contacts.deleted_at is null
 ),
 
 platform as (
     select id, email_key, name, status, blocked_reason, updated_at
-    from platform_ranked
+    from contacts
+    where deleted_at is null
+      and email_key is not null
+      and not exists (
+          select 1
+          from repeated_platform_emails
+          where repeated_platform_emails.email_key = contacts.email_key
+      )
+
+    union all
+
+    select id, email_key, name, status, blocked_reason, updated_at
+    from repeated_platform_contacts
     where email_rank = 1
 ),
 
@@ -72,18 +114,10 @@ last_own_state_change as (
     where state = 'done' and action in ('block', 'unblock') and contact_id is not null
 ),
 
--- The block in place is still the connector's only if the contact has not changed since
--- (updated_at no later than our block's answer) and carries the reason our block gave it:
--- a block the platform put in place afterwards (bounce, complaint) is never undone.
-blocked_by_connector as (
-    select own.contact_id
-    from last_own_state_change as own
-    join platform on platform.id = own.contact_id
-    where own.recency = 1
-      and own.action = 'block'
-      and own.contact_updated_at is not null
-      and platform.updated_at <= own.contact_updated_at
-      and platform.blocked_reason is not distinct from own.contact_blocked_reason
+own_blocks as (
+    select contact_id, contact_updated_at, contact_blocked_reason
+    from last_own_state_change
+    where recency = 1 and action = 'block' and contact_updated_at is not null
 ),
 
 -- When in doubt, do not email: an email with a line whose do-not-email, unsubscribed or
@@ -94,25 +128,59 @@ doubtful as (
     where kind = 'unreadable flag' and email is not null
 ),
 
-matched as (
+matched as not materialized (
     select
-        crm.*,
+        crm.email,
+        crm.name,
+        crm.mailable,
+        crm.source_file,
+        crm.line,
+        trim(
+            case when crm.do_not_email then 'do-not-email ' else '' end
+            || case when crm.unsubscribed then 'unsubscribed ' else '' end
+            || case when crm.hard_bounced then 'hard-bounced' else '' end
+        ) as flags,
         platform.id as contact_id,
         platform.name as platform_name,
         platform.status as platform_status,
-        case when blocked_by_connector.contact_id is null then 0 else 1 end as blocked_by_us,
+        -- The block in place is still the connector's only if the contact has not changed
+        -- since (updated_at no later than our block's answer) and carries the reason our
+        -- block gave it: a block the platform put in place afterwards (bounce, complaint) is
+        -- never undone.
+        case
+            when own_blocks.contact_id is not null
+                and platform.updated_at <= own_blocks.contact_updated_at
+                and platform.blocked_reason is not distinct from own_blocks.contact_blocked_reason
+                then 1
+            else 0
+        end as blocked_by_us,
         case when doubtful.email is null then 0 else 1 end as in_doubt
-    from crm
+    from deciding_lines as crm
     left join platform on platform.email_key = crm.email
-    left join blocked_by_connector on blocked_by_connector.contact_id = platform.id
+    left join own_blocks on own_blocks.contact_id = platform.id
     left join doubtful on doubtful.email = crm.email
+),
+
+-- The lines that become an action (a few in a million); the actions are read from these.
+candidates as materialized (
+    select *
+    from matched
+    where (mailable and contact_id is null and in_doubt = 0)
+       or (not mailable and platform_status = 'Active')
+       or (mailable and platform_status = 'Blocked' and blocked_by_us = 1 and in_doubt = 0)
+       or (
+           cast(:include_updates as boolean)
+           and contact_id is not null
+           and name is not null
+           and name <> coalesce(platform_name, '')
+       )
 ),
 
 actions as (
     select
         'create' as action, email, contact_id, name, source_file, line,
         'mailable in the CRM, no platform contact has this email' as reason
-    from matched
+    from candidates
     where mailable and contact_id is null and in_doubt = 0
 
     union all
@@ -120,7 +188,7 @@ actions as (
     select
         'block', email, contact_id, name, source_file, line,
         'CRM flags ' || flags || ', platform contact is Active'
-    from matched
+    from candidates
     where not mailable and platform_status = 'Active'
 
     union all
@@ -128,7 +196,7 @@ actions as (
     select
         'unblock', email, contact_id, name, source_file, line,
         'mailable in the CRM again, and this connector blocked the contact earlier'
-    from matched
+    from candidates
     where mailable and platform_status = 'Blocked' and blocked_by_us = 1 and in_doubt = 0
 
     union all
@@ -136,7 +204,7 @@ actions as (
     select
         'update', email, contact_id, name, source_file, line,
         'name differs: platform has ' || coalesce(platform_name, '(none)')
-    from matched
+    from candidates
     where cast(:include_updates as boolean)
       and contact_id is not null
       and name is not null

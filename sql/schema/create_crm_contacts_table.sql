@@ -1,5 +1,7 @@
 -- The CRM's contacts from the export(s) of the latest reconcile run: one row per good line,
 -- replaced on every run. The plan folds lines with the same email, most restrictive first.
+-- (source_file, line) identifies a line; it is not declared a primary key, as building its
+-- index costs a million-line load more than reading and normalising the export.
 create table if not exists crm_contacts (
     run_id text not null, -- Reconcile run that read the line
     source_file text not null, -- Export file name
@@ -12,6 +14,5 @@ create table if not exists crm_contacts (
     hard_bounced boolean, -- Hard-bounce flag set
     opted_out_category_ids json, -- Marketplace categories the CRM says were opted out of
     mailable boolean, -- No flag set: the CRM says this address may be emailed
-    read_at timestamptz, -- When the export was read
-    primary key (source_file, line)
+    read_at timestamptz -- When the export was read
 );
