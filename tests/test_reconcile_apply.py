@@ -410,6 +410,34 @@ def test_a_refused_token_stops_the_apply_and_the_right_token_then_does_everythin
     assert {truth[c["email"]]["status"] for c in active[:3]} == {"Blocked"}
 
 
+def test_actions_claimed_but_never_sent_are_given_back_when_the_apply_stops(
+    world: World,
+) -> None:
+    """One sender, a refused token: the first action is sent and refused, the apply stops with
+    the rest of the batch claimed but unsent. Those claims are given back, so the next apply
+    neither counts an attempt that never happened nor takes them for perhaps-sent ones."""
+    path = world.write("crm.csv", [line(f"unsent{n}@example.org", f"Unsent {n}") for n in range(5)])
+    world.plan(path)
+    world.token = "not-the-token"
+    world.limits.update(max_concurrency=1)
+
+    with pytest.raises(ConfigurationError):
+        world.apply(refresh=False)
+
+    (sent,) = world.ledger().values()  # only the action that went out is in the ledger
+    assert (sent["state"], sent["attempts"]) == ("retry", 1)
+
+    world.token = SANDBOX_TOKEN
+    again = world.apply(refresh=False)
+
+    assert again.outcomes == Counter(done=5)
+    attempts = {email: r["attempts"] for email, r in world.ledger().items()}
+    assert attempts == {
+        f"unsent{n}@example.org": 2 if f"unsent{n}@example.org" == sent["email"] else 1
+        for n in range(5)
+    }
+
+
 def test_a_block_whose_answer_was_lost_is_recorded_as_ours_and_can_be_lifted(
     world: World,
 ) -> None:

@@ -151,6 +151,9 @@ async def _send_claimed(
     """
     ready: asyncio.Queue[Action | None] = asyncio.Queue(maxsize=max(1, batch_size // 2))
     senders = client.http.limits.max_concurrency
+    # Claimed and not yet taken by a sender: given back if the apply stops, so the next one
+    # does not take them for actions that may have been sent.
+    unsent: dict[str, Action] = {}
 
     async def claim_in_batches() -> None:
         for start in range(0, len(actions), batch_size):
@@ -161,14 +164,16 @@ async def _send_claimed(
             # Read back after the commit: a concurrent apply's claim wins over ours.
             held = set(await ledger.run(functools.partial(_held, claim=claim)))
             summary.claimed_elsewhere += sum(a.action_key not in held for a in batch)
-            for action in batch:
-                if action.action_key in held:
-                    await ready.put(action)
+            held_actions = [a for a in batch if a.action_key in held]
+            unsent.update((a.action_key, a) for a in held_actions)
+            for action in held_actions:
+                await ready.put(action)
         for _ in range(senders):
             await ready.put(None)
 
     async def send() -> None:
         while (action := await ready.get()) is not None:
+            del unsent[action.action_key]
             try:
                 outcome = await _perform(client, action)
             except AuthenticationError as exc:
@@ -189,6 +194,7 @@ async def _send_claimed(
         # What was answered before the stop is recorded before the error goes up (shielded:
         # a second cancellation must not drop outcomes already in hand).
         await _drain_after(ledger, exc)
+        await _release_after(ledger, list(unsent.values()), claim, exc)
         if isinstance(exc, AuthenticationError):
             raise ConfigurationError(
                 f"{MPT_API_TOKEN} was refused by the Marketplace API ({exc.status} "
@@ -211,6 +217,46 @@ async def _drain_after(ledger: LedgerWriter, stop: BaseException) -> None:
             type(stop).__name__,
             exc,
         )
+
+
+async def _release_after(
+    ledger: LedgerWriter, actions: Sequence[Action], claim: str, stop: BaseException
+) -> None:
+    """Give back the claims of actions never sent when the apply stops; a failure is logged
+    (they then stay ``sending``, and the next apply looks them up before sending)."""
+    if not actions:
+        return
+    try:
+        release = functools.partial(_release_unsent, actions=actions, claim=claim)
+        await asyncio.shield(ledger.run(release))
+    except Exception as exc:
+        log.error(
+            "the apply stopped (%s) and %d claimed, unsent actions could not be given back: "
+            "%s; the next apply looks them up before sending",
+            type(stop).__name__,
+            len(actions),
+            exc,
+        )
+
+
+def _release_unsent(tx: Transaction, *, actions: Sequence[Action], claim: str) -> None:
+    tx.run_many(
+        "pushback/delete_unsent_claim",
+        [{"action_key": a.action_key, "claim": claim} for a in actions if a.previous_state is None],
+    )
+    tx.run_many(
+        "pushback/restore_unsent_claim",
+        [
+            {
+                "action_key": a.action_key,
+                "claim": claim,
+                "previous_state": a.previous_state,
+                "attempts": a.attempts,
+            }
+            for a in actions
+            if a.previous_state is not None
+        ],
+    )
 
 
 async def _record(
