@@ -1,0 +1,146 @@
+"""What the kill tests share: a recording front for the sandbox, the points where a round's
+child is killed, and the round loop (start a child, SIGKILL it at its point, check, and at
+the end let one child finish)."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import subprocess
+import threading
+import types
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from sandbox.server import serve_in_thread
+
+WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+class Recorder:
+    """ASGI app in front of the sandbox that records each API request and its status, and
+    sets ``reached`` when the ``kill_at``-th write (POST, PUT, PATCH, DELETE) of the round
+    arrives."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.requests: list[tuple[str, str, int]] = []
+        self.writes = 0
+        self.kill_at: int | None = None
+        self.reached = threading.Event()
+
+    def next_round(self, writes: int | None) -> None:
+        self.writes = 0
+        self.kill_at = writes
+        self.reached.clear()
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["path"].startswith("/_sandbox"):
+            await self.app(scope, receive, send)
+            return
+        if scope["method"] in WRITE_METHODS:
+            self.writes += 1
+            if self.kill_at is not None and self.writes >= self.kill_at:
+                self.reached.set()
+        status: list[int] = []
+
+        async def recording(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                status.append(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, recording)
+        finally:
+            self.requests.append((scope["method"], scope["path"], status[0] if status else 0))
+
+
+@contextlib.contextmanager
+def served(recorder: Recorder) -> Iterator[str]:
+    """The recorder (and the sandbox behind it) on loopback; yields the base URL."""
+    # serve_in_thread only needs an object with the ASGI app to serve.
+    with serve_in_thread(types.SimpleNamespace(app=recorder)) as url:  # type: ignore[arg-type]
+        yield url
+
+
+class KillPoint(Protocol):
+    """Where in a round its child is killed."""
+
+    def arm(self) -> None:
+        """Prepare, before the round's child starts."""
+
+    def wait(self, child: subprocess.Popen[str]) -> str:
+        """Block until the moment to kill; describe it."""
+
+
+@dataclass(frozen=True)
+class AfterEvents:
+    """Kill right after the child printed its ``count``-th progress line (``EVENT ...``)
+    of the round; 0: as soon as it started (while it plans)."""
+
+    count: int
+
+    def arm(self) -> None:
+        pass
+
+    def wait(self, child: subprocess.Popen[str]) -> str:
+        assert child.stdout is not None
+        line = "START"
+        for _ in range(self.count):
+            line = child.stdout.readline()
+            assert line.startswith("EVENT"), f"expected {self.count} events, then: {line!r}"
+        return line.strip()
+
+
+@dataclass(frozen=True)
+class AtWrite:
+    """Kill the moment the sandbox receives the round's ``count``-th write: the writes
+    before it were carried out and answered, their outcomes maybe not yet recorded."""
+
+    recorder: Recorder
+    count: int
+
+    def arm(self) -> None:
+        self.recorder.next_round(self.count)
+
+    def wait(self, child: subprocess.Popen[str]) -> str:
+        assert self.recorder.reached.wait(timeout=120), f"no write {self.count} in the round"
+        return f"write {self.count}"
+
+
+def wait_for_start(child: subprocess.Popen[str]) -> None:
+    """Read the child's first line, which must be START."""
+    assert child.stdout is not None
+    first = child.stdout.readline()
+    if first.strip() != "START":
+        child.kill()
+        assert child.stderr is not None
+        raise AssertionError(f"the child did not start: {first!r} {child.stderr.read()}")
+
+
+def kill_rounds(
+    start: Callable[[str], subprocess.Popen[str]],
+    points: Sequence[KillPoint],
+    after_kill: Callable[[int], None] = lambda round_: None,
+) -> tuple[list[str], str]:
+    """One round per kill point: ``start`` a child (run id ``kill-N``), SIGKILL it at the
+    point, then ``after_kill(N)``; then one more child that must finish. Returns where each
+    kill landed and the output of the finishing child."""
+    landed: list[str] = []
+    for round_, point in enumerate(points):
+        point.arm()
+        child = start(f"kill-{round_}")
+        wait_for_start(child)
+        where = point.wait(child)
+        # Every kill must land mid-flight: a child that ended first was not killed at all.
+        assert child.poll() is None, f"round {round_} ended before its kill ({where})"
+        child.send_signal(signal.SIGKILL)
+        child.communicate(timeout=30)
+        landed.append(where)
+        after_kill(round_)
+    child = start(f"kill-{len(points)}")
+    wait_for_start(child)
+    out, err = child.communicate(timeout=120)
+    assert child.returncode == 0, err
+    return landed, out
