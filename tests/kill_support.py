@@ -4,6 +4,7 @@ the end let one child finish)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import signal
 import subprocess
@@ -21,33 +22,46 @@ WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 class Recorder:
     """ASGI app in front of the sandbox that records each API request and its status, and
     sets ``reached`` when the ``kill_at``-th write (POST, PUT, PATCH, DELETE) of the round
-    arrives."""
+    arrives, or, with ``hold``, once the sandbox has carried it out: its answer is then held
+    back until the next round (the client never learns the outcome)."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
         self.requests: list[tuple[str, str, int]] = []
         self.writes = 0
         self.kill_at: int | None = None
+        self.hold = False
         self.reached = threading.Event()
+        self.released = threading.Event()
 
-    def next_round(self, writes: int | None) -> None:
+    def next_round(self, writes: int | None, *, hold: bool = False) -> None:
+        self.released.set()  # a held answer goes out (to a killed client) now
+        self.released = threading.Event()
         self.writes = 0
         self.kill_at = writes
+        self.hold = hold
         self.reached.clear()
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope["path"].startswith("/_sandbox"):
             await self.app(scope, receive, send)
             return
+        kill_here = False
         if scope["method"] in WRITE_METHODS:
             self.writes += 1
-            if self.kill_at is not None and self.writes >= self.kill_at:
+            kill_here = self.kill_at is not None and self.writes == self.kill_at
+            if kill_here and not self.hold:
                 self.reached.set()
         status: list[int] = []
+        released = self.released
 
         async def recording(message: Any) -> None:
             if message["type"] == "http.response.start":
                 status.append(message["status"])
+                if kill_here and self.hold:
+                    # Carried out: the kill lands before the answer leaves.
+                    self.reached.set()
+                    await asyncio.to_thread(released.wait, 60)
             await send(message)
 
         try:
@@ -73,6 +87,9 @@ class KillPoint(Protocol):
     def wait(self, child: subprocess.Popen[str]) -> str:
         """Block until the moment to kill; describe it."""
 
+    def disarm(self) -> None:
+        """Undo ``arm`` once the child is dead."""
+
 
 @dataclass(frozen=True)
 class AfterEvents:
@@ -82,6 +99,9 @@ class AfterEvents:
     count: int
 
     def arm(self) -> None:
+        pass
+
+    def disarm(self) -> None:
         pass
 
     def wait(self, child: subprocess.Popen[str]) -> str:
@@ -95,18 +115,23 @@ class AfterEvents:
 
 @dataclass(frozen=True)
 class AtWrite:
-    """Kill the moment the sandbox receives the round's ``count``-th write: the writes
-    before it were carried out and answered, their outcomes maybe not yet recorded."""
+    """Kill the moment the sandbox receives the round's ``count``-th write (the writes before
+    it were carried out and answered, their outcomes maybe not yet recorded); with
+    ``answered``, once the sandbox has carried that write out, before the client hears so."""
 
     recorder: Recorder
     count: int
+    answered: bool = False
 
     def arm(self) -> None:
-        self.recorder.next_round(self.count)
+        self.recorder.next_round(self.count, hold=self.answered)
+
+    def disarm(self) -> None:
+        self.recorder.next_round(None)
 
     def wait(self, child: subprocess.Popen[str]) -> str:
         assert self.recorder.reached.wait(timeout=120), f"no write {self.count} in the round"
-        return f"write {self.count}"
+        return f"write {self.count}" + (" carried out" if self.answered else "")
 
 
 def wait_for_start(child: subprocess.Popen[str]) -> None:
@@ -137,6 +162,7 @@ def kill_rounds(
         assert child.poll() is None, f"round {round_} ended before its kill ({where})"
         child.send_signal(signal.SIGKILL)
         child.communicate(timeout=30)
+        point.disarm()
         landed.append(where)
         after_kill(round_)
     child = start(f"kill-{len(points)}")
