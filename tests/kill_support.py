@@ -14,9 +14,38 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from connector.warehouse.engine import Warehouse
 from sandbox.server import serve_in_thread
 
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+# Put before a child's script: each record the pipeline logs becomes an ``EVENT ...`` line
+# on the child's stdout, which ``AfterEvents`` counts.
+_REPORT_PROGRESS = """
+import logging as _logging
+
+
+class _Progress(_logging.Handler):
+    def emit(self, record):
+        print("EVENT", record.getMessage(), flush=True)
+
+
+_logger = _logging.getLogger({logger!r})
+_logger.setLevel(_logging.DEBUG)
+_logger.addHandler(_Progress())
+"""
+
+
+def reporting_progress(logger: str, script: str) -> str:
+    """``script`` for a child that prints each record of ``logger`` as a progress event."""
+    return _REPORT_PROGRESS.format(logger=logger) + script
+
+
+def ledger_rows(warehouse: Warehouse, table: str) -> list[dict[str, Any]]:
+    """Every row of a ledger table, as dicts."""
+    with warehouse.transaction() as tx:
+        result = tx.connection.exec_driver_sql(f"select * from {table}")
+        return [dict(r) for r in result.mappings()]
 
 
 class Recorder:
@@ -132,6 +161,16 @@ class AtWrite:
     def wait(self, child: subprocess.Popen[str]) -> str:
         assert self.recorder.reached.wait(timeout=120), f"no write {self.count} in the round"
         return f"write {self.count}" + (" carried out" if self.answered else "")
+
+
+def kill_points(
+    recorder: Recorder, specs: Sequence[tuple[str, int]], *, answered: bool = False
+) -> list[KillPoint]:
+    """Kill points from ``("events", N)`` (``AfterEvents``) and ``("write", N)`` (``AtWrite``)."""
+    return [
+        AtWrite(recorder, count, answered=answered) if kind == "write" else AfterEvents(count)
+        for kind, count in specs
+    ]
 
 
 def wait_for_start(child: subprocess.Popen[str]) -> None:

@@ -19,11 +19,17 @@ import random
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import yaml
 from conftest import make_sandbox, run_script
-from kill_support import AfterEvents, AtWrite, KillPoint, Recorder, kill_rounds, served
+from kill_support import (
+    Recorder,
+    kill_points,
+    kill_rounds,
+    ledger_rows,
+    reporting_progress,
+    served,
+)
 
 from connector.marketplace.client import MarketplaceClient
 from connector.pipelines.sync import sync_categories, sync_contacts
@@ -50,8 +56,10 @@ PER_BATCH = 3
 SUBJECT = "Kill test"
 
 # The child: plan, guards, send — as the job does (the parent synced contacts first).
-SEND = """
-import asyncio, logging, sys
+SEND = reporting_progress(
+    "connector.pipelines.campaigns",
+    """
+import asyncio, sys
 from connector.campaigns import load_campaign
 from connector.campaigns import plan as campaign_plan
 from connector.http import ClientLimits
@@ -61,16 +69,6 @@ from connector.settings import SANDBOX_TOKEN, MarketplaceSettings, Secret
 from connector.warehouse.engine import Warehouse
 
 url, warehouse_url, path, run_id = sys.argv[1:5]
-
-
-class Progress(logging.Handler):
-    def emit(self, record):
-        print("EVENT", record.getMessage(), flush=True)
-
-
-logger = logging.getLogger("connector.pipelines.campaigns")
-logger.setLevel(logging.DEBUG)
-logger.addHandler(Progress())
 
 
 async def main():
@@ -91,28 +89,15 @@ async def main():
     print("SENT", dict(summary.outcomes), summary.found_by_lookup, flush=True)
 
 asyncio.run(main())
-"""
+""",
+)
 
 
-def ledger(warehouse: Warehouse) -> list[dict[str, Any]]:
-    with warehouse.transaction() as tx:
-        result = tx.connection.exec_driver_sql("select * from campaign_results")
-        return [dict(r) for r in result.mappings()]
-
-
-def kill_points(recorder: Recorder, rng: random.Random) -> list[KillPoint]:
-    """Every place a kill matters, in an order that makes each happen, then a few at random."""
-    fixed = [
-        AtWrite(recorder, point) if kind == "write" else AfterEvents(point)
-        for kind, point in FIXED_KILLS
-    ]
-    chosen: list[KillPoint] = [
-        AfterEvents(rng.randint(0, 3))
-        if rng.random() < 0.5
-        else AtWrite(recorder, rng.randint(1, 4))
+def random_kills(rng: random.Random) -> list[tuple[str, int]]:
+    return [
+        ("events", rng.randint(0, 3)) if rng.random() < 0.5 else ("write", rng.randint(1, 4))
         for _ in range(RANDOM_KILLS)
     ]
-    return [*fixed, *chosen]
 
 
 def test_killing_a_send_repeatedly_sends_each_chunk_exactly_once(
@@ -168,7 +153,7 @@ def run_rounds(
 
     landed, finished = kill_rounds(
         lambda run_id: run_script(SEND, url, warehouse_url, str(path), run_id),
-        kill_points(recorder, rng),
+        kill_points(recorder, [*FIXED_KILLS, *random_kills(rng)]),
     )
     assert "SENT" in finished, finished
     assert len(landed) == len(FIXED_KILLS) + RANDOM_KILLS
@@ -180,7 +165,7 @@ def run_rounds(
     assert set(per_contact.values()) == {1}
 
     # Each platform batch is exactly one ledger chunk, and every chunk is done.
-    rows = ledger(warehouse)
+    rows = ledger_rows(warehouse, "campaign_results")
     assert {r["state"] for r in rows} == {"done"}
     # A create a kill left unrecorded was found on the platform, not sent a second time.
     assert "lookup" in {r["resolved_by"] for r in rows}

@@ -21,7 +21,13 @@ from pathlib import Path
 
 import yaml
 from conftest import make_sandbox, run_script
-from kill_support import AfterEvents, AtWrite, KillPoint, Recorder, kill_rounds, served
+from kill_support import (
+    Recorder,
+    kill_points,
+    kill_rounds,
+    reporting_progress,
+    served,
+)
 
 from connector.warehouse.engine import Warehouse
 from sandbox.app import Sandbox
@@ -47,8 +53,10 @@ RECIPIENTS = 2400
 PER_BATCH = 300
 DESCRIPTION = "Kill notice"
 
-BUILD = """
-import asyncio, logging, sys
+BUILD = reporting_progress(
+    "connector.pipelines.certified_campaigns",
+    """
+import asyncio, sys
 from connector.campaigns import load_campaign
 from connector.campaigns import plan as campaign_plan
 from connector.evinotice.client import EviNoticeClient
@@ -61,16 +69,6 @@ from connector.settings import (
 from connector.warehouse.engine import Warehouse
 
 url, warehouse_url, path, run_id = sys.argv[1:5]
-
-
-class Progress(logging.Handler):
-    def emit(self, record):
-        print("EVENT", record.getMessage(), flush=True)
-
-
-logger = logging.getLogger("connector.pipelines.certified_campaigns")
-logger.setLevel(logging.DEBUG)
-logger.addHandler(Progress())
 
 
 async def main():
@@ -94,17 +92,8 @@ async def main():
     print("BUILT", summary.done, summary.batches, summary.stopped, flush=True)
 
 asyncio.run(main())
-"""
-
-
-def kill_points(recorder: Recorder, rng: random.Random) -> list[KillPoint]:
-    """The fixed points, in order, then a few at random."""
-    fixed = [
-        AtWrite(recorder, point, answered=True) if kind == "write" else AfterEvents(point)
-        for kind, point in FIXED_KILLS
-    ]
-    chosen: list[KillPoint] = [AfterEvents(rng.randint(0, 4)) for _ in range(RANDOM_KILLS)]
-    return [*fixed, *chosen]
+""",
+)
 
 
 def test_killing_a_build_repeatedly_makes_each_batch_once(
@@ -146,7 +135,11 @@ def test_killing_a_build_repeatedly_makes_each_batch_once(
         with served(recorder) as url:
             landed, finished = kill_rounds(
                 lambda run_id: run_script(BUILD, url, warehouse_url, str(path), run_id),
-                kill_points(recorder, rng),
+                kill_points(
+                    recorder,
+                    [*FIXED_KILLS, *(("events", rng.randint(0, 4)) for _ in range(RANDOM_KILLS))],
+                    answered=True,
+                ),
             )
     finally:
         warehouse.dispose()

@@ -14,10 +14,9 @@ import asyncio
 import csv
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 from conftest import make_sandbox, run_script
-from kill_support import AtWrite, Recorder, kill_rounds, served
+from kill_support import AtWrite, Recorder, kill_rounds, ledger_rows, served
 
 from connector.http import ClientLimits
 from connector.marketplace.client import MarketplaceClient
@@ -57,12 +56,6 @@ async def main():
 
 asyncio.run(main())
 """
-
-
-def ledger(warehouse: Warehouse) -> list[dict[str, Any]]:
-    with warehouse.transaction() as tx:
-        result = tx.connection.exec_driver_sql("select * from pushback_results")
-        return [dict(r) for r in result.mappings()]
 
 
 def test_killing_the_apply_repeatedly_creates_and_blocks_each_contact_exactly_once(
@@ -118,7 +111,7 @@ def run_kill_rounds(
 
     def check_progress(round_: int) -> None:
         nonlocal left_sending
-        states = Counter(r["state"] for r in ledger(warehouse))
+        states = Counter(r["state"] for r in ledger_rows(warehouse, "pushback_results"))
         left_sending += states["sending"]
         settled = states["done"] + states["rejected"]
         # Progress is recorded as it happens: each round settles more actions.
@@ -144,7 +137,7 @@ def run_kill_rounds(
     assert {by_id[c["id"]]["status"] for c in to_block} == {"Blocked"}
 
     # The ledger: every action done, each create pointing at the contact it made.
-    rows = ledger(warehouse)
+    rows = ledger_rows(warehouse, "pushback_results")
     assert len(rows) == CREATES + BLOCKS
     assert Counter(r["state"] for r in rows) == {"done": CREATES + BLOCKS}
     ids_by_email = {c["email"]: c["id"] for c in truth}
