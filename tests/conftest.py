@@ -26,6 +26,19 @@ PROJECT_DIR = Path(__file__).resolve().parent.parent
 ANCHOR = datetime(2026, 11, 18, 15, 30, tzinfo=UTC)
 
 
+# DuckDB flushes its file to disk at every commit: on a disk shared with other work those
+# waits took about half the wall time of the DuckDB tests. Test files are scratch, so where
+# the machine has a RAM-backed /dev/shm the temporary directories go there (unless the
+# caller chose a root with pytest's PYTEST_DEBUG_TEMPROOT).
+RAM_DISK = Path("/dev/shm")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Temporary directories in memory where that is possible."""
+    if RAM_DISK.is_dir() and os.access(RAM_DISK, os.W_OK):
+        os.environ.setdefault("PYTEST_DEBUG_TEMPROOT", str(RAM_DISK))
+
+
 def make_sandbox(**settings: object) -> Sandbox:
     """A sandbox with a fixed start; settings as for ``SandboxConfig.with_behaviour``."""
     settings.setdefault("start", ANCHOR)
