@@ -106,7 +106,7 @@ def test_killing_a_send_repeatedly_sends_each_chunk_exactly_once(
     warehouse_url = postgres_url
     rng = random.Random(20261130)
     # Sandbox time runs with the wall clock: the lookup window is measured from the claims.
-    sandbox: Sandbox = make_sandbox(contacts=300, seed=13, start=datetime.now(UTC), latency_ms=40)
+    sandbox: Sandbox = make_sandbox(contacts=300, seed=13, start=datetime.now(UTC), latency_ms=10)
     recorder = Recorder(sandbox.app)
     warehouse = Warehouse(warehouse_url)
     warehouse.ensure_tables()

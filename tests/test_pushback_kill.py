@@ -61,7 +61,7 @@ asyncio.run(main())
 def test_killing_the_apply_repeatedly_creates_and_blocks_each_contact_exactly_once(
     warehouse_url: str, tmp_path: Path
 ) -> None:
-    sandbox: Sandbox = make_sandbox(contacts=120, seed=11, clock_speed=0.0, latency_ms=20)
+    sandbox: Sandbox = make_sandbox(contacts=120, seed=11, clock_speed=0.0, latency_ms=10)
     recorder = Recorder(sandbox.app)
     # The child opens the warehouse itself: a DuckDB file admits one process at a time, so
     # this process connects only between rounds (NullPool: nothing held open).
