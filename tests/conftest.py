@@ -26,6 +26,19 @@ PROJECT_DIR = Path(__file__).resolve().parent.parent
 ANCHOR = datetime(2026, 11, 18, 15, 30, tzinfo=UTC)
 
 
+# DuckDB flushes its file to disk at every commit: on a disk shared with other work those
+# waits took about half the wall time of the DuckDB tests. Test files are scratch, so where
+# the machine has a RAM-backed /dev/shm the temporary directories go there (unless the
+# caller chose a root with pytest's PYTEST_DEBUG_TEMPROOT).
+RAM_DISK = Path("/dev/shm")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Temporary directories in memory where that is possible."""
+    if RAM_DISK.is_dir() and os.access(RAM_DISK, os.W_OK):
+        os.environ.setdefault("PYTEST_DEBUG_TEMPROOT", str(RAM_DISK))
+
+
 def make_sandbox(**settings: object) -> Sandbox:
     """A sandbox with a fixed start; settings as for ``SandboxConfig.with_behaviour``."""
     settings.setdefault("start", ANCHOR)
@@ -74,28 +87,105 @@ from sqlalchemy.pool import NullPool  # noqa: E402
 POSTGRES_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432"
 
 
+# Emptied databases waiting for their next test, per server. DROP DATABASE forces a
+# checkpoint on PostgreSQL 15 (a second or more of disk flushing each time), so each worker
+# keeps the databases it made and empties them between tests instead; they are dropped once,
+# when the session ends.
+_EMPTY_DATABASES: dict[str, list[str]] = {}
+
+# Everything a test can leave behind lives in a schema of the database (tables, views,
+# functions, triggers, sequences): dropping every schema but the system ones, then making
+# ``public`` again as PostgreSQL 15 makes it, gives a database like a new one.
+_USER_SCHEMAS = (
+    "select nspname from pg_namespace "
+    "where left(nspname, 3) <> 'pg_' and nspname <> 'information_schema'"
+)
+_NEW_PUBLIC_SCHEMA = (
+    "create schema public authorization pg_database_owner",
+    "grant usage on schema public to public",
+)
+
+# Sessions a test left open (a killed child's, a pool it did not dispose of) would keep
+# their locks, advisory locks included, into the next test.
+_END_OTHER_SESSIONS = (
+    "select pg_terminate_backend(pid) from pg_stat_activity "
+    "where datname = current_database() and pid <> pg_backend_pid()"
+)
+
+
+def _admin_engine(server: str, database: str = "postgres") -> sa.Engine:
+    return sa.create_engine(
+        f"{server}/{database}", isolation_level="AUTOCOMMIT", poolclass=NullPool
+    )
+
+
+def _empty_database(server: str, name: str) -> None:
+    engine = _admin_engine(server, name)
+    try:
+        with engine.connect() as connection:
+            connection.exec_driver_sql(_END_OTHER_SESSIONS)
+            quote = connection.dialect.identifier_preparer.quote
+            for schema in connection.exec_driver_sql(_USER_SCHEMAS).scalars().all():
+                connection.exec_driver_sql(f"drop schema {quote(schema)} cascade")
+            for statement in _NEW_PUBLIC_SCHEMA:
+                connection.exec_driver_sql(statement)
+    finally:
+        engine.dispose()
+
+
+def _drop_databases(server: str, names: list[str]) -> None:
+    admin = _admin_engine(server)
+    try:
+        with admin.connect() as connection:
+            for name in names:
+                connection.exec_driver_sql(f"drop database if exists {name} with (force)")
+    finally:
+        admin.dispose()
+
+
 @contextlib.contextmanager
 def fresh_postgres_database(server: str = POSTGRES_SERVER, query: str = "") -> Iterator[str]:
-    """A new, empty PostgreSQL database for one test, dropped (forcefully) afterwards;
-    ``query`` is appended to its URL (e.g. session options).
+    """An empty PostgreSQL database for one test, emptied again (every schema dropped, the
+    sessions left on it ended) and kept for a later test of this worker; ``query`` is
+    appended to its URL (e.g. session options).
 
     The server on 127.0.0.1:5432 is part of every machine, CI included: when it cannot be
     reached this raises, so the test fails rather than skips."""
-    name = f"notifsync_test_{uuid.uuid4().hex}"
-    admin = sa.create_engine(f"{server}/postgres", isolation_level="AUTOCOMMIT", poolclass=NullPool)
-    with admin.connect() as connection:
-        connection.exec_driver_sql(f"create database {name}")
+    idle = _EMPTY_DATABASES.setdefault(server, [])
+    if idle:
+        name = idle.pop()
+    else:
+        name = f"notifsync_test_{uuid.uuid4().hex}"
+        admin = _admin_engine(server)
+        try:
+            with admin.connect() as connection:
+                connection.exec_driver_sql(f"create database {name}")
+        finally:
+            admin.dispose()
     try:
         yield f"{server}/{name}" + (f"?{query}" if query else "")
-    finally:
-        with admin.connect() as connection:
-            connection.exec_driver_sql(f"drop database if exists {name} with (force)")
-        admin.dispose()
+    except BaseException:
+        # The test failed: leave nothing it might have broken to the next one.
+        _drop_databases(server, [name])
+        raise
+    try:
+        _empty_database(server, name)
+    except Exception:
+        _drop_databases(server, [name])
+        raise
+    idle.append(name)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Drop the databases this worker kept."""
+    for server, names in _EMPTY_DATABASES.items():
+        _drop_databases(server, names)
+        names.clear()
 
 
 @pytest.fixture
 def postgres_url() -> Iterator[str]:
-    """SQLAlchemy URL of a fresh PostgreSQL database, dropped after the test."""
+    """SQLAlchemy URL of an empty PostgreSQL database, emptied again after the test."""
     with fresh_postgres_database() as url:
         yield url
 

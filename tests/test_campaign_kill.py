@@ -1,45 +1,65 @@
-"""Killing a campaign send at random points, 20 times, then letting one run finish.
+"""Killing a campaign send at each point where a kill matters, then letting one run finish.
 
 Each round runs in a child process what the ``send_campaign`` job does — plan, judge the
-guards, send — against a sandbox on loopback (with latency) and a fresh PostgreSQL database.
-The parent reads the child's progress (it reports each claim and each recorded outcome) and
-sends SIGKILL after a random number of events: sometimes right after a claim was committed,
-with creates in flight. In the sandbox's truth every audience contact must end with exactly
-one message, every batch must be one ledger chunk, and no create may ever have been sent for
-a chunk an earlier attempt had created.
+guards, send — against a sandbox on loopback (with latency) and an empty PostgreSQL database.
+The parent kills it with SIGKILL at the round's point: after a number of progress events (the
+child reports each claim and each recorded outcome), or the moment the sandbox receives the
+round's Nth create, when the creates before it were carried out but not yet recorded. Seven
+fixed points cover planning, claims, lookups, resends and recorded groups; three more are
+drawn at random. In the sandbox's truth every audience contact must end with exactly one
+message, every batch must be one ledger chunk, some chunk must have been found by lookup
+rather than sent again, and no create may ever have been sent for a chunk an earlier attempt
+had created.
 """
 
 from __future__ import annotations
 
-import os
+import asyncio
 import random
-import signal
-import subprocess
-import sys
 from collections import Counter
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
-import pytest
 import yaml
-from conftest import fresh_postgres_database, make_sandbox, run_script
-from test_pushback_kill import Recorder, served
+from conftest import make_sandbox, run_script
+from kill_support import (
+    Recorder,
+    kill_points,
+    kill_rounds,
+    ledger_rows,
+    reporting_progress,
+    served,
+)
 
+from connector.marketplace.client import MarketplaceClient
+from connector.pipelines.sync import sync_categories, sync_contacts
+from connector.settings import SANDBOX_TOKEN, MarketplaceSettings, Secret
 from connector.warehouse.engine import Warehouse
 from sandbox.app import Sandbox
 
-PROJECT = Path(__file__).resolve().parent.parent
 BATCHES = "/public/v1/notifications/batches"
-KILLS = 20
+# Where the rounds are killed, in an order that makes each of these happen (the send groups
+# its chunks by 4 and, at concurrency 1, creates them one after the other; a write the kill
+# cuts off is answered 499 and not carried out). Then a few more at random.
+FIXED_KILLS = (
+    ("events", 0),  # while planning: nothing claimed yet
+    ("write", 2),  # the first create carried out, its outcome not recorded: found by lookup
+    ("events", 1),  # right after claiming those chunks again: their lookups in flight
+    ("write", 1),  # at the first send after the lookups: a resend in flight
+    ("events", 2),  # right after a group's outcomes were recorded
+    ("write", 4),  # three creates of a fresh group carried out, unrecorded
+    ("events", 3),  # right after the next group's claim, the one before it recorded
+)
+RANDOM_KILLS = 3
 RECIPIENTS = 150
 PER_BATCH = 3
 SUBJECT = "Kill test"
 
-# The child: sync contacts and categories, plan, guards, send — as the job does.
-SEND = """
-import asyncio, logging, sys
+# The child: plan, guards, send — as the job does (the parent synced contacts first).
+SEND = reporting_progress(
+    "connector.pipelines.campaigns",
+    """
+import asyncio, sys
 from connector.campaigns import load_campaign
 from connector.campaigns import plan as campaign_plan
 from connector.http import ClientLimits
@@ -49,16 +69,6 @@ from connector.settings import SANDBOX_TOKEN, MarketplaceSettings, Secret
 from connector.warehouse.engine import Warehouse
 
 url, warehouse_url, path, run_id = sys.argv[1:5]
-
-
-class Progress(logging.Handler):
-    def emit(self, record):
-        print("EVENT", record.getMessage(), flush=True)
-
-
-logger = logging.getLogger("connector.pipelines.campaigns")
-logger.setLevel(logging.DEBUG)
-logger.addHandler(Progress())
 
 
 async def main():
@@ -79,31 +89,24 @@ async def main():
     print("SENT", dict(summary.outcomes), summary.found_by_lookup, flush=True)
 
 asyncio.run(main())
-"""
+""",
+)
 
 
-@pytest.fixture
-def warehouse_url() -> Iterator[str]:
-    with fresh_postgres_database() as url:
-        yield url
-
-
-def run_send(url: str, warehouse_url: str, path: Path, run_id: str) -> subprocess.Popen[str]:
-    return run_script(SEND, url, warehouse_url, str(path), run_id)
-
-
-def ledger(warehouse: Warehouse) -> list[dict[str, Any]]:
-    with warehouse.transaction() as tx:
-        result = tx.connection.exec_driver_sql("select * from campaign_results")
-        return [dict(r) for r in result.mappings()]
+def random_kills(rng: random.Random) -> list[tuple[str, int]]:
+    return [
+        ("events", rng.randint(0, 3)) if rng.random() < 0.5 else ("write", rng.randint(1, 4))
+        for _ in range(RANDOM_KILLS)
+    ]
 
 
 def test_killing_a_send_repeatedly_sends_each_chunk_exactly_once(
-    warehouse_url: str, tmp_path: Path
+    postgres_url: str, tmp_path: Path
 ) -> None:
+    warehouse_url = postgres_url
     rng = random.Random(20261130)
     # Sandbox time runs with the wall clock: the lookup window is measured from the claims.
-    sandbox: Sandbox = make_sandbox(contacts=300, seed=13, start=datetime.now(UTC), latency_ms=40)
+    sandbox: Sandbox = make_sandbox(contacts=300, seed=13, start=datetime.now(UTC), latency_ms=10)
     recorder = Recorder(sandbox.app)
     warehouse = Warehouse(warehouse_url)
     warehouse.ensure_tables()
@@ -123,8 +126,7 @@ def run_rounds(
     url: str,
     tmp_path: Path,
 ) -> None:
-    sync = run_sync(url, warehouse_url)
-    assert sync.returncode == 0, sync.stderr
+    asyncio.run(sync(url, warehouse))
     audience = [c["id"] for c in sandbox.truth("contacts") if c["status"] == "Active"][:RECIPIENTS]
     path = tmp_path / "kill.yaml"
     path.write_text(
@@ -149,38 +151,12 @@ def run_rounds(
     }
     expected = set(audience) - opted_out
 
-    kills = 0
-    killed_with_claims = 0
-    finished = None
-    for round_ in range(KILLS + 1):
-        child = run_send(url, warehouse_url, path, f"kill-{round_}")
-        assert child.stdout is not None
-        first = child.stdout.readline()
-        if first.strip() != "START":
-            child.kill()
-            raise AssertionError(f"the send did not start: {first!r} {child.stderr.read()}")  # type: ignore[union-attr]
-        line = ""
-        if round_ < KILLS:
-            # Kill after a random number of progress events (0: while planning).
-            events = rng.randint(0, 3)
-            line = "EVENT"
-            for _ in range(events):
-                line = child.stdout.readline()
-                if not line.startswith("EVENT"):
-                    break
-            if child.poll() is None and line.startswith("EVENT"):
-                child.send_signal(signal.SIGKILL)
-                child.wait(timeout=30)
-                kills += 1
-                killed_with_claims += "claimed" in line
-                continue
-        out, err = child.communicate(timeout=120)
-        assert child.returncode == 0, err
-        finished = line + out  # a round that finished before its kill read SENT already
-        break
-    assert finished is not None and "SENT" in finished, finished
-    assert kills == KILLS
-    assert killed_with_claims > 0  # some kills came right after a claim, creates in flight
+    landed, finished = kill_rounds(
+        lambda run_id: run_script(SEND, url, warehouse_url, str(path), run_id),
+        kill_points(recorder, [*FIXED_KILLS, *random_kills(rng)]),
+    )
+    assert "SENT" in finished, finished
+    assert len(landed) == len(FIXED_KILLS) + RANDOM_KILLS
 
     # The sandbox's truth: each contact of the audience got exactly one message.
     messages = [m for m in sandbox.truth("messages") if m["subject"] == SUBJECT]
@@ -189,8 +165,10 @@ def run_rounds(
     assert set(per_contact.values()) == {1}
 
     # Each platform batch is exactly one ledger chunk, and every chunk is done.
-    rows = ledger(warehouse)
+    rows = ledger_rows(warehouse, "campaign_results")
     assert {r["state"] for r in rows} == {"done"}
+    # A create a kill left unrecorded was found on the platform, not sent a second time.
+    assert "lookup" in {r["resolved_by"] for r in rows}
     by_batch: dict[str, set[str]] = {}
     for message in messages:
         by_batch.setdefault(message["batch"]["id"], set()).add(message["contact"]["id"])
@@ -214,32 +192,8 @@ def run_rounds(
     assert created[201] == len(by_batch)
 
 
-SYNC = """
-import asyncio, sys
-from connector.marketplace.client import MarketplaceClient
-from connector.pipelines.sync import sync_categories, sync_contacts
-from connector.settings import SANDBOX_TOKEN, MarketplaceSettings, Secret
-from connector.warehouse.engine import Warehouse
-
-url, warehouse_url = sys.argv[1:3]
-
-async def main():
-    warehouse = Warehouse(warehouse_url)
+async def sync(url: str, warehouse: Warehouse) -> None:
     settings = MarketplaceSettings(base_url=url, token=Secret(SANDBOX_TOKEN))
     async with MarketplaceClient(settings) as client:
         await sync_contacts(client, warehouse, full_refresh=True)
         await sync_categories(client, warehouse)
-
-asyncio.run(main())
-"""
-
-
-def run_sync(url: str, warehouse_url: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-c", SYNC, url, warehouse_url],
-        cwd=PROJECT,
-        env={**os.environ, "PYTHONPATH": str(PROJECT)},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )

@@ -1,41 +1,62 @@
-"""Killing a certified campaign's build at random points, 20 times, then letting one run
-finish.
+"""Killing a certified campaign's build at each point where a kill matters, then letting one
+run finish.
 
 Each round runs in a child process what the ``send_campaign`` job does for a certified
 campaign — plan, judge the guards, build and schedule — against the sandbox on loopback and
-a fresh PostgreSQL database. The parent reads the child's progress (each claim and each step
-recorded) and sends SIGKILL after a random number of events. In the sandbox's truth there
-must be exactly one batch per ledger chunk, each audience row exactly once among its
-recipients, and one schedule request per batch.
+an empty PostgreSQL database. The parent kills it with SIGKILL at the round's point: after a
+number of progress events (each claim and each step recorded), or once the service has
+carried out the round's Nth write but before the child hears the answer. Nine fixed points
+cover planning, the claim, and each kind of write whose answer is lost (create, body,
+recipients, schedule); three more are drawn at random. In the sandbox's truth there must be
+exactly one batch per ledger chunk, each audience row exactly once among its recipients, and
+one schedule request per batch.
 """
 
 from __future__ import annotations
 
 import random
-import signal
-import subprocess
 from collections import Counter
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import pytest
 import yaml
-from conftest import fresh_postgres_database, make_sandbox, run_script
-from test_pushback_kill import Recorder, served
+from conftest import make_sandbox, run_script
+from kill_support import (
+    Recorder,
+    kill_points,
+    kill_rounds,
+    reporting_progress,
+    served,
+)
 
 from connector.warehouse.engine import Warehouse
 from sandbox.app import Sandbox
 
-PROJECT = Path(__file__).resolve().parent.parent
 BATCHES = "/v2/EviNotice/Batches"
-KILLS = 20
+# Where the rounds are killed, in an order that makes each of these happen. Batches are built
+# one after the other; each makes four writes (create, body, recipients, schedule) and reports
+# each step it records. A "write" kill lands once the service has carried the round's Nth write
+# out, before the child hears the answer.
+FIXED_KILLS = (
+    ("events", 0),  # while planning: nothing claimed yet
+    ("events", 1),  # right after every chunk was claimed, before any create
+    ("write", 1),  # a create carried out, unrecorded: found by its Description next time
+    ("write", 2),  # (after the lookup and the body) recipients added, unrecorded: counted next time
+    ("write", 2),  # (after the schedule) the next batch's create carried out, unrecorded
+    ("write", 3),  # (after the lookup, body, recipients) a schedule carried out, unrecorded
+    ("events", 2),  # right after a create was recorded, before its body
+    ("write", 1),  # a body carried out, unrecorded: set again next time
+    ("events", 4),  # between later steps
+)
+RANDOM_KILLS = 3
 RECIPIENTS = 2400
 PER_BATCH = 300
 DESCRIPTION = "Kill notice"
 
-BUILD = """
-import asyncio, logging, sys
+BUILD = reporting_progress(
+    "connector.pipelines.certified_campaigns",
+    """
+import asyncio, sys
 from connector.campaigns import load_campaign
 from connector.campaigns import plan as campaign_plan
 from connector.evinotice.client import EviNoticeClient
@@ -48,16 +69,6 @@ from connector.settings import (
 from connector.warehouse.engine import Warehouse
 
 url, warehouse_url, path, run_id = sys.argv[1:5]
-
-
-class Progress(logging.Handler):
-    def emit(self, record):
-        print("EVENT", record.getMessage(), flush=True)
-
-
-logger = logging.getLogger("connector.pipelines.certified_campaigns")
-logger.setLevel(logging.DEBUG)
-logger.addHandler(Progress())
 
 
 async def main():
@@ -81,22 +92,14 @@ async def main():
     print("BUILT", summary.done, summary.batches, summary.stopped, flush=True)
 
 asyncio.run(main())
-"""
-
-
-@pytest.fixture
-def warehouse_url() -> Iterator[str]:
-    with fresh_postgres_database() as url:
-        yield url
-
-
-def run_build(url: str, warehouse_url: str, path: Path, run_id: str) -> subprocess.Popen[str]:
-    return run_script(BUILD, url, warehouse_url, str(path), run_id)
+""",
+)
 
 
 def test_killing_a_build_repeatedly_makes_each_batch_once(
-    warehouse_url: str, tmp_path: Path
+    postgres_url: str, tmp_path: Path
 ) -> None:
+    warehouse_url = postgres_url
     rng = random.Random(20261130)
     start = datetime.now(UTC)
     sandbox: Sandbox = make_sandbox(contacts=50, seed=17, start=start, latency_ms=5)
@@ -130,16 +133,28 @@ def test_killing_a_build_repeatedly_makes_each_batch_once(
     )
     try:
         with served(recorder) as url:
-            kills = run_rounds(rng, url, warehouse_url, path)
+            landed, finished = kill_rounds(
+                lambda run_id: run_script(BUILD, url, warehouse_url, str(path), run_id),
+                kill_points(
+                    recorder,
+                    [*FIXED_KILLS, *(("events", rng.randint(0, 4)) for _ in range(RANDOM_KILLS))],
+                    answered=True,
+                ),
+            )
     finally:
         warehouse.dispose()
-    assert kills == KILLS
+    assert len(landed) == len(FIXED_KILLS) + RANDOM_KILLS
+    batches = -(-RECIPIENTS // PER_BATCH)
+    assert f"BUILT {batches} {batches} {{}}" in finished, finished
 
     ours = [
         b for b in sandbox.evinotice.snapshot() if str(b["Description"]).startswith(DESCRIPTION)
     ]
     rows = Warehouse(warehouse_url).query("select batch_key, batch_id, state from campaign_results")
     assert {state for _, _, state in rows} == {"done"}
+    # A create a kill left unrecorded was found by its Description, not sent a second time.
+    resolved = Warehouse(warehouse_url).query("select resolved_by from campaign_results")
+    assert ("lookup",) in resolved
     assert len(rows) == -(-RECIPIENTS // PER_BATCH)
     # Exactly one batch per ledger chunk, found by its key.
     assert sorted(str(b["Description"]) for b in ours) == sorted(
@@ -156,32 +171,3 @@ def test_killing_a_build_repeatedly_makes_each_batch_once(
     assert patches == Counter({f"{BATCHES}/{b['Id']}": 1 for b in ours})
     creates = Counter(s for m, p, s in recorder.requests if (m, p) == ("POST", BATCHES))
     assert creates[200] == len(ours)
-
-
-def run_rounds(rng: random.Random, url: str, warehouse_url: str, path: Path) -> int:
-    kills = 0
-    for round_ in range(KILLS + 1):
-        child = run_build(url, warehouse_url, path, f"kill-{round_}")
-        assert child.stdout is not None
-        first = child.stdout.readline()
-        if first.strip() != "START":
-            child.kill()
-            raise AssertionError(f"the build did not start: {first!r} {child.stderr.read()}")  # type: ignore[union-attr]
-        line = "EVENT"
-        if round_ < KILLS:
-            for _ in range(rng.randint(0, 4)):
-                line = child.stdout.readline()
-                if not line.startswith("EVENT"):
-                    break
-            if child.poll() is None and line.startswith("EVENT"):
-                child.send_signal(signal.SIGKILL)
-                child.wait(timeout=30)
-                kills += 1
-                continue
-        out, err = child.communicate(timeout=120)
-        assert child.returncode == 0, err
-        finished = line + out
-        batches = -(-RECIPIENTS // PER_BATCH)
-        assert f"BUILT {batches} {batches} {{}}" in finished, finished
-        return kills
-    raise AssertionError("no round finished")

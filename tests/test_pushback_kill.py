@@ -11,19 +11,12 @@ and no write was ever sent twice for an action an earlier attempt had carried ou
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import csv
-import signal
-import subprocess
-import threading
-import types
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import pytest
-from conftest import fresh_postgres_database, make_sandbox, run_script
+from conftest import make_sandbox, run_script
+from kill_support import AtWrite, Recorder, kill_rounds, ledger_rows, served
 
 from connector.http import ClientLimits
 from connector.marketplace.client import MarketplaceClient
@@ -32,9 +25,7 @@ from connector.pipelines.sync import sync_contacts
 from connector.settings import SANDBOX_TOKEN, MarketplaceSettings, Secret
 from connector.warehouse.engine import Warehouse
 from sandbox.app import Sandbox
-from sandbox.server import serve_in_thread
 
-PROJECT = Path(__file__).resolve().parent.parent
 CONTACTS = "/public/v1/notifications/contacts"
 CREATES = 45
 BLOCKS = 25
@@ -67,81 +58,10 @@ asyncio.run(main())
 """
 
 
-class Recorder:
-    """ASGI app in front of the sandbox that records each API request and its status, and
-    sets ``reached`` when the ``kill_at``-th write of the round arrives."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-        self.requests: list[tuple[str, str, int]] = []
-        self.writes = 0
-        self.kill_at: int | None = None
-        self.reached = threading.Event()
-
-    def next_round(self, writes: int | None) -> None:
-        self.writes = 0
-        self.kill_at = writes
-        self.reached.clear()
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope["path"].startswith("/_sandbox"):
-            await self.app(scope, receive, send)
-            return
-        if scope["method"] == "POST":
-            self.writes += 1
-            if self.kill_at is not None and self.writes >= self.kill_at:
-                self.reached.set()
-        status: list[int] = []
-
-        async def recording(message: Any) -> None:
-            if message["type"] == "http.response.start":
-                status.append(message["status"])
-            await send(message)
-
-        try:
-            await self.app(scope, receive, recording)
-        finally:
-            self.requests.append((scope["method"], scope["path"], status[0] if status else 0))
-
-
-@contextlib.contextmanager
-def served(recorder: Recorder) -> Iterator[str]:
-    # serve_in_thread only needs an object with the ASGI app to serve.
-    with serve_in_thread(types.SimpleNamespace(app=recorder)) as url:  # type: ignore[arg-type]
-        yield url
-
-
-def ledger(warehouse: Warehouse) -> list[dict[str, Any]]:
-    with warehouse.transaction() as tx:
-        result = tx.connection.exec_driver_sql("select * from pushback_results")
-        return [dict(r) for r in result.mappings()]
-
-
-def run_apply(url: str, warehouse_url: str, run_id: str) -> subprocess.Popen[str]:
-    return run_script(APPLY, url, warehouse_url, run_id)
-
-
-def wait_for_start(child: subprocess.Popen[str]) -> None:
-    assert child.stdout is not None
-    first = child.stdout.readline()
-    if first.strip() != "START":
-        child.kill()
-        raise AssertionError(f"the apply did not start: {first!r} {child.stderr.read()}")  # type: ignore[union-attr]
-
-
-@pytest.fixture(params=["duckdb", "postgresql"])
-def warehouse_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "duckdb":
-        yield f"duckdb:///{tmp_path / 'warehouse.duckdb'}"
-    else:
-        with fresh_postgres_database() as url:
-            yield url
-
-
 def test_killing_the_apply_repeatedly_creates_and_blocks_each_contact_exactly_once(
     warehouse_url: str, tmp_path: Path
 ) -> None:
-    sandbox: Sandbox = make_sandbox(contacts=120, seed=11, clock_speed=0.0, latency_ms=20)
+    sandbox: Sandbox = make_sandbox(contacts=120, seed=11, clock_speed=0.0, latency_ms=10)
     recorder = Recorder(sandbox.app)
     # The child opens the warehouse itself: a DuckDB file admits one process at a time, so
     # this process connects only between rounds (NullPool: nothing held open).
@@ -186,34 +106,26 @@ def run_kill_rounds(
     assert plan.actions == {"create": CREATES, "block": BLOCKS, "unblock": 0, "update": 0}
     recorder.requests.clear()
 
-    kills = 0
     left_sending = 0
     settled_after_round = [0]
-    finished = None
-    for round_ in range(KILLS + 1):
-        last = round_ == KILLS
-        recorder.next_round(None if last else WRITES_PER_ROUND)
-        child = run_apply(url, warehouse_url, f"kill-{round_}")
-        wait_for_start(child)
-        if not last:
-            # Killed as the round's Nth write reaches the sandbox: writes are in flight.
-            recorder.reached.wait(timeout=120)
-            child.send_signal(signal.SIGKILL)
-            child.wait(timeout=30)
-            assert recorder.reached.is_set(), "the apply finished before the kill"
-            kills += 1
-            states = Counter(r["state"] for r in ledger(warehouse))
-            left_sending += states["sending"]
-            settled = states["done"] + states["rejected"]
-            # Progress is recorded as it happens: each round settles more actions.
-            assert settled > settled_after_round[-1], (round_, states)
-            settled_after_round.append(settled)
-            continue
-        out, err = child.communicate(timeout=120)
-        assert child.returncode == 0, err
-        finished = out
-    assert finished is not None and "APPLIED" in finished
-    assert kills == KILLS
+
+    def check_progress(round_: int) -> None:
+        nonlocal left_sending
+        states = Counter(r["state"] for r in ledger_rows(warehouse, "pushback_results"))
+        left_sending += states["sending"]
+        settled = states["done"] + states["rejected"]
+        # Progress is recorded as it happens: each round settles more actions.
+        assert settled > settled_after_round[-1], (round_, states)
+        settled_after_round.append(settled)
+
+    # Each round is killed as its Nth write reaches the sandbox: writes are in flight.
+    landed, finished = kill_rounds(
+        lambda run_id: run_script(APPLY, url, warehouse_url, run_id),
+        [AtWrite(recorder, WRITES_PER_ROUND)] * KILLS,
+        after_kill=check_progress,
+    )
+    assert "APPLIED" in finished
+    assert len(landed) == KILLS
     assert left_sending > 0
 
     # Every intended contact exists exactly once and every intended block is in place.
@@ -225,7 +137,7 @@ def run_kill_rounds(
     assert {by_id[c["id"]]["status"] for c in to_block} == {"Blocked"}
 
     # The ledger: every action done, each create pointing at the contact it made.
-    rows = ledger(warehouse)
+    rows = ledger_rows(warehouse, "pushback_results")
     assert len(rows) == CREATES + BLOCKS
     assert Counter(r["state"] for r in rows) == {"done": CREATES + BLOCKS}
     ids_by_email = {c["email"]: c["id"] for c in truth}
