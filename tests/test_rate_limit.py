@@ -10,6 +10,7 @@ import itertools
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -17,6 +18,7 @@ from conftest import make_sandbox
 from reconcile_world import Gateway, World, line, served
 
 from connector.http import ClientLimits, RateLimiter, ResilientClient
+from connector.pipelines import pushback
 from connector.settings import SANDBOX_TOKEN
 from connector.warehouse.engine import Warehouse
 
@@ -261,6 +263,50 @@ def test_against_a_server_limit_the_client_waits_out_429s_without_losing_a_reque
     assert seen["seconds_observed"] >= 6
 
 
+def apply_against_a_server_limit(
+    tmp_path: Path,
+    *,
+    contacts: int,
+    seed: int,
+    blocks: int,
+    creates: int,
+    server_rate: float,
+    limits: dict[str, object],
+    batch_size: int | None = None,
+) -> tuple[World, pushback.ApplySummary, dict[str, Any]]:
+    """In a sandbox of ``contacts``, plan ``blocks`` blocks of active contacts and
+    ``creates`` new contacts, then apply them with the client ``limits`` against a sandbox
+    limited to ``server_rate`` requests/s; returns the world, the apply's summary and the
+    sandbox's stats of the apply alone."""
+    sandbox = make_sandbox(contacts=contacts, seed=seed, clock_speed=0.0)
+    warehouse = Warehouse(f"duckdb:///{tmp_path / 'w.duckdb'}")
+    world = World(sandbox, Gateway(sandbox.app), warehouse, tmp_path)
+    world.warehouse.ensure_tables()
+    try:
+        world.sync()
+        targets = [c for c in sandbox.truth("contacts") if c["status"] == "Active"][:blocks]
+        world.plan(
+            world.write(
+                "crm.csv",
+                [
+                    *(line(c["email"], c["name"], "dne") for c in targets),
+                    *(line(f"limit{n}@example.org", f"Limit {n}") for n in range(creates)),
+                ],
+            )
+        )
+        world.limits.update(limits)
+        sandbox.behaviour.update({"rate_limit": server_rate})
+        with served(world.gateway, sandbox) as url:
+            world.url = url
+            httpx.post(f"{url}/_sandbox/stats/reset")
+            options = {} if batch_size is None else {"batch_size": batch_size}
+            summary = world.apply(refresh=False, **options)
+            seen = httpx.get(f"{url}/_sandbox/stats").json()
+    finally:
+        world.warehouse.dispose()
+    return world, summary, seen
+
+
 @pytest.mark.parametrize("client_rate", [None, 10.0], ids=["learned-rate", "configured-rate"])
 def test_an_apply_against_a_tight_server_limit_loses_no_action(
     tmp_path: Path, client_rate: float | None
@@ -268,33 +314,20 @@ def test_an_apply_against_a_tight_server_limit_loses_no_action(
     """40 actions against 10 requests/s with only two attempts per request: the 429s are
     waited out, never counted as failures, and every action is done. With the rate configured
     the server never refuses one; without, only the first burst before the first 429 does."""
-    sandbox = make_sandbox(contacts=60, seed=13, clock_speed=0.0)
-    warehouse = Warehouse(f"duckdb:///{tmp_path / 'w.duckdb'}")
-    world = World(sandbox, Gateway(sandbox.app), warehouse, tmp_path)
-    world.warehouse.ensure_tables()
-    try:
-        world.sync()
-        targets = [c for c in sandbox.truth("contacts") if c["status"] == "Active"][:20]
-        world.plan(
-            world.write(
-                "crm.csv",
-                [
-                    *(line(c["email"], c["name"], "dne") for c in targets),
-                    *(line(f"limit{n}@example.org", f"Limit {n}") for n in range(20)),
-                ],
-            )
-        )
-        world.limits.update(
-            max_attempts=2, max_concurrency=8, backoff_base=0.05, rate_limit=client_rate
-        )
-        sandbox.behaviour.update({"rate_limit": 10})
-        with served(world.gateway, sandbox) as url:
-            world.url = url
-            httpx.post(f"{url}/_sandbox/stats/reset")
-            summary = world.apply(refresh=False)
-            seen = httpx.get(f"{url}/_sandbox/stats").json()
-    finally:
-        world.warehouse.dispose()
+    world, summary, seen = apply_against_a_server_limit(
+        tmp_path,
+        contacts=60,
+        seed=13,
+        blocks=20,
+        creates=20,
+        server_rate=10,
+        limits={
+            "max_attempts": 2,
+            "max_concurrency": 8,
+            "backoff_base": 0.05,
+            "rate_limit": client_rate,
+        },
+    )
 
     assert summary.outcomes == Counter(done=40)
     assert {r["state"] for r in world.ledger().values()} == {"done"}
@@ -326,31 +359,16 @@ def test_an_apply_in_small_batches_keeps_to_the_server_limit_and_sends_each_acti
     """60 actions claimed 7 at a time (each batch claimed while the one before is sent, the
     outcomes committed off the event loop) against a 20/s server limit with the client's rate
     set to it: no second above the limit, no 429, every action sent once and recorded done."""
-    sandbox = make_sandbox(contacts=80, seed=17, clock_speed=0.0)
-    warehouse = Warehouse(f"duckdb:///{tmp_path / 'w.duckdb'}")
-    world = World(sandbox, Gateway(sandbox.app), warehouse, tmp_path)
-    world.warehouse.ensure_tables()
-    try:
-        world.sync()
-        targets = [c for c in sandbox.truth("contacts") if c["status"] == "Active"][:30]
-        world.plan(
-            world.write(
-                "crm.csv",
-                [
-                    *(line(c["email"], c["name"], "dne") for c in targets),
-                    *(line(f"batch{n}@example.org", f"Batch {n}") for n in range(30)),
-                ],
-            )
-        )
-        world.limits.update(max_concurrency=4, rate_limit=20.0)
-        sandbox.behaviour.update({"rate_limit": 20})
-        with served(world.gateway, sandbox) as url:
-            world.url = url
-            httpx.post(f"{url}/_sandbox/stats/reset")
-            summary = world.apply(refresh=False, batch_size=7)
-            seen = httpx.get(f"{url}/_sandbox/stats").json()
-    finally:
-        world.warehouse.dispose()
+    world, summary, seen = apply_against_a_server_limit(
+        tmp_path,
+        contacts=80,
+        seed=17,
+        blocks=30,
+        creates=30,
+        server_rate=20,
+        limits={"max_concurrency": 4, "rate_limit": 20.0},
+        batch_size=7,
+    )
 
     assert summary.outcomes == Counter(done=60) and summary.claimed_elsewhere == 0
     ledger = world.ledger()
