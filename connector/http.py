@@ -144,9 +144,12 @@ class RateLimiter:
                     now = self._clock()
                     if self._paused_until > opens:
                         break  # paused meanwhile: book a new turn
-                    # Late callers (woken together after the process was held up) go one
-                    # interval apart, as booked turns do, and never crowd the second.
-                    ready = max(self._window_opens(), self._last_start + self._interval)
+                    # Late callers (woken together after the process was held up) go at
+                    # least half an interval apart and never crowd the second. Half, not a
+                    # whole one: a wake-up a few milliseconds late must not push every later
+                    # turn back by as much (the lateness would add up, turn after turn).
+                    spaced = self._last_start + self._interval / 2
+                    ready = max(self._window_opens(), spaced)
                     if ready <= now:
                         self._started(now)
                         return
