@@ -1,11 +1,12 @@
-"""The incremental contacts run's cursor and request budget: the high-water mark comes from the
-rows the read returned (no requests of its own), a change made while the read runs is picked up
-by the next run, and a read too slow for the look-back keeps the old cursor."""
+"""The contacts cursor and the incremental run's request budget: an incremental run's
+high-water mark comes from the rows the read returned (no requests of its own), a change made
+while the read runs is picked up by the next run, a read too slow for the look-back keeps the
+old cursor, and so does a full read whose high-water answer came too late."""
 
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -37,6 +38,10 @@ async def incremental(
     client.read_mode = mode  # type: ignore[assignment]
     async with client:
         return await sync.sync_contacts(client, warehouse, **options)
+
+
+def instant(stamp: str) -> datetime:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
 
 
 def rename(sandbox: Sandbox, contact: dict[str, Any], name: str) -> dict[str, Any]:
@@ -144,4 +149,32 @@ def test_a_read_longer_than_the_look_back_allows_keeps_the_old_cursor(
     follow_up = run(_contacts(sandbox.app, warehouse, policy=policy))
     assert follow_up.mode == "incremental", follow_up.notes
     assert by_id(rows(warehouse, "contacts"))[behind["id"]]["name"] == "Changed behind the read"
+    assert_contacts_match_truth(warehouse, sandbox)
+
+
+def test_a_full_refresh_uses_the_newest_change_only_when_it_came_within_the_look_back(
+    warehouse: Warehouse,
+) -> None:
+    """A full read asks for its high-water mark beside the read: an answer that came later
+    than half the look-back after the read started is not used (the old cursor stays);
+    otherwise the cursor is the newest change the API names."""
+    sandbox = frozen_sandbox()
+    run(_contacts(sandbox.app, warehouse))
+    cursor = state(warehouse)[sync.CONTACTS_CURSOR]
+    (renamed,) = changed_contacts(sandbox, 1)
+    newest = renamed["audit"]["updated"]["at"]
+    assert instant(newest) > instant(cursor)
+
+    # A look-back shorter than any round trip: every answer counts as late.
+    hasty = sync.ContactsPolicy(lookback=timedelta(microseconds=2))
+    late = run(_contacts(sandbox.app, warehouse, full_refresh=True, policy=hasty))
+
+    assert late.mode == "full"
+    assert any("cursor stays" in note for note in late.notes), late.notes
+    assert state(warehouse)[sync.CONTACTS_CURSOR] == cursor
+
+    on_time = run(_contacts(sandbox.app, warehouse, full_refresh=True))
+
+    assert not any("cursor stays" in note for note in on_time.notes), on_time.notes
+    assert instant(state(warehouse)[sync.CONTACTS_CURSOR]) == instant(newest)
     assert_contacts_match_truth(warehouse, sandbox)
