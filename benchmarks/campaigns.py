@@ -13,14 +13,12 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from benchmarks.sandbox_process import sandbox_process
+from benchmarks.sandbox_process import rate_limited_world
 from connector.campaigns import parse_campaign
 from connector.campaigns import plan as campaign_plan
-from connector.http import ClientLimits
 from connector.marketplace.client import MarketplaceClient
 from connector.pipelines import campaigns as sending
 from connector.pipelines.sync import sync_categories, sync_contacts
-from connector.settings import SANDBOX_TOKEN, MarketplaceSettings, Secret
 from connector.warehouse.engine import Warehouse
 
 CATEGORY = "NTC-0000-0005"
@@ -64,20 +62,8 @@ def send_benchmark(rate: float, batches: int, latency_ms: float = 30) -> dict[st
     """Send ``batches`` batches through a sandbox limited to ``rate`` requests per second."""
     print(f"\n== campaign send: {batches} batches, rate limit {rate:g}/s, {latency_ms:g} ms ==")
     per_batch = 2
-    contacts = max(batches * per_batch * 2, 1000)
-    options = (
-        "--contacts",
-        str(contacts),
-        "--rate-limit",
-        str(rate),
-        "--latency-ms",
-        str(latency_ms),
-    )
-    with sandbox_process(*options) as url, tempfile.TemporaryDirectory() as scratch:
-        warehouse = Warehouse(f"duckdb:///{Path(scratch) / 'send.duckdb'}")
-        warehouse.ensure_tables()
-        settings = MarketplaceSettings(url, Secret(SANDBOX_TOKEN))
-        limits = ClientLimits(rate_limit=rate, max_concurrency=16, timeout=30, max_attempts=8)
+    with rate_limited_world(max(batches * per_batch * 2, 1000), rate, latency_ms) as world:
+        warehouse, settings, limits = world.warehouse, world.settings, world.limits
         campaign = parse_campaign(
             {
                 "name": "bench-send",
@@ -110,7 +96,6 @@ def send_benchmark(rate: float, batches: int, latency_ms: float = 30) -> dict[st
                 return summary, time.perf_counter() - started
 
         summary, seconds = asyncio.run(run())
-        warehouse.dispose()
     throughput = summary.batches / seconds
     print(f"outcomes: {dict(summary.outcomes)} in {seconds:.1f} s")
     print(f"throughput: {throughput:.1f} batches/s = {throughput / rate:.0%} of the rate limit")

@@ -28,14 +28,12 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.pool import NullPool
 
-from benchmarks.sandbox_process import sandbox_process
+from benchmarks.sandbox_process import rate_limited_world
 from benchmarks.sync import postgres_database
 from connector.crm.bulk import BulkCsvPart
-from connector.http import ClientLimits
 from connector.marketplace.client import MarketplaceClient
 from connector.pipelines import pushback, reconcile
 from connector.pipelines.sync import sync_contacts
-from connector.settings import SANDBOX_TOKEN, MarketplaceSettings, Secret
 from connector.warehouse.engine import (
     DEFAULT_DUCKDB_MEMORY_LIMIT,
     Stage,
@@ -278,20 +276,9 @@ def plan_postgres_benchmark(rows: int) -> dict[str, float]:
 def apply_benchmark(rate: float, actions: int, latency_ms: float = 30) -> dict[str, float]:
     """Push ``actions`` creates and blocks through a sandbox limited to ``rate`` requests/s."""
     print(f"\n== apply: {actions} actions, rate limit {rate:g}/s, {latency_ms:g} ms latency ==")
-    contacts = max(2 * actions, 1000)
-    options = (
-        "--contacts",
-        str(contacts),
-        "--rate-limit",
-        str(rate),
-        "--latency-ms",
-        str(latency_ms),
-    )
-    with sandbox_process(*options) as url, tempfile.TemporaryDirectory() as scratch:
-        warehouse = Warehouse(f"duckdb:///{Path(scratch) / 'apply.duckdb'}")
-        warehouse.ensure_tables()
-        settings = MarketplaceSettings(url, Secret(SANDBOX_TOKEN))
-        limits = ClientLimits(rate_limit=rate, max_concurrency=16, timeout=30, max_attempts=8)
+    with rate_limited_world(max(2 * actions, 1000), rate, latency_ms) as world:
+        url, warehouse, scratch = world.url, world.warehouse, world.scratch
+        settings, limits = world.settings, world.limits
 
         async def run() -> tuple[pushback.ApplySummary, float, float]:
             async with MarketplaceClient(settings, limits=limits) as client:
@@ -303,7 +290,7 @@ def apply_benchmark(rate: float, actions: int, latency_ms: float = 30) -> dict[s
                         n=actions // 2,
                     )
                 ]
-                export = Path(scratch) / "crm.csv"
+                export = scratch / "crm.csv"
                 with export.open("w", newline="") as handle:
                     writer = csv.writer(handle)
                     writer.writerow(["Email", "FirstName", "LastName", "HasOptedOutOfEmail"])

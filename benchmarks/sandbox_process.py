@@ -8,10 +8,17 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
+
+from connector.http import ClientLimits
+from connector.settings import SANDBOX_TOKEN, MarketplaceSettings, Secret
+from connector.warehouse.engine import Warehouse
 
 
 def free_port() -> int:
@@ -47,3 +54,40 @@ def sandbox_process(*options: str, timeout: float = 600) -> Iterator[str]:
             process.wait(timeout=10)
         except subprocess.TimeoutExpired:
             process.kill()
+
+
+@dataclass(frozen=True)
+class RateLimitedWorld:
+    """A sandbox process under a rate limit, a client configured for it and a scratch DuckDB
+    warehouse with its tables: what the send benchmarks (push-back, campaigns) start from."""
+
+    url: str
+    settings: MarketplaceSettings
+    limits: ClientLimits
+    warehouse: Warehouse
+    scratch: Path
+
+
+@contextlib.contextmanager
+def rate_limited_world(contacts: int, rate: float, latency_ms: float) -> Iterator[RateLimitedWorld]:
+    """A sandbox of ``contacts`` limited to ``rate`` requests/s with ``latency_ms`` added, and
+    a client at the same rate (16 connections)."""
+    options = ("--contacts", str(contacts), "--rate-limit", str(rate))
+    with (
+        sandbox_process(*options, "--latency-ms", str(latency_ms)) as url,
+        tempfile.TemporaryDirectory() as scratch,
+    ):
+        warehouse = Warehouse(f"duckdb:///{Path(scratch) / 'bench.duckdb'}")
+        warehouse.ensure_tables()
+        try:
+            yield RateLimitedWorld(
+                url=url,
+                settings=MarketplaceSettings(url, Secret(SANDBOX_TOKEN)),
+                limits=ClientLimits(
+                    rate_limit=rate, max_concurrency=16, timeout=30, max_attempts=8
+                ),
+                warehouse=warehouse,
+                scratch=Path(scratch),
+            )
+        finally:
+            warehouse.dispose()
