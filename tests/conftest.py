@@ -198,6 +198,52 @@ def load_definitions(**settings: Any) -> Any:
     return build_definitions(base.model_copy(update=settings))
 
 
+# Every variable the code location reads: a test's settings start from none of them.
+LOCATION_SETTINGS = (
+    "MPT_API_BASE_URL",
+    "MPT_API_TOKEN",
+    "EVINOTICE_BASE_URL",
+    "EVINOTICE_USERNAME",
+    "EVINOTICE_PASSWORD",
+    "EVINOTICE_SITE_ID",
+    "WAREHOUSE_URL",
+    "CRM_EXPORT_DIR",
+    "CAMPAIGN_DIR",
+    "NOTIFSYNC_SYNC_CRON",
+    "NOTIFSYNC_MESSAGES_START_DATE",
+)
+
+
+def point_the_location_at(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    sandbox: Sandbox,
+    url: str,
+    warehouse_url: str,
+    **more: str,
+) -> dict[str, str]:
+    """Set the code location's variables to ``sandbox`` served at ``url`` (its own token and
+    EviNotice credentials) and ``warehouse_url``, plus ``more``; every other setting unset and
+    a fresh Dagster home under ``tmp_path``. Returns the variables set."""
+    env = {
+        "MPT_API_BASE_URL": url,
+        "MPT_API_TOKEN": sandbox.config.token,
+        "EVINOTICE_BASE_URL": url,
+        "EVINOTICE_USERNAME": sandbox.config.evinotice_username,
+        "EVINOTICE_PASSWORD": sandbox.config.evinotice_password,
+        "EVINOTICE_SITE_ID": sandbox.config.evinotice_site_id,
+        "WAREHOUSE_URL": warehouse_url,
+        **more,
+    }
+    for name in LOCATION_SETTINGS:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
+    (tmp_path / "dagster_home").mkdir()
+    return env
+
+
 # EviNotice fixtures (sandbox routes in-process, clients) for the tests/test_evinotice*.py files.
 pytest_plugins = ["evinotice_api"]
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import load_definitions, make_sandbox
+from conftest import load_definitions, make_sandbox, point_the_location_at
 from dagster import DagsterInstance, build_sensor_context
 
 from connector.marketplace.client import MarketplaceClient
@@ -25,16 +25,6 @@ from connector.warehouse.engine import Warehouse
 from sandbox.app import Sandbox
 from sandbox.server import serve_in_thread
 
-SETTINGS = (
-    "MPT_API_BASE_URL",
-    "MPT_API_TOKEN",
-    "EVINOTICE_BASE_URL",
-    "EVINOTICE_USERNAME",
-    "EVINOTICE_PASSWORD",
-    "EVINOTICE_SITE_ID",
-    "WAREHOUSE_URL",
-    "CAMPAIGN_DIR",
-)
 GUARDS = {
     "max_recipients",
     "max_excluded_share",
@@ -103,22 +93,9 @@ def platform(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Platfo
     folder = tmp_path / "campaigns"
     folder.mkdir()
     with serve_in_thread(types.SimpleNamespace(app=posts)) as url:  # type: ignore[arg-type]
-        env = {
-            "MPT_API_BASE_URL": url,
-            "MPT_API_TOKEN": token,
-            "EVINOTICE_BASE_URL": url,
-            "EVINOTICE_USERNAME": sandbox.config.evinotice_username,
-            "EVINOTICE_PASSWORD": sandbox.config.evinotice_password,
-            "EVINOTICE_SITE_ID": sandbox.config.evinotice_site_id,
-            "WAREHOUSE_URL": warehouse_url,
-            "CAMPAIGN_DIR": str(folder),
-        }
-        for name in SETTINGS:
-            monkeypatch.delenv(name, raising=False)
-        for name, value in env.items():
-            monkeypatch.setenv(name, value)
-        monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
-        (tmp_path / "dagster_home").mkdir()
+        point_the_location_at(
+            monkeypatch, tmp_path, sandbox, url, warehouse_url, CAMPAIGN_DIR=str(folder)
+        )
 
         async def sync() -> None:
             warehouse = Warehouse(warehouse_url)

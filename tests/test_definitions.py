@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import make_sandbox
+from conftest import make_sandbox, point_the_location_at
 from dagster import (
     AssetKey,
     DagsterInstance,
@@ -51,17 +51,6 @@ TABLES = (
     "evinotice_batches",
 )
 UNPARTITIONED = tuple(t for t in TABLES if t != "messages")
-SETTINGS = (
-    "MPT_API_BASE_URL",
-    "MPT_API_TOKEN",
-    "EVINOTICE_BASE_URL",
-    "EVINOTICE_USERNAME",
-    "EVINOTICE_PASSWORD",
-    "EVINOTICE_SITE_ID",
-    "WAREHOUSE_URL",
-    "NOTIFSYNC_SYNC_CRON",
-    "NOTIFSYNC_MESSAGES_START_DATE",
-)
 
 
 @dataclass
@@ -89,22 +78,14 @@ def platform(
     )
     url = loopback(sandbox)
     warehouse_url = f"duckdb:///{tmp_path / 'warehouse.duckdb'}"
-    env = {
-        "MPT_API_BASE_URL": url,
-        "MPT_API_TOKEN": token,
-        "EVINOTICE_BASE_URL": url,
-        "EVINOTICE_USERNAME": sandbox.config.evinotice_username,
-        "EVINOTICE_PASSWORD": password,
-        "EVINOTICE_SITE_ID": sandbox.config.evinotice_site_id,
-        "WAREHOUSE_URL": warehouse_url,
-        "NOTIFSYNC_MESSAGES_START_DATE": "2026-09-01",
-    }
-    for name in SETTINGS:
-        monkeypatch.delenv(name, raising=False)
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
-    (tmp_path / "dagster_home").mkdir()
+    env = point_the_location_at(
+        monkeypatch,
+        tmp_path,
+        sandbox,
+        url,
+        warehouse_url,
+        NOTIFSYNC_MESSAGES_START_DATE="2026-09-01",
+    )
     yield Platform(sandbox, url, env, warehouse_url, token, password)
 
 

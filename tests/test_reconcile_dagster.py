@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 import pytest
-from conftest import load_definitions, make_sandbox
+from conftest import load_definitions, make_sandbox, point_the_location_at
 from dagster import AssetCheckSeverity, DagsterInstance, Definitions, build_sensor_context
 
 from connector.http import ClientLimits
@@ -28,18 +28,6 @@ from sandbox.problems import problem_body
 from sandbox.server import serve_in_thread
 
 PROJECT = Path(__file__).resolve().parent.parent
-SETTINGS = (
-    "MPT_API_BASE_URL",
-    "MPT_API_TOKEN",
-    "EVINOTICE_BASE_URL",
-    "EVINOTICE_USERNAME",
-    "EVINOTICE_PASSWORD",
-    "EVINOTICE_SITE_ID",
-    "WAREHOUSE_URL",
-    "CRM_EXPORT_DIR",
-    "NOTIFSYNC_SYNC_CRON",
-    "NOTIFSYNC_MESSAGES_START_DATE",
-)
 HEADER = ("Email", "Name", "Do Not Email")
 CHECKS = {"max_creates", "max_block_share", "max_snapshot_age", "max_unblocks"}
 
@@ -105,22 +93,9 @@ def platform(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Platfo
     exports.mkdir()
     # serve_in_thread only needs an object with the ASGI app to serve.
     with serve_in_thread(types.SimpleNamespace(app=writes)) as url:  # type: ignore[arg-type]
-        env = {
-            "MPT_API_BASE_URL": url,
-            "MPT_API_TOKEN": token,
-            "EVINOTICE_BASE_URL": url,
-            "EVINOTICE_USERNAME": sandbox.config.evinotice_username,
-            "EVINOTICE_PASSWORD": sandbox.config.evinotice_password,
-            "EVINOTICE_SITE_ID": sandbox.config.evinotice_site_id,
-            "WAREHOUSE_URL": warehouse_url,
-            "CRM_EXPORT_DIR": str(exports),
-        }
-        for name in SETTINGS:
-            monkeypatch.delenv(name, raising=False)
-        for name, value in env.items():
-            monkeypatch.setenv(name, value)
-        monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
-        (tmp_path / "dagster_home").mkdir()
+        point_the_location_at(
+            monkeypatch, tmp_path, sandbox, url, warehouse_url, CRM_EXPORT_DIR=str(exports)
+        )
         world = Platform(sandbox, writes, url, token, warehouse_url, exports)
         sync(world)
         yield world
