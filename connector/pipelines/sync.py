@@ -236,14 +236,22 @@ def _full_read_cursor(
     stand after a change the read had already passed, so the old cursor stays instead (the
     next incremental run then reads more, never less).
     """
-    lookback = policy.lookback.total_seconds()
-    if answered_after > lookback / 2:
-        result.notes.append(
-            f"the newest change was answered {answered_after:.0f} s after the read started, "
-            f"more than half the {lookback:.0f} s look-back: the cursor stays where it was"
-        )
+    if _too_late(answered_after, "the newest change was answered", policy, result):
         return cursor
     return newest
+
+
+def _too_late(seconds: float, what: str, policy: ContactsPolicy, result: SyncResult) -> bool:
+    """Whether ``seconds`` after the read started is past half the look-back, too late for a
+    mark taken then to be trusted (noted in ``result`` when it is)."""
+    lookback = policy.lookback.total_seconds()
+    if seconds <= lookback / 2:
+        return False
+    result.notes.append(
+        f"{what} {seconds:.0f} s after the read started, more than half the "
+        f"{lookback:.0f} s look-back: the cursor stays where it was"
+    )
+    return True
 
 
 def _incremental_cursor(
@@ -265,14 +273,9 @@ def _incremental_cursor(
     the look-back (a margin for the server committing a change later than it stamps it)
     keeps the old cursor: the next run reads this window again rather than trust the mark.
     """
-    newest = tx.run("sync/select_newest_change_in_stage", stage=stage.name).scalar()
-    lookback = policy.lookback.total_seconds()
-    if read_seconds > lookback / 2:
-        result.notes.append(
-            f"the read took {read_seconds:.0f} s, more than half the {lookback:.0f} s "
-            "look-back: the cursor stays where it was"
-        )
+    if _too_late(read_seconds, "the read ended", policy, result):
         return cursor
+    newest = tx.run("sync/select_newest_change_in_stage", stage=stage.name).scalar()
     if newest is None:
         return cursor  # nothing read: nothing newer than the cursor is known
     if isinstance(newest, str):
