@@ -270,8 +270,8 @@ def open_warehouse() -> Iterator[Any]:
     """Factory: a ``Warehouse`` with its tables ensured, disposed at the end of the test."""
     opened: list[Warehouse] = []
 
-    def open_(url: str, ensure: bool = True) -> Warehouse:
-        warehouse = Warehouse(url)
+    def open_(url: str, ensure: bool = True, **options: Any) -> Warehouse:
+        warehouse = Warehouse(url, **options)
         opened.append(warehouse)
         if ensure:
             warehouse.ensure_tables()

@@ -13,7 +13,7 @@ from conftest import ANCHOR, make_sandbox
 
 from connector.evinotice.client import EviNoticeClient
 from connector.http import ClientLimits
-from connector.marketplace.client import MarketplaceClient
+from connector.marketplace.client import CHUNK_BYTES, MarketplaceClient
 from connector.pipelines import sync
 from connector.settings import SANDBOX_TOKEN, EviNoticeSettings, MarketplaceSettings, Secret
 from connector.warehouse.engine import Warehouse
@@ -35,11 +35,14 @@ MERGED = ("contacts", "contact_opt_outs", "batches", "evinotice_batches")
 # --- clients ---------------------------------------------------------------------------------
 
 
-def marketplace_client(app: Any, **limits: Any) -> MarketplaceClient:
+def marketplace_client(
+    app: Any, chunk_bytes: int = CHUNK_BYTES, **limits: Any
+) -> MarketplaceClient:
     return MarketplaceClient(
         MarketplaceSettings(base_url="http://sandbox.local", token=Secret(SANDBOX_TOKEN)),
         limits=ClientLimits(**{**FAST, **limits}),
         transport=httpx.ASGITransport(app=app),
+        chunk_bytes=chunk_bytes,
     )
 
 

@@ -55,6 +55,8 @@ log = logging.getLogger(__name__)
 API_PREFIX = "/public/v1/notifications"
 RESOURCES = ("contacts", "categories", "batches", "messages")
 PAGE_SIZE = 100  # the server caps limit at 100
+# JSON lines handed on at a time by ``read_lines``: each chunk is flattened and staged at once.
+CHUNK_BYTES = 2 << 20
 STREAM_HEADERS = {"Accept": "application/jsonl", "MPT-Streaming": "true"}
 CHANGE_EVENTS = ("created", "updated")  # the audit events an incremental read follows
 
@@ -152,9 +154,11 @@ class MarketplaceClient:
         limits: ClientLimits | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         read_mode: ReadMode = "auto",
+        chunk_bytes: int = CHUNK_BYTES,
     ) -> None:
         self.settings = settings
         self.read_mode = read_mode
+        self.chunk_bytes = chunk_bytes
         self.http = ResilientClient(
             settings.base_url + API_PREFIX,
             auth=BearerAuth(settings.token.reveal()),
@@ -249,11 +253,11 @@ class MarketplaceClient:
         filter: rql.Rql | None = None,
         select: Sequence[str] = ("audit",),
         mode: ReadMode | None = None,
-        chunk_bytes: int = 2 << 20,
+        chunk_bytes: int | None = None,
         report: ReadReport | None = None,
     ) -> AsyncIterator[bytes]:
-        """``read`` as JSON lines: chunks of about ``chunk_bytes``, one record per line, ids
-        increasing, with the same completeness check and gap repair.
+        """``read`` as JSON lines: chunks of about ``chunk_bytes`` (the client's by default),
+        one record per line, ids increasing, with the same completeness check and gap repair.
 
         Streaming hands on the server's own bytes, unparsed (only each block's first and last
         line are read, for their ids); pages are re-encoded one line per record.
@@ -262,6 +266,7 @@ class MarketplaceClient:
         mode = mode or self.read_mode
         report = report if report is not None else ReadReport(resource)
         emitter = _Emitter(report)
+        chunk_bytes = chunk_bytes or self.chunk_bytes
         buffer = bytearray()
         if mode in ("auto", "streaming"):
             blocks = self._streamed_lines(resource, filter, select, report, emitter)

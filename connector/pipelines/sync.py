@@ -1,5 +1,6 @@
-"""Syncs each API collection into its warehouse tables: read in chunks, stage, then merge,
-replace or append in one transaction, with the sync state committed alongside.
+"""Syncs each API collection into its warehouse tables: read in chunks and staged; merged in
+batches as they arrive, or replaced or appended at the end; all in one transaction, with the
+sync state committed alongside.
 
 Nothing here knows Dagster; the assets call these functions and report what they return.
 """
@@ -33,6 +34,7 @@ from connector.marketplace.records import (
 from connector.marketplace.rql import format_datetime as format_timestamp
 from connector.warehouse.engine import MergeCounts, Stage, Transaction, Warehouse
 from connector.warehouse.json_lines import lines_table
+from connector.warehouse.streamed_merge import StreamedMerge
 
 T = TypeVar("T")
 
@@ -153,8 +155,11 @@ async def _load_contacts(
                 newest_change = asyncio.ensure_future(
                     _answered_at(client.latest_change("contacts"))
                 )
+            newest_read = _NewestChange(tx)
             chunks = _read(client, "contacts", bulk, filter=filter, report=result.read)
-            async with _staged_contacts(tx, chunks, synced_at) as (stage, opt_outs):
+            before_merge = None if full else newest_read.of
+            high_water: str | None = None
+            async with _merged_contacts(tx, chunks, synced_at, before_merge) as merge:
                 read_seconds = time.monotonic() - read_started
                 api_count = asyncio.ensure_future(client.count("contacts"))
                 if newest_change is not None:
@@ -162,24 +167,19 @@ async def _load_contacts(
                     high_water = _full_read_cursor(
                         newest, answered_at - read_started, cursor, policy, result
                     )
-                else:
-                    high_water = _incremental_cursor(
-                        tx, stage, cursor, read_seconds, policy, result
-                    )
 
                 def finish() -> None:
+                    result.counts = merge.finish()
                     deleted = 0
-                    # Before the merge: rows the merge writes are in the stage, so neither the
-                    # count nor the marking depends on it, and on DuckDB these joins run
-                    # before the merge fills the key index with a million new keys (memory
-                    # stays within the cap).
                     if full and result.read.complete:
-                        _guard_mass_deletion(tx, stage, live, policy, mass_deletion_reason, now)
-                        deleted = tx.mark_missing_as_deleted(stage, now)
+                        # The rows this read merged are among the keys read, so only rows
+                        # the API no longer returns count as missing. A stop here rolls the
+                        # whole load back.
+                        _guard_mass_deletion(tx, merge, live, policy, mass_deletion_reason, now)
+                        deleted = tx.mark_missing_as_deleted(merge.read, now)
                     elif full:
                         # Fewer rows than the API counts: "missing" may only mean "not read".
                         result.notes.append("read incomplete: no contact marked deleted this time")
-                    result.counts = tx.merge(stage, (opt_outs, "contact_id"))
                     result.counts["contacts"].deleted = deleted
                     live_after = tx.run("load/count_live_rows", target="contacts").scalar()
                     result.table_count = int(live_after)
@@ -187,6 +187,10 @@ async def _load_contacts(
                 # In a worker thread (the connection is used by one thread at a time): the
                 # event loop stays free to send the count request and read its answer.
                 await _in_worker(finish)
+                if not full:
+                    high_water = _incremental_cursor(
+                        newest_read.value, cursor, read_seconds, policy, result
+                    )
             if high_water is not None:
                 tx.set_state(CONTACTS_CURSOR, high_water, now)
             tx.set_state(CONTACTS_SYNCED_AT, now.isoformat(), now)
@@ -254,9 +258,26 @@ def _too_late(seconds: float, what: str, policy: ContactsPolicy, result: SyncRes
     return True
 
 
+class _NewestChange:
+    """The newest audit event (created or updated) among the rows a load merged, batch by
+    batch (``of`` is called with each batch's stage before it is merged)."""
+
+    def __init__(self, tx: Transaction) -> None:
+        self.tx = tx
+        self.value: datetime | None = None
+
+    def of(self, stage: Stage) -> None:
+        newest = self.tx.run("sync/select_newest_change_in_stage", stage=stage.name).scalar()
+        if newest is None:
+            return
+        if isinstance(newest, str):
+            newest = _parse(newest)
+        if self.value is None or newest > self.value:
+            self.value = newest
+
+
 def _incremental_cursor(
-    tx: Transaction,
-    stage: Stage,
+    newest: datetime | None,
     cursor: str,
     read_seconds: float,
     policy: ContactsPolicy,
@@ -275,11 +296,8 @@ def _incremental_cursor(
     """
     if _too_late(read_seconds, "the read ended", policy, result):
         return cursor
-    newest = tx.run("sync/select_newest_change_in_stage", stage=stage.name).scalar()
     if newest is None:
         return cursor  # nothing read: nothing newer than the cursor is known
-    if isinstance(newest, str):
-        newest = _parse(newest)
     # Truncated to the millisecond: never later than the stamp itself, so nothing is skipped.
     return max(cursor, format_timestamp(newest), key=_parse)
 
@@ -306,18 +324,25 @@ async def refresh_contacts(
                 yield chunk
 
     with warehouse.transaction() as tx:
-        async with _staged_contacts(tx, chunks(), synced_at) as (stage, opt_outs):
-            result.counts = tx.merge(stage, (opt_outs, "contact_id"))
+        async with _merged_contacts(tx, chunks(), synced_at) as merge:
+            result.counts = merge.finish()
     return result
 
 
 @contextlib.asynccontextmanager
-async def _staged_contacts(
-    tx: Transaction, chunks: AsyncIterator[Chunk], synced_at: str
-) -> AsyncIterator[tuple[Stage, Stage]]:
-    """Stage contacts and their opt-outs from ``chunks``; the stages stay open inside the
-    block (the caller merges them, and a full refresh compares the table with them)."""
-    with tx.stage("contacts") as stage, tx.stage("contact_opt_outs") as opt_outs:
+async def _merged_contacts(
+    tx: Transaction,
+    chunks: AsyncIterator[Chunk],
+    synced_at: str,
+    before_merge: Callable[[Stage], None] | None = None,
+) -> AsyncIterator[StreamedMerge]:
+    """Contacts and their opt-outs from ``chunks``, merged in batches as they arrive; inside
+    the block the caller merges what is left (``finish``) and may compare the table with the
+    keys read (a full refresh)."""
+    with tx.streamed_merge(
+        "contacts", ("contact_opt_outs", "contact_id"), before_merge=before_merge
+    ) as merge:
+        stage, ((opt_outs, _),) = merge.stage, merge.children
         constants = {"synced_at": synced_at}
 
         def write(chunk: Chunk) -> None:
@@ -325,25 +350,26 @@ async def _staged_contacts(
                 contacts = with_email_keys(tx.flatten(chunk, "contacts"))
                 stage.write_arrow(contacts, constants)
                 opt_outs.write_arrow(tx.flatten(contacts, "contact_opt_outs"), constants)
-                return
-            contacts, categories = contact_rows(chunk, synced_at)
-            stage.write(contacts)
-            opt_outs.write(categories)
+            else:
+                contacts_rows, categories = contact_rows(chunk, synced_at)
+                stage.write(contacts_rows)
+                opt_outs.write(categories)
+            merge.chunk_written()
 
         await _pipe(chunks, write)
-        yield stage, opt_outs
+        yield merge
 
 
 def _guard_mass_deletion(
     tx: Transaction,
-    stage: Stage,
+    merge: StreamedMerge,
     live: int,
     policy: ContactsPolicy,
     reason: str | None,
     now: datetime,
 ) -> None:
     """Stop a full refresh that would mark too many contacts deleted, or record why not."""
-    missing = tx.count_missing(stage)
+    missing = tx.count_missing(merge.read)
     if not live or missing <= policy.max_deleted_share * live:
         return
     if not reason or not reason.strip():
@@ -408,12 +434,12 @@ async def sync_batches(
     now = _now(now)
     synced_at = format_timestamp(now)
     result = SyncResult(mode="merge", read=ReadReport("batches"), synced_at=now)
-    with warehouse.transaction() as tx, tx.stage("batches") as stage:
+    with warehouse.transaction() as tx, tx.streamed_merge("batches") as merge:
         await _pipe(
             _read(client, "batches", bulk, report=result.read),
-            _writer(tx, stage, batch_rows, synced_at),
+            _writer(tx, merge.stage, batch_rows, synced_at, merge),
         )
-        result.counts = tx.merge(stage)
+        result.counts = merge.finish()
     result.api_count = await client.count("batches")
     result.table_count = warehouse.count_rows("batches")
     return result
@@ -462,7 +488,8 @@ async def sync_evinotice_batches(
     now = _now(now)
     synced_at = format_timestamp(now)
     result = SyncResult(mode="merge", synced_at=now)
-    with warehouse.transaction() as tx, tx.stage("evinotice_batches") as stage:
+    with warehouse.transaction() as tx, tx.streamed_merge("evinotice_batches") as merge:
+        stage = merge.stage
 
         def write(chunk: Chunk) -> None:
             if isinstance(chunk, bytes):
@@ -470,10 +497,11 @@ async def sync_evinotice_batches(
                 stage.write_arrow(batches, {"synced_at": synced_at})
             else:
                 stage.write(evinotice_batch_rows(chunk, synced_at))
+            merge.chunk_written()
 
         pages = client.read_batch_lines(site_id) if bulk else client.iter_batches(site_id)
         seen = await _pipe(pages, write)
-        result.counts = tx.merge(stage)
+        result.counts = merge.finish()
     result.api_count = seen
     result.table_count = warehouse.count_rows("evinotice_batches")
     return result
@@ -484,15 +512,19 @@ def _writer(
     stage: Stage,
     build: Callable[[list[dict[str, Any]], str], list[dict[str, Any]]],
     synced_at: str,
+    merge: StreamedMerge | None = None,
 ) -> Callable[[Chunk], None]:
     """Writes a chunk of one table's records: JSON lines flattened in bulk by
-    ``sql/load/flatten_<table>.sql``, or records through the row builder ``build``."""
+    ``sql/load/flatten_<table>.sql``, or records through the row builder ``build``; then
+    lets ``merge`` (if the stage is one) merge a full batch."""
 
     def write(chunk: Chunk) -> None:
         if isinstance(chunk, bytes):
             stage.write_arrow(tx.flatten(chunk, stage.table.name), {"synced_at": synced_at})
         else:
             stage.write(build(chunk, synced_at))
+        if merge is not None:
+            merge.chunk_written()
 
     return write
 

@@ -24,6 +24,7 @@ from sqlalchemy.pool import NullPool
 from connector.errors import ConfigurationError, ConnectorError
 from connector.warehouse.schema import ensure_tables
 from connector.warehouse.staging import Stage, column_values, to_arrow
+from connector.warehouse.streamed_merge import MERGE_EVERY_ROWS
 from connector.warehouse.tables import ALL_TABLE_NAMES, table
 from connector.warehouse.transaction import MergeCounts, Transaction
 
@@ -59,7 +60,11 @@ class WarehouseBusyError(ConnectorError):
 class Warehouse:
     """A SQL warehouse reached through SQLAlchemy."""
 
-    def __init__(self, url: str = DEFAULT_WAREHOUSE_URL) -> None:
+    def __init__(
+        self, url: str = DEFAULT_WAREHOUSE_URL, *, merge_every_rows: int = MERGE_EVERY_ROWS
+    ) -> None:
+        # How many staged rows a load merges at a time (connector/warehouse/streamed_merge.py).
+        self.merge_every_rows = merge_every_rows
         try:
             parsed = make_url(url)
         except sa.exc.ArgumentError as exc:
@@ -100,7 +105,7 @@ class Warehouse:
         """
         with self._connect() as connection:
             with connection.begin():
-                tx = Transaction(connection, self.dialect)
+                tx = Transaction(connection, self.dialect, self.merge_every_rows)
                 yield tx
             if self.dialect == "postgresql" and tx.changed:
                 with connection.begin():
@@ -156,7 +161,7 @@ class Warehouse:
         try:
             with self._connect() as connection:
                 if self.dialect == "postgresql":
-                    tx = Transaction(connection, self.dialect)
+                    tx = Transaction(connection, self.dialect, self.merge_every_rows)
                     key = {"name": f"notifsync:{name}"}
                     taken = tx.run("warehouse/try_advisory_lock", key).scalar()
                     connection.commit()

@@ -16,6 +16,12 @@ from sqlalchemy.engine import Connection
 from connector.warehouse import json_lines
 from connector.warehouse.sql_files import statements
 from connector.warehouse.staging import Stage
+from connector.warehouse.streamed_merge import (
+    MERGE_EVERY_ROWS,
+    ReadKeys,
+    StreamedMerge,
+    streamed_merge,
+)
 from connector.warehouse.tables import Table, table
 
 
@@ -27,18 +33,30 @@ class MergeCounts:
     inserted: int = 0
     updated: int = 0
     deleted: int = 0
+    batches: int = 1  # merged in this many batches (connector/warehouse/streamed_merge.py)
 
     @property
     def unchanged(self) -> int:
         return self.staged - self.inserted - self.updated
 
+    def add(self, other: MergeCounts) -> None:
+        """Add another batch's counts to these."""
+        self.staged += other.staged
+        self.inserted += other.inserted
+        self.updated += other.updated
+        self.deleted += other.deleted
+        self.batches += other.batches
+
 
 class Transaction:
     """A connection inside one transaction, with the load operations on it."""
 
-    def __init__(self, connection: Connection, dialect: str) -> None:
+    def __init__(
+        self, connection: Connection, dialect: str, merge_every_rows: int = MERGE_EVERY_ROWS
+    ) -> None:
         self.connection = connection
         self.dialect = dialect
+        self.merge_every_rows = merge_every_rows
         # Tables this transaction wrote, so their statistics can be refreshed after commit.
         self.changed: set[str] = set()
 
@@ -104,12 +122,20 @@ class Transaction:
 
     # -- load strategies --------------------------------------------------------------------
 
+    def streamed_merge(
+        self, target: str, *children: tuple[str, str], **options: Any
+    ) -> contextlib.AbstractContextManager[StreamedMerge]:
+        """Stages for ``target`` and its children, merged in batches as rows arrive (see
+        ``connector/warehouse/streamed_merge.py``)."""
+        options.setdefault("every", self.merge_every_rows)
+        return streamed_merge(self, target, *children, **options)
+
     def merge(self, stage: Stage, *children: tuple[Stage, str]) -> dict[str, MergeCounts]:
         """Write staged rows that are new or changed; ``children`` (stage, key column) follow.
 
         Returns the counts per table, the target's and each child's.
         """
-        target, key = stage.table.name, _key(stage.table)
+        target, key = stage.table.name, self.key(stage.table)
         names = {"stage": stage.name, "target": target, "key": key}
         self.run("load/drop_rows_to_write", **names)
         self.run("load/create_rows_to_write", **names)
@@ -155,27 +181,27 @@ class Transaction:
             self.changed.update([target, *(child.table.name for child, _ in children)])
         return counts
 
-    def count_missing(self, stage: Stage) -> int:
+    def count_missing(self, read: Stage | ReadKeys) -> int:
         """Live rows of the target that a full read did not return (what a refresh would mark)."""
         return int(
             self.run(
                 "load/count_missing_rows",
-                stage=stage.name,
-                target=stage.table.name,
-                key=_key(stage.table),
+                stage=read.name,
+                target=read.table.name,
+                key=self.key(read.table),
             ).scalar()
         )
 
-    def mark_missing_as_deleted(self, stage: Stage, now: datetime) -> int:
+    def mark_missing_as_deleted(self, read: Stage | ReadKeys, now: datetime) -> int:
         """After a full read, flag rows the API no longer returns (``deleted_at``)."""
-        target = stage.table.name
+        target = read.table.name
         before = self.run("load/count_deleted_rows", target=target).scalar()
         self.run(
             "load/mark_missing_as_deleted",
             {"now": now},
-            stage=stage.name,
+            stage=read.name,
             target=target,
-            key=_key(stage.table),
+            key=self.key(read.table),
         )
         marked = int(self.run("load/count_deleted_rows", target=target).scalar() - before)
         if marked:
@@ -228,6 +254,13 @@ class Transaction:
             self.changed.add(stage.table.name)
         return MergeCounts(staged=stage.rows, inserted=stage.rows)
 
+    @staticmethod
+    def key(definition: Table) -> str:
+        """The single-column key a merge matches rows on."""
+        if definition.key is None:
+            raise ValueError(f"table {definition.name} has no single-column key to merge on")
+        return definition.key
+
     # -- sync state -------------------------------------------------------------------------
 
     def get_state(self, name: str) -> str | None:
@@ -246,9 +279,3 @@ class _TableWriter(Stage):
     def __init__(self, tx: Transaction, definition: Table) -> None:
         super().__init__(tx, definition)
         self.name = definition.name
-
-
-def _key(definition: Table) -> str:
-    if definition.key is None:
-        raise ValueError(f"table {definition.name} has no single-column key to merge on")
-    return definition.key

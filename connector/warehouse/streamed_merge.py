@@ -1,0 +1,111 @@
+"""A merge that runs while the rows arrive: the stage is merged into its table each time it
+holds ``every`` rows, and emptied, so a load holds a bounded batch of rows whatever the size
+of the collection, and after the last chunk only the last batch is left to merge.
+
+Everything stays inside the caller's transaction: the table changes all at once at commit,
+or not at all. The keys of every row read are kept (``read``) for what needs the whole read
+at the end (a full refresh marking the rows the API no longer returns).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from connector.warehouse.staging import Stage
+from connector.warehouse.tables import Table
+
+if TYPE_CHECKING:
+    from connector.warehouse.transaction import MergeCounts, Transaction
+
+# Rows merged at a time. Large enough that a merge's scan of the table is paid rarely (a
+# million-row table is read ten times in a million-row load), small enough that the stage
+# stays a few tens of MB and the merge left after the last chunk is short.
+MERGE_EVERY_ROWS = 100_000
+
+
+@dataclass(frozen=True)
+class ReadKeys:
+    """The temporary table of the keys a load has read (column: the table's key)."""
+
+    name: str
+    table: Table
+
+
+class StreamedMerge:
+    """Merges ``stage`` (and its children's stages) into their tables in batches."""
+
+    def __init__(
+        self,
+        tx: Transaction,
+        stage: Stage,
+        children: tuple[tuple[Stage, str], ...],
+        every: int,
+        before_merge: Callable[[Stage], None] | None,
+    ) -> None:
+        self.tx = tx
+        self.stage = stage
+        self.children = children
+        self.every = every
+        self.before_merge = before_merge
+        self.read = ReadKeys(f"{stage.name}_read", stage.table)
+        self.counts: dict[str, MergeCounts] = {}
+
+    def chunk_written(self) -> None:
+        """Call after each chunk is staged (parents and children): merges a full batch.
+
+        Only between chunks, so a parent and its children are always merged together."""
+        if self.stage.rows >= self.every:
+            self._merge_batch()
+
+    def finish(self) -> dict[str, MergeCounts]:
+        """Merge what is left; the counts of the whole load, per table."""
+        if self.stage.rows or not self.counts:
+            self._merge_batch()
+        return self.counts
+
+    def _merge_batch(self) -> None:
+        if self.before_merge is not None:
+            self.before_merge(self.stage)
+        names = {"stage": self.stage.name, "key": self.tx.key(self.stage.table)}
+        self.tx.run("load/insert_read_keys", **names)
+        for table, counts in self.tx.merge(self.stage, *self.children).items():
+            if table in self.counts:
+                self.counts[table].add(counts)
+            else:
+                self.counts[table] = counts
+        for stage in (self.stage, *(child for child, _ in self.children)):
+            self.tx.run(
+                "load/empty_stage_table",
+                stage=stage.name,
+                target=stage.table.name,
+                columns=stage.columns,
+            )
+            stage.rows = 0
+
+
+@contextlib.contextmanager
+def streamed_merge(
+    tx: Transaction,
+    target: str,
+    *children: tuple[str, str],
+    every: int = MERGE_EVERY_ROWS,
+    before_merge: Callable[[Stage], None] | None = None,
+) -> Iterator[StreamedMerge]:
+    """Stages for ``target`` and its ``children`` ((table, key column) pairs), merged in
+    batches of ``every`` rows; call ``finish()`` after the last chunk.
+
+    ``before_merge`` sees each batch's stage before it is merged and emptied."""
+    with contextlib.ExitStack() as stages:
+        stage = stages.enter_context(tx.stage(target))
+        child_stages = tuple(
+            (stages.enter_context(tx.stage(child)), key) for child, key in children
+        )
+        names = {"stage": stage.name, "target": target, "key": tx.key(stage.table)}
+        tx.run("load/drop_read_keys", **names)
+        tx.run("load/create_read_keys", **names)
+        yield StreamedMerge(tx, stage, child_stages, every, before_merge)
+        # Only on success, as for the stages: after an error the rollback drops it.
+        tx.run("load/drop_read_keys", **names)

@@ -1,0 +1,121 @@
+"""A load merged in batches while it reads (connector/warehouse/streamed_merge.py) gives the
+same tables, counts and cursor as one merge at the end: a first load, a full refresh after
+updates, creations, blocks and deletions, then an incremental run; and a stop by the
+mass-deletion guard after batches were merged still leaves the table as it was. On DuckDB and
+PostgreSQL, against a reference DuckDB file merged in one batch."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from sync_support import Paging, content, frozen_sandbox, marketplace_client, rows, run, state
+
+from connector.errors import MassDeletionError
+from connector.pipelines import sync
+from connector.warehouse.engine import Warehouse
+from sandbox.app import Sandbox
+
+# Paged and handed on in small chunks (a few pages each): a full read is several chunks,
+# each its own batch below.
+CONTACTS = 3_000
+CHUNK_BYTES = 50_000
+
+
+def _both(
+    sandbox: Sandbox, batched: Warehouse, reference: Warehouse, **options: Any
+) -> tuple[sync.SyncResult, sync.SyncResult]:
+    return _paged(sandbox, batched, **options), _paged(sandbox, reference, **options)
+
+
+def _paged(sandbox: Sandbox, warehouse: Warehouse, **options: Any) -> sync.SyncResult:
+    async def go() -> sync.SyncResult:
+        async with marketplace_client(Paging(sandbox.app), chunk_bytes=CHUNK_BYTES) as client:
+            return await sync.sync_contacts(client, warehouse, **options)
+
+    return run(go())
+
+
+def _same(batched: Warehouse, reference: Warehouse) -> None:
+    for name in ("contacts", "contact_opt_outs"):
+        assert content(batched, name) == content(reference, name), name
+    assert state(batched)["contacts.cursor"] == state(reference)["contacts.cursor"]
+
+
+def _counts(result: sync.SyncResult) -> dict[str, tuple[int, int, int, int]]:
+    return {name: (c.staged, c.inserted, c.updated, c.deleted) for name, c in result.counts.items()}
+
+
+def test_batches_merged_while_reading_equal_one_merge_at_the_end(
+    warehouse_url: str, open_warehouse: Any, tmp_path: Any
+) -> None:
+    sandbox = frozen_sandbox(contacts=CONTACTS, seed=13)
+    batched = open_warehouse(warehouse_url, merge_every_rows=1)
+    reference = open_warehouse(f"duckdb:///{tmp_path / 'reference.duckdb'}")
+    now = sandbox.clock.now()
+
+    first, first_reference = _both(sandbox, batched, reference, full_refresh=True, now=now)
+    assert first.counts["contacts"].batches >= 5
+    assert first_reference.counts["contacts"].batches == 1
+    assert _counts(first) == _counts(first_reference)
+    assert first.counts["contacts"].inserted == CONTACTS
+    _same(batched, reference)
+
+    # Changes spread over the whole id range, so every batch meets some.
+    store = sandbox.marketplace
+    contacts = sorted(sandbox.truth("contacts"), key=lambda c: c["id"])
+    for contact in contacts[::70]:
+        store.update_contact(contact["id"], {"email": contact["email"], "name": "Renamed"})
+    for contact in contacts[35::150]:
+        store.set_blocked(contact["id"], contact["status"] != "Blocked", "bounce")
+    for contact in contacts[10::130]:
+        store.delete_contact(contact["id"])
+    for number in range(12):
+        store.create_contact({"email": f"new.{number}@example.test", "name": f"New {number}"})
+    later = now + timedelta(hours=1)
+
+    again, again_reference = _both(sandbox, batched, reference, full_refresh=True, now=later)
+    assert again.counts["contacts"].batches >= 5
+    assert _counts(again) == _counts(again_reference)
+    assert again.counts["contacts"].deleted == len(contacts[10::130])
+    assert again.counts["contacts"].inserted == 12
+    _same(batched, reference)
+
+    for contact in contacts[5::12]:
+        if store.contacts.get(contact["id"]) is not None:
+            store.update_contact(contact["id"], {"email": contact["email"], "name": "Again"})
+    # The newest change of all is in the first batch: the cursor comes from every batch.
+    sandbox.clock.advance(60)
+    store.update_contact(contacts[3]["id"], {"email": contacts[3]["email"], "name": "Newest"})
+    incremental, incremental_reference = _both(
+        sandbox, batched, reference, now=later + timedelta(minutes=5)
+    )
+    assert incremental.mode == "incremental"
+    assert incremental.counts["contacts"].batches >= 2
+    assert _counts(incremental) == _counts(incremental_reference)
+    _same(batched, reference)
+    newest = store.contacts.get(contacts[3]["id"])["audit"]["updated"]["at"]
+    assert state(batched)["contacts.cursor"] == newest
+
+
+def test_the_mass_deletion_guard_stops_a_batched_refresh_with_the_table_unchanged(
+    warehouse_url: str, open_warehouse: Any
+) -> None:
+    sandbox = frozen_sandbox(contacts=CONTACTS, seed=14)
+    batched = open_warehouse(warehouse_url, merge_every_rows=1)
+    _paged(sandbox, batched, full_refresh=True)
+    contacts = sorted(sandbox.truth("contacts"), key=lambda c: c["id"])
+    for contact in contacts[::3]:
+        sandbox.marketplace.delete_contact(contact["id"])
+    # Changed rows in every batch: merged before the guard runs at the end, then rolled back.
+    for contact in [c for i, c in enumerate(contacts) if i % 60 == 1 and i % 3]:
+        sandbox.marketplace.update_contact(
+            contact["id"], {"email": contact["email"], "name": "Changed"}
+        )
+    before = rows(batched, "contacts"), rows(batched, "contact_opt_outs"), state(batched)
+
+    with pytest.raises(MassDeletionError):
+        _paged(sandbox, batched, full_refresh=True)
+
+    assert (rows(batched, "contacts"), rows(batched, "contact_opt_outs"), state(batched)) == before
