@@ -19,6 +19,7 @@ from sync_support import (
 
 from connector.pipelines import sync
 from connector.warehouse.engine import Warehouse
+from connector.warehouse.schema import WITHOUT_KEY_INDEX_ON_DUCKDB
 from connector.warehouse.sql_files import read_sql
 from connector.warehouse.tables import TABLE_NAMES
 
@@ -122,3 +123,22 @@ def test_a_sync_leaves_earlier_garbage_collectable(tmp_path: Any, open_warehouse
         leaked = alive() is not None
         gc.unfreeze()
     assert not leaked
+
+
+# --- key indexes -----------------------------------------------------------------------------
+
+
+def test_the_bulk_loaded_tables_have_no_key_index_on_duckdb_only(warehouse: Warehouse) -> None:
+    # DuckDB would hold such an index in memory whole; the loads keep the keys unique.
+    keyed = {
+        row[0]
+        for row in warehouse.query(
+            "select table_name from information_schema.table_constraints"
+            " where constraint_type = 'PRIMARY KEY'"
+        )
+    }
+    assert "sync_state" in keyed
+    if warehouse.dialect == "duckdb":
+        assert keyed.isdisjoint(WITHOUT_KEY_INDEX_ON_DUCKDB)
+    else:
+        assert keyed >= WITHOUT_KEY_INDEX_ON_DUCKDB
