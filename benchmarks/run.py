@@ -26,7 +26,7 @@ from benchmarks.evinotice_sync import evinotice_sync_benchmark
 from benchmarks.faults import fault_benchmark
 from benchmarks.reconcile import apply_benchmark, plan_benchmark, plan_postgres_benchmark
 from benchmarks.sandbox_process import sandbox_process
-from benchmarks.sync import incremental_benchmark, memory_benchmark, sync_benchmark
+from benchmarks.sync import MEMORY_CAPS, incremental_benchmark, memory_benchmark, sync_benchmark
 from connector.http import ClientLimits
 from connector.marketplace.client import MarketplaceClient, ReadReport
 from connector.settings import SANDBOX_TOKEN, MarketplaceSettings, Secret
@@ -120,7 +120,7 @@ def main() -> None:
                 f"{memory[small, cap]:,.0f} / {memory[large, cap]:,.0f}",
                 "<= 300, flat",
             )
-            for cap in ("256MB", "128MB")
+            for cap in MEMORY_CAPS
         ),
         (
             f"plan {args.crm_rows:,} CRM lines, DuckDB / PostgreSQL (s)",

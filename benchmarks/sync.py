@@ -111,11 +111,15 @@ def sync_benchmark(contacts: int, latency_ms: float) -> dict[str, float]:
     return figures
 
 
+MEMORY_CAPS = ("256MB", "128MB", "64MB")
+
+
 def memory_benchmark(
-    sizes: tuple[int, ...], caps: tuple[str, ...] = ("256MB", "128MB")
+    sizes: tuple[int, ...], caps: tuple[str, ...] = MEMORY_CAPS
 ) -> dict[tuple[int, str], float]:
     """Peak memory of a full sync into DuckDB at each size and DuckDB memory cap (the
-    ``memory_limit`` setting; 256MB is the default), beside fetching alone (flat is the goal)."""
+    ``memory_limit`` setting; the default is ``DEFAULT_DUCKDB_MEMORY_LIMIT``), beside fetching
+    alone (flat is the goal)."""
     print(f"\n== memory: full sync into DuckDB at {', '.join(f'{n:,}' for n in sizes)} contacts ==")
     peaks: dict[tuple[int, str], float] = {}
     for contacts in sizes:

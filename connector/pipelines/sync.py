@@ -339,8 +339,10 @@ async def _merged_contacts(
     """Contacts and their opt-outs from ``chunks``, merged in batches as they arrive; inside
     the block the caller merges what is left (``finish``) and may compare the table with the
     keys read (a full refresh)."""
+    # The client's JSON lines hand each id once (ids increasing); so do the row builders'
+    # records, read the same way.
     with tx.streamed_merge(
-        "contacts", ("contact_opt_outs", "contact_id"), before_merge=before_merge
+        "contacts", ("contact_opt_outs", "contact_id"), before_merge=before_merge, keys_once=True
     ) as merge:
         stage, ((opt_outs, _),) = merge.stage, merge.children
         constants = {"synced_at": synced_at}
@@ -434,7 +436,7 @@ async def sync_batches(
     now = _now(now)
     synced_at = format_timestamp(now)
     result = SyncResult(mode="merge", read=ReadReport("batches"), synced_at=now)
-    with warehouse.transaction() as tx, tx.streamed_merge("batches") as merge:
+    with warehouse.transaction() as tx, tx.streamed_merge("batches", keys_once=True) as merge:
         await _pipe(
             _read(client, "batches", bulk, report=result.read),
             _writer(tx, merge.stage, batch_rows, synced_at, merge),

@@ -5,6 +5,9 @@ of the collection, and after the last chunk only the last batch is left to merge
 Everything stays inside the caller's transaction: the table changes all at once at commit,
 or not at all. The keys of every row read are kept (``read``) for what needs the whole read
 at the end (a full refresh marking the rows the API no longer returns).
+
+A first load (the tables empty) whose chunks never repeat a key writes straight into the
+tables: every row is new, so there is nothing to compare with, and no copy is staged.
 """
 
 from __future__ import annotations
@@ -14,11 +17,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from connector.warehouse.merge_counts import MergeCounts
 from connector.warehouse.staging import Stage
 from connector.warehouse.tables import Table
 
 if TYPE_CHECKING:
-    from connector.warehouse.transaction import MergeCounts, Transaction
+    from connector.warehouse.transaction import Transaction
 
 # Rows merged at a time. Large enough that a merge's scan of the table is paid rarely (a
 # million-row table is read ten times in a million-row load), small enough that the stage
@@ -35,7 +39,8 @@ class ReadKeys:
 
 
 class StreamedMerge:
-    """Merges ``stage`` (and its children's stages) into their tables in batches."""
+    """Merges ``stage`` (and its children's stages) into their tables in batches; or, for a
+    first load (``direct``), writes straight into the tables (``stage`` is the table)."""
 
     def __init__(
         self,
@@ -44,25 +49,35 @@ class StreamedMerge:
         children: tuple[tuple[Stage, str], ...],
         every: int,
         before_merge: Callable[[Stage], None] | None,
+        direct: bool = False,
     ) -> None:
         self.tx = tx
         self.stage = stage
         self.children = children
         self.every = every
         self.before_merge = before_merge
-        self.read = ReadKeys(f"{stage.name}_read", stage.table)
+        self.direct = direct
+        # Written straight into the table, the table holds exactly the keys read.
+        self.read = ReadKeys(stage.name if direct else f"{stage.name}_read", stage.table)
         self.counts: dict[str, MergeCounts] = {}
 
     def chunk_written(self) -> None:
         """Call after each chunk is staged (parents and children): merges a full batch.
 
         Only between chunks, so a parent and its children are always merged together."""
-        if self.stage.rows >= self.every:
+        if not self.direct and self.stage.rows >= self.every:
             self._merge_batch()
 
     def finish(self) -> dict[str, MergeCounts]:
         """Merge what is left; the counts of the whole load, per table."""
-        if self.stage.rows or not self.counts:
+        if self.direct:
+            if self.before_merge is not None:
+                self.before_merge(self.stage)
+            for stage in (self.stage, *(child for child, _ in self.children)):
+                self.counts[stage.table.name] = MergeCounts(staged=stage.rows, inserted=stage.rows)
+                if stage.rows:
+                    self.tx.changed.add(stage.table.name)
+        elif self.stage.rows or not self.counts:
             self._merge_batch()
         return self.counts
 
@@ -93,11 +108,22 @@ def streamed_merge(
     *children: tuple[str, str],
     every: int = MERGE_EVERY_ROWS,
     before_merge: Callable[[Stage], None] | None = None,
+    keys_once: bool = False,
 ) -> Iterator[StreamedMerge]:
     """Stages for ``target`` and its ``children`` ((table, key column) pairs), merged in
     batches of ``every`` rows; call ``finish()`` after the last chunk.
 
-    ``before_merge`` sees each batch's stage before it is merged and emptied."""
+    ``before_merge`` sees each batch's stage before it is merged and emptied. ``keys_once``:
+    the chunks never hand the same key twice (the client's JSON lines, ids increasing), so a
+    first load may go straight into the tables."""
+    tables = (target, *(child for child, _ in children))
+    if keys_once and all(tx.count_rows(name) == 0 for name in tables):
+        writers = [tx.writer(name) for name in tables]
+        child_writers = tuple(
+            (writer, key) for writer, (_, key) in zip(writers[1:], children, strict=True)
+        )
+        yield StreamedMerge(tx, writers[0], child_writers, every, before_merge, direct=True)
+        return
     with contextlib.ExitStack() as stages:
         stage = stages.enter_context(tx.stage(target))
         child_stages = tuple(

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -14,6 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from connector.warehouse import json_lines
+from connector.warehouse.merge_counts import MergeCounts
 from connector.warehouse.sql_files import statements
 from connector.warehouse.staging import Stage
 from connector.warehouse.streamed_merge import (
@@ -23,29 +23,6 @@ from connector.warehouse.streamed_merge import (
     streamed_merge,
 )
 from connector.warehouse.tables import Table, table
-
-
-@dataclass
-class MergeCounts:
-    """What a load did to its table."""
-
-    staged: int = 0
-    inserted: int = 0
-    updated: int = 0
-    deleted: int = 0
-    batches: int = 1  # merged in this many batches (connector/warehouse/streamed_merge.py)
-
-    @property
-    def unchanged(self) -> int:
-        return self.staged - self.inserted - self.updated
-
-    def add(self, other: MergeCounts) -> None:
-        """Add another batch's counts to these."""
-        self.staged += other.staged
-        self.inserted += other.inserted
-        self.updated += other.updated
-        self.deleted += other.deleted
-        self.batches += other.batches
 
 
 class Transaction:
@@ -91,7 +68,9 @@ class Transaction:
 
     def count_rows(self, target: str) -> int:
         """Row count of a table."""
-        return int(self.run("warehouse/count_rows", target=target).scalar())
+        # scalar_one reads the result to its end: DuckDB refuses other work on a connection
+        # whose last result is unfinished (the bulk flatten runs on it next).
+        return int(self.run("warehouse/count_rows", target=target).scalar_one())
 
     def flatten(self, lines: bytes | pa.Table, name: str) -> pa.Table:
         """JSON lines turned into columns by ``sql/load/flatten_<name>.sql``, in bulk (by
@@ -110,12 +89,16 @@ class Transaction:
         # temporary table), and a statement here would hide the error that matters.
         self.run("load/drop_stage_table", stage=stage.name)
 
+    def writer(self, target: str) -> Stage:
+        """A writer straight into ``target`` (no stage): for rows known to be new."""
+        return _TableWriter(self, table(target))
+
     @contextlib.contextmanager
     def replacing(self, target: str) -> Iterator[Stage]:
         """A writer straight into ``target``, emptied first: for a table a load replaces
         whole, where staging would copy every row once more. The transaction still makes the
         replacement all or nothing."""
-        writer = _TableWriter(self, table(target))
+        writer = self.writer(target)
         self.run("load/delete_all_rows", target=target)
         yield writer
         self.changed.add(target)
