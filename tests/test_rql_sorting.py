@@ -157,6 +157,9 @@ def test_first_records_are_the_full_sorts_first_records(
     matching = [r for r in records if predicate is None or predicate(r)]
     whole = [r["id"] for r in sort_records(matching, order)]
     total, first = first_records(records, order, n, predicate)
+    # The same with the keys of every record handed over, as the sandbox's store does.
+    with_keys = first_records(records, order, n, predicate, lambda _, key: [*map(key, records)])
+    assert with_keys == (total, first)
     assert total == len(matching)
     assert [r["id"] for r in first][:n] == whole[:n]
     assert len(first) in (min(n, total), total)  # the rows asked for, or all of them

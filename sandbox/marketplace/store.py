@@ -39,9 +39,13 @@ class StoreError(Exception):
 
 
 Order = tuple[tuple[str, bool], ...]
-# rql.first_records: (records in id order, order, rows needed or None for all, predicate) ->
-# (how many match, at least the rows needed, in order).
-Arrange = Callable[[list[Record], Order, int | None, Predicate | None], tuple[int, list[Record]]]
+SortKey = Callable[[Record], str]
+Column = Callable[[str, SortKey], list[str]]
+# rql.first_records: (records in id order, order, rows needed or None for all, predicate,
+# Collection.column) -> (how many match, at least the rows needed, in order).
+Arrange = Callable[
+    [list[Record], Order, int | None, Predicate | None, Column], tuple[int, list[Record]]
+]
 
 
 @dataclass
@@ -69,6 +73,9 @@ class Collection:
         self._by_id = {r["id"]: r for r in records}
         self.version = 0
         self._cache: dict[tuple[str, Order], _Answer] = {}
+        # The sort key of every record per field ordered by, in id order, kept up to date
+        # record by record: under churn a read no longer computes one key per record.
+        self._columns: dict[str, tuple[SortKey, list[str]]] = {}
 
     def __len__(self) -> int:
         return len(self._ids)
@@ -84,14 +91,21 @@ class Collection:
         """Insert or replace a record."""
         identifier = record["id"]
         if identifier in self._by_id:
-            self._records[bisect.bisect_left(self._ids, identifier)] = record
+            at = bisect.bisect_left(self._ids, identifier)
+            self._records[at] = record
+            for key, keys in self._columns.values():
+                keys[at] = key(record)
         elif not self._ids or identifier > self._ids[-1]:
             self._ids.append(identifier)
             self._records.append(record)
+            for key, keys in self._columns.values():
+                keys.append(key(record))
         else:
             at = bisect.bisect_left(self._ids, identifier)
             self._ids.insert(at, identifier)
             self._records.insert(at, record)
+            for key, keys in self._columns.values():
+                keys.insert(at, key(record))
         self._by_id[identifier] = record
         self._changed()
 
@@ -101,6 +115,8 @@ class Collection:
             at = bisect.bisect_left(self._ids, identifier)
             del self._ids[at]
             del self._records[at]
+            for _, keys in self._columns.values():
+                del keys[at]
             self._changed()
         return record
 
@@ -110,7 +126,15 @@ class Collection:
 
     def touched(self) -> None:
         """A record changed in place."""
+        self._columns.clear()  # which record, is not said: every key is recomputed when read
         self._changed()
+
+    def column(self, path: str, key: SortKey) -> list[str]:
+        """``key`` (the sort key of ``path``) of every record, in id order; read-only."""
+        kept = self._columns.get(path)
+        if kept is None:
+            kept = self._columns[path] = (key, list(map(key, self._records)))
+        return kept[1]
 
     def _changed(self) -> None:
         self.version += 1
@@ -137,13 +161,13 @@ class Collection:
         key = (cache_key, order)
         answer = self._cache.get(key)
         if answer is None or answer.version != self.version:
-            answer = _Answer(self.version, *arrange(records, order, need, predicate))
+            answer = _Answer(self.version, *arrange(records, order, need, predicate, self.column))
             self._cache[key] = answer
         elif not answer.complete and (need is None or need > len(answer.rows)):
             # A longer read than the one cached: the next pages of a client paging through,
             # so they are all sorted, once. (After a count, a short read still selects.)
             wanted = need if not answer.rows else None
-            answer = _Answer(self.version, *arrange(records, order, wanted, predicate))
+            answer = _Answer(self.version, *arrange(records, order, wanted, predicate, self.column))
             self._cache[key] = answer
         rows = answer.rows
         return answer.total, lambda offset, limit: rows[offset : offset + limit]

@@ -22,6 +22,8 @@ from sandbox.marketplace.rql.values import (
 )
 
 OrderSpec = Sequence[tuple[str, bool]]
+# (path, its sort key function) -> that key of every record, in the records' order.
+Column = Callable[[str, Callable[[Any], str]], list[str]]
 
 # A read needing at most 1/16 of the matching records (offset + limit) takes only those instead
 # of sorting them all: picking n of N is one pass over the keys, while a sort of all N costs
@@ -110,15 +112,20 @@ def sort_records(records: Iterable[Any], order: OrderSpec) -> list[Any]:
 
 
 def first_records(
-    records: list[Any], order: OrderSpec, n: int | None, predicate: Predicate | None = None
+    records: list[Any],
+    order: OrderSpec,
+    n: int | None,
+    predicate: Predicate | None = None,
+    column: Column | None = None,
 ) -> tuple[int, list[Any]]:
     """How many ``records`` match ``predicate``, and the first ``n`` of them (None: all) as the
     full sort orders them; all of them, sorted, when that costs about as much.
 
-    The n-th best key of the first field bounds the answer: a record whose key is worse has at
-    least n records before it. The records whose key is at least as good (the ties at the
-    bound included) are sorted exactly as the full sort would, in their incoming order, so the
-    answer is the full sort's, ties and nulls included.
+    ``column(path, key)``, when given, answers ``key`` of every record, in the records' order,
+    from a cache. The n-th best key of the first field bounds the answer: a record whose key is
+    worse has at least n records before it. The records whose key is at least as good (the ties
+    at the bound included) are sorted exactly as the full sort would, in their incoming order,
+    so the answer is the full sort's, ties and nulls included.
     """
     if n == 0:  # a count
         return len(records) if predicate is None else sum(map(predicate, records)), []
@@ -127,34 +134,41 @@ def first_records(
         return len(rows), rows
     path, descending = order[0]
     key = sort_key(path)
+    every = column(path, key) if column is not None else None
+    keys: list[str] | None = every
+    rows = records
     if predicate is not None and not_null_path(predicate) == path:
-        # ne(path,null()) keeps exactly the records whose key is not the null key: one pass
-        # over the records for both (the newest-change query), not one each.
-        every = list(map(key, records))
-        rows = list(compress(records, map(_NULL_KEY.__ne__, every)))
-        keys = list(filter(_NULL_KEY.__ne__, every))
-    else:
-        rows = records if predicate is None else list(filter(predicate, records))
-        if n is None or n * _SELECT_FRACTION > len(rows):
+        # ne(path,null()) keeps exactly the records whose key is not the null key: the keys
+        # answer the filter too (the newest-change query).
+        if every is None:
+            every = list(map(key, records))
+        mask = list(map(_NULL_KEY.__ne__, every))
+        rows, keys = list(compress(records, mask)), list(compress(every, mask))
+    elif predicate is not None and every is not None:
+        mask = list(map(predicate, records))
+        rows, keys = list(compress(records, mask)), list(compress(every, mask))
+    elif predicate is not None:
+        rows = list(filter(predicate, records))
+    total = len(rows)
+    short = n is not None and n * _SELECT_FRACTION <= total
+    if keys is None:
+        if not short:
             rows = list(rows)
             sort_in_place(rows, order)
-            return len(rows), rows
+            return total, rows
         keys = list(map(key, rows))
-    total = len(rows)
-    if n is None or n * _SELECT_FRACTION > total:
+    if n is None or not short:
         pairs = list(zip(keys, rows, strict=True))
     else:
         if n == 1:
             bound = max(keys) if descending else min(keys)
         else:
             bound = (heapq.nlargest if descending else heapq.nsmallest)(n, keys)[-1]
-        if descending:
-            pairs = [(k, r) for k, r in zip(keys, rows, strict=True) if k >= bound]
-        else:
-            pairs = [(k, r) for k, r in zip(keys, rows, strict=True) if k <= bound]
+        mask = list(map(bound.__le__ if descending else bound.__ge__, keys))
+        pairs = list(zip(compress(keys, mask), compress(rows, mask), strict=True))
     # The full sort's passes, last field first, the first field's keys already computed.
     for later, later_descending in reversed(order[1:]):
         later_key = sort_key(later)
         pairs.sort(key=lambda pair: later_key(pair[1]), reverse=later_descending)
     pairs.sort(key=itemgetter(0), reverse=descending)
-    return total, [r for _, r in (pairs if n is None else pairs[:n])]
+    return total, [r for _, r in (pairs[:n] if short else pairs)]
