@@ -128,7 +128,7 @@ def first_records(
     so the answer is the full sort's, ties and nulls included.
     """
     if n == 0:  # a count
-        return len(records) if predicate is None else sum(map(predicate, records)), []
+        return len(records) if predicate is None else len(list(filter(predicate, records))), []
     if not order:  # every match, in id order: filtering is the whole cost, once per version
         rows = records if predicate is None else list(filter(predicate, records))
         return len(rows), rows
@@ -157,9 +157,10 @@ def first_records(
             sort_in_place(rows, order)
             return total, rows
         keys = list(map(key, rows))
-    if n is None or not short:
+    if not short:
         pairs = list(zip(keys, rows, strict=True))
     else:
+        assert n is not None
         if n == 1:
             bound = max(keys) if descending else min(keys)
         else:
