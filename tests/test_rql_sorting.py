@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from datetime import UTC, datetime
 from typing import Any
 
@@ -9,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from rql_cases import RECORDS
 
-from sandbox.marketplace.rql import sort_key, sort_records
+from sandbox.marketplace.rql import FieldSet, first_records, parse_query, sort_key, sort_records
 
 # --------------------------------------------------------------------------- sorting
 
@@ -83,3 +84,95 @@ def test_sort_matches_a_reference_order(values: list[Any]) -> None:
     assert [reference(v) for v in descending] == sorted(
         (reference(v) for v in values), reverse=True
     )
+
+
+# --------------------------------------------------------------------------- first rows only
+
+# Few distinct values, so most orders tie at the bound; nulls, a missing key, mixed types and
+# one instant in three spellings (equal as instants, different as text).
+FEW_VALUES: list[Any] = [
+    None,
+    True,
+    False,
+    -2,
+    0,
+    2,
+    0.5,
+    -0.0,
+    float("inf"),
+    "",
+    "a",
+    "b",
+    "B",
+    "2026-01-01T10:00:00.000Z",
+    "2026-01-01T11:00:00+01:00",
+    "2026-01-01 10:00:00Z",
+    "2026-01-01T09:59:59.999Z",
+]
+MISSING = object()
+ORDER_FIELDS = ("a", "b", "nested.c", "missing")
+FIELDS = FieldSet.from_paths(["id", *ORDER_FIELDS, "nested"])
+Order = tuple[tuple[str, bool], ...]
+
+
+def tied_records(seed: int, size: int) -> list[dict[str, Any]]:
+    """``size`` records drawn from few values (many built per example: a seed is quicker for
+    hypothesis than one draw per value)."""
+    rng = random.Random(seed)
+    pool = [*FEW_VALUES, MISSING]
+    records = []
+    for i in range(size):
+        record: dict[str, Any] = {"id": f"R{i:03d}"}
+        for name in ("a", "b"):
+            value = rng.choice(pool)
+            if value is not MISSING:
+                record[name] = value
+        nested = rng.choice(pool)
+        record["nested"] = None if nested is MISSING else {"c": nested}
+        records.append(record)
+    return records
+
+
+FILTERS = [None, "ne(a,null())", "ne(nested.c,null())", "eq(a,null())", "ne(b,1)"]
+
+
+@st.composite
+def short_reads(draw: st.DrawFn) -> tuple[list[dict[str, Any]], Order, int, str | None]:
+    records = tied_records(draw(st.integers(0, 2**32)), draw(st.integers(0, 200)))
+    fields = draw(st.lists(st.sampled_from(ORDER_FIELDS), min_size=1, max_size=3, unique=True))
+    order = tuple((f, draw(st.booleans())) for f in fields)
+    # Mostly short reads (at most 1/16 of the rows select), some longer ones.
+    n = draw(st.one_of(st.integers(0, 12), st.integers(0, len(records) + 2)))
+    return records, order, n, draw(st.sampled_from(FILTERS))
+
+
+@given(short_reads())
+@settings(max_examples=400, deadline=None)
+def test_first_records_are_the_full_sorts_first_records(
+    case: tuple[list[dict[str, Any]], Order, int, str | None],
+) -> None:
+    records, order, n, filter_text = case
+    predicate = None if filter_text is None else parse_query(filter_text, FIELDS).predicate
+    before = list(records)
+    matching = [r for r in records if predicate is None or predicate(r)]
+    whole = [r["id"] for r in sort_records(matching, order)]
+    total, first = first_records(records, order, n, predicate)
+    # The same with the keys of every record handed over, as the sandbox's store does.
+    with_keys = first_records(records, order, n, predicate, lambda _, key: [*map(key, records)])
+    assert with_keys == (total, first)
+    assert total == len(matching)
+    assert [r["id"] for r in first][:n] == whole[:n]
+    assert len(first) in (min(n, total), total)  # the rows asked for, or all of them
+    assert records == before  # the incoming list is left as it was
+
+
+def test_first_records_keep_incoming_order_among_ties_at_the_bound() -> None:
+    values = [1, 3, None, 3, 2, 3, None, 3] * 8  # enough rows for a short read to select
+    records = [{"id": f"R{i:02d}", "v": v} for i, v in enumerate(values)]
+
+    def first(order: tuple[tuple[str, bool], ...], n: int) -> list[str]:
+        return [r["id"] for r in first_records(records, order, n)[1]][:n]
+
+    assert first((("v", True),), 2) == ["R01", "R03"]
+    assert first((("v", False),), 3) == ["R02", "R06", "R10"]
+    assert first((("v", True), ("id", True)), 3) == ["R63", "R61", "R59"]

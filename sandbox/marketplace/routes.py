@@ -24,8 +24,8 @@ from sandbox.marketplace.rql import (
     FieldSet,
     ParsedQuery,
     RqlSyntaxError,
+    first_records,
     parse_query,
-    sort_in_place,
 )
 from sandbox.marketplace.store import Attachment, MarketplaceStore, Record, StoreError
 from sandbox.problems import problem_response
@@ -158,25 +158,26 @@ class MarketplaceApi:
             request.url.query, FIELDS[resource], max_limit=100, default_limit=DEFAULT_LIMIT
         )
         collection = self.store.collection(resource)
+        stream = _wants_stream(request)
+        limit = DEFAULT_LIMIT if query.limit is None else query.limit
         with self.store.lock:
             total, page = collection.query(
-                query.filter_text, query.predicate, query.order, sort_in_place
+                query.filter_text,
+                query.predicate,
+                query.order,
+                first_records,
+                None if stream else query.offset + limit,
             )
-            if _wants_stream(request):
-                rows = page(0, total)
-            else:
-                limit = DEFAULT_LIMIT if query.limit is None else query.limit
-                rows = page(query.offset, limit)
+            rows = page(0, total) if stream else page(query.offset, limit)
         shape = _Shape(query)
         if present is not None:
             rows = [present(r) for r in rows]
-        if _wants_stream(request):
+        if stream:
             return StreamingResponse(
                 _json_lines(rows, shape),
                 media_type="application/jsonl",
                 headers={"MPT-Streaming": "true"},
             )
-        limit = DEFAULT_LIMIT if query.limit is None else query.limit
         body = {
             "$meta": {
                 "pagination": {

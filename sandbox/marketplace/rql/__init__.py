@@ -11,7 +11,7 @@ from sandbox.marketplace.rql.errors import RqlSyntaxError
 from sandbox.marketplace.rql.fields import FieldSet
 from sandbox.marketplace.rql.predicates import like_pattern
 from sandbox.marketplace.rql.query import DEFAULT_LIMIT, MAX_LIMIT, ParsedQuery, parse_query
-from sandbox.marketplace.rql.sorting import sort_in_place, sort_key, sort_records
+from sandbox.marketplace.rql.sorting import first_records, sort_in_place, sort_key, sort_records
 
 __all__ = [
     "DEFAULT_LIMIT",
@@ -19,6 +19,7 @@ __all__ = [
     "FieldSet",
     "ParsedQuery",
     "RqlSyntaxError",
+    "first_records",
     "like_pattern",
     "parse_query",
     "sort_in_place",

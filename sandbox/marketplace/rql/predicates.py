@@ -15,6 +15,7 @@ from collections.abc import Callable
 from datetime import datetime
 from functools import partial
 from typing import Any
+from weakref import WeakKeyDictionary
 
 from sandbox.marketplace.rql.values import (
     Coerced,
@@ -131,6 +132,16 @@ def compile_like(path: str, pattern: Literal, *, case_insensitive: bool) -> Pred
     return _leaf(path, table, False)
 
 
+# The predicates that are exactly ``ne(path,null())``: sorting by that path can tell them from
+# the sort key alone (only null has the null key), without running them.
+_NOT_NULL: WeakKeyDictionary[Predicate, str] = WeakKeyDictionary()
+
+
+def not_null_path(predicate: Predicate) -> str | None:
+    """The ``path`` when ``predicate`` is exactly ``ne(path,null())``, else None."""
+    return _NOT_NULL.get(predicate)
+
+
 def _is_empty(v: Any) -> bool:
     return v is None or (isinstance(v, (str, list, tuple, dict)) and len(v) == 0)
 
@@ -148,6 +159,29 @@ def getter(path: str) -> Callable[[Any], Any]:
                 return None
 
         return get_one
+    # Two and three steps (``user.id``, ``audit.updated.at``) are chained inline: a missing
+    # step gives None, and ``None.get`` (or ``.get`` on any non-object) raises AttributeError,
+    # so the chain answers as the loop below does, in one frame instead of a loop per record.
+    if len(keys) == 2:
+        first, second = keys
+
+        def get_two(rec: Any) -> Any:
+            try:
+                return rec.get(first).get(second)
+            except AttributeError:
+                return None
+
+        return get_two
+    if len(keys) == 3:
+        first, second, third = keys
+
+        def get_three(rec: Any) -> Any:
+            try:
+                return rec.get(first).get(second).get(third)
+            except AttributeError:
+                return None
+
+        return get_three
 
     def get_path(rec: Any) -> Any:
         value = rec
@@ -249,13 +283,20 @@ def any_of(predicates: list[Predicate]) -> Predicate:
 def compile_comparison(op: str, path: str, value: Value) -> Predicate:
     """eq/ne/gt/ge/lt/le of a field against a literal (or eq/ne against a constant)."""
     if isinstance(value, Constant):
-        predicate = _value_leaf(path, _is_null if value.name == "null" else _is_empty)
+        get = getter(path)
+        if value.name == "null":
+            # ne(x,null()) is the newest-change query's filter: one frame per record, not three.
+            if op == "ne":
+
+                def present(rec: Any) -> bool:
+                    return get(rec) is not None
+
+                _NOT_NULL[present] = path
+                return present
+            return lambda rec: get(rec) is None
+        predicate = _value_leaf(path, _is_empty)
         return negate(predicate) if op == "ne" else predicate
     return _leaf(path, _comparison_table(op, Coerced.of(value.text)), op == "ne")
-
-
-def _is_null(v: Any) -> bool:
-    return v is None
 
 
 def compile_in(path: str, values: list[Value], exclude: bool) -> Predicate:
