@@ -18,6 +18,11 @@ import pyarrow.compute as pc
 from connector.warehouse.sql_files import statements
 
 FLATTEN_MEMORY_LIMIT = "32MB"
+# The statements that make one row of each line, in the lines' order, and keep the line as
+# it came (column ``raw``): it is attached to their columns here rather than copied out of
+# DuckDB again (the biggest column by far). DuckDB keeps the rows of such a statement in
+# order (its ``preserve_insertion_order``, on by default).
+KEEPS_LINE = frozenset({"contacts", "categories", "batches", "evinotice_batches"})
 _LOCAL = threading.local()
 
 
@@ -43,13 +48,19 @@ def flatten(
 ) -> pa.Table:
     """The rows ``sql/load/flatten_<name>.sql`` makes of a chunk: JSON lines (bytes, or a
     ``lines_table``), or columns an earlier flatten made (the statement reads ``chunk``).
+    For the statements of ``KEEPS_LINE``, the line itself comes along as column ``raw``.
 
     ``duck``: a DuckDB connection to run it on (a DuckDB warehouse's own, so one memory cap
     covers both); else this thread's private in-memory one."""
     table = chunk if isinstance(chunk, pa.Table) else lines_table(chunk)
     (statement,) = statements(f"load/flatten_{name}")
     connection = duck if duck is not None else _connection()
-    return connection.from_arrow(table).query("chunk", statement).to_arrow_table()
+    rows = connection.from_arrow(table).query("chunk", statement).to_arrow_table()
+    if name not in KEEPS_LINE:
+        return rows
+    if rows.num_rows != table.num_rows:
+        raise ValueError(f"flatten_{name}.sql made {rows.num_rows} rows of {table.num_rows} lines")
+    return rows.append_column("raw", table.column("raw"))
 
 
 def _connection() -> duckdb.DuckDBPyConnection:

@@ -4,7 +4,8 @@
 -- email_key is filled here for plain ASCII addresses (the pattern of
 -- PLAIN_EMAIL of the connector's email rules, up to 64 characters: only case to fold); the few
 -- others are left null for the Python normaliser. The opt-outs come along as a list, so
--- their rows are made without parsing the JSON again.
+-- their rows are made without parsing the JSON again. The line itself (raw) is not selected:
+-- connector/warehouse/json_lines.py `flatten` attaches it, one line per row, in order.
 with parsed as (
     select
         raw,
@@ -37,6 +38,5 @@ select
     cast(r.audit.created.at as timestamptz) as created_at,
     cast(r.audit.updated.at as timestamptz) as updated_at,
     md5(raw) as row_hash,
-    raw,
     r.optOuts as opt_outs -- not a column of contacts: flatten_contact_opt_outs reads it
 from parsed
