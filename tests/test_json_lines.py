@@ -8,6 +8,7 @@ import orjson
 import pyarrow as pa
 import pytest
 
+from connector.marketplace.records import contact_rows
 from connector.warehouse.json_lines import flatten, lines_table
 
 
@@ -43,3 +44,28 @@ def test_flatten_keeps_each_line_with_its_row() -> None:
     ids = flat.column("id").to_pylist()
     assert ids == [f"CTT-{i:06d}" for i in range(60_000)]
     assert [orjson.loads(raw)["id"] for raw in flat.column("raw").to_pylist()] == ids
+
+
+def test_opt_outs_of_the_bulk_path_equal_the_row_builders() -> None:
+    # A category listed twice under two names keeps the first; entries without an id (or
+    # a null or empty one) are left out; a missing or null list gives no rows.
+    records = [
+        {
+            "id": "CTT-1",
+            "optOuts": [{"id": "NTC-1", "name": "First"}, {"id": "NTC-1", "name": "Later"}],
+        },
+        {"id": "CTT-2", "optOuts": [{"name": "no id"}, {"id": None}, {"id": ""}, {"id": "NTC-2"}]},
+        {"id": "CTT-3", "optOuts": [{"id": "NTC-3", "name": "c"}, {"id": "NTC-1", "name": "a"}]},
+        {"id": "CTT-4", "optOuts": []},
+        {"id": "CTT-5", "optOuts": None},
+        {"id": "CTT-6"},
+    ]
+    lines = b"".join(orjson.dumps(r) + b"\n" for r in records)
+    _, expected = contact_rows(records, "2026-11-18T15:30:00.000Z")
+
+    got = flatten(flatten(lines, "contacts"), "contact_opt_outs").to_pylist()
+
+    def key(row: dict) -> tuple:
+        return (row["contact_id"], row["category_id"], row["category_name"])
+
+    assert sorted(map(key, got)) == sorted(map(key, expected))
