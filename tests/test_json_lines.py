@@ -8,7 +8,7 @@ import orjson
 import pyarrow as pa
 import pytest
 
-from connector.marketplace.records import contact_rows
+from connector.marketplace.records import contact_rows, message_rows
 from connector.warehouse.json_lines import flatten, lines_table
 
 
@@ -69,3 +69,24 @@ def test_opt_outs_of_the_bulk_path_equal_the_row_builders() -> None:
         return (row["contact_id"], row["category_id"], row["category_name"])
 
     assert sorted(map(key, got)) == sorted(map(key, expected))
+
+
+def test_messages_of_the_bulk_path_leave_the_body_out_of_raw_as_the_row_builder() -> None:
+    # The body comes out of raw wherever the key is, however it is spelled; a line without
+    # one is kept exactly as it came.
+    lines = [
+        b'{"id":"MSG-1","subject":"no body here","status":"Sent"}',
+        b'{"id":"MSG-2","subject":"a \\"body\\" in the text","body":"<p>hi</p>"}',
+        b'{"id":"MSG-3","body":null,"status":"Sent"}',
+        b'{"id":"MSG-4","\\u0062ody":"<p>escaped key</p>","status":"Sent"}',
+        b'{"id":"MSG-5","subject":"caf\\u00e9","status":"Sent"}',
+        b'{"id":"MSG-6","subject":"body","contact":{"id":"CTT-1","body":"kept: not on top"}}',
+    ]
+    records = [orjson.loads(line) for line in lines]
+    expected = message_rows(records, "2026-11-18T15:30:00.000Z")
+
+    got = flatten(b"\n".join(lines) + b"\n", "messages").column("raw").to_pylist()
+
+    assert [orjson.loads(raw) for raw in got] == [orjson.loads(r["raw"]) for r in expected]
+    assert [got[0], got[4], got[5]] == [lines[0].decode(), lines[4].decode(), lines[5].decode()]
+    assert all("body" not in orjson.loads(raw) for raw in got)

@@ -21,9 +21,10 @@ from connector.warehouse.sql_files import statements
 FLATTEN_MEMORY_LIMIT = "32MB"
 # The statements that make one row of each line, in the lines' order, and keep the line as
 # it came (column ``raw``): it is attached to their columns here rather than copied out of
-# DuckDB again (the biggest column by far). DuckDB keeps the rows of such a statement in
-# order (its ``preserve_insertion_order``, on by default).
-KEEPS_LINE = frozenset({"contacts", "categories", "batches", "evinotice_batches"})
+# DuckDB again (the biggest column by far). One that changes some lines (messages) gives
+# their new text as its own ``raw``, null for the lines kept as they are. DuckDB keeps the
+# rows of such a statement in order (its ``preserve_insertion_order``, on by default).
+KEEPS_LINE = frozenset({"contacts", "categories", "batches", "messages", "evinotice_batches"})
 _LOCAL = threading.local()
 
 
@@ -49,7 +50,7 @@ def flatten(
 ) -> pa.Table:
     """The rows ``sql/load/flatten_<name>.sql`` makes of a chunk: JSON lines (bytes, or a
     ``lines_table``), or columns an earlier flatten made (the statement reads ``chunk``).
-    For the statements of ``KEEPS_LINE``, the line itself comes along as column ``raw``.
+    For the statements of ``KEEPS_LINE``, the line comes along as column ``raw``.
 
     ``duck``: a DuckDB connection to run it on (a DuckDB warehouse's own, so one memory cap
     covers both); else this thread's private in-memory one."""
@@ -71,7 +72,13 @@ def flatten(
         return rows
     if rows.num_rows != table.num_rows:
         raise ValueError(f"flatten_{name}.sql made {rows.num_rows} rows of {table.num_rows} lines")
-    return rows.append_column("raw", table.column("raw"))
+    line = table.column("raw")
+    if "raw" not in rows.column_names:
+        return rows.append_column("raw", line)
+    changed = rows.column("raw")
+    if changed.null_count < len(changed):
+        line = pc.coalesce(changed.cast(line.type), line)
+    return rows.set_column(rows.schema.get_field_index("raw"), "raw", line)
 
 
 def _connection() -> duckdb.DuckDBPyConnection:
