@@ -9,7 +9,6 @@ holds one chunk at a time.
 
 from __future__ import annotations
 
-import contextlib
 import threading
 
 import duckdb
@@ -46,7 +45,7 @@ def lines_table(lines: bytes) -> pa.Table:
 
 
 def flatten(
-    chunk: bytes | pa.Table, name: str, duck: duckdb.DuckDBPyConnection | None = None
+    lines: bytes | pa.Table, name: str, duck: duckdb.DuckDBPyConnection | None = None
 ) -> pa.Table:
     """The rows ``sql/load/flatten_<name>.sql`` makes of a chunk: JSON lines (bytes, or a
     ``lines_table``), or columns an earlier flatten made (the statement reads ``chunk``).
@@ -54,25 +53,20 @@ def flatten(
 
     ``duck``: a DuckDB connection to run it on (a DuckDB warehouse's own, so one memory cap
     covers both); else this thread's private in-memory one."""
-    table = chunk if isinstance(chunk, pa.Table) else lines_table(chunk)
+    chunk = lines if isinstance(lines, pa.Table) else lines_table(lines)
     (statement,) = statements(f"load/flatten_{name}")
     connection = duck if duck is not None else _connection()
-    # The table under a view named for the statement, then one query: a relation's .query()
-    # binds the statement three times, and binding a flatten statement (its JSON shape, its
-    # patterns) costs more than parsing a chunk of 10,000 contacts.
-    connection.register("chunk", table)
-    try:
-        rows = connection.sql(statement).to_arrow_table()
-    finally:
-        # After a failed statement a warehouse's transaction refuses even this (its rollback
-        # drops the view): the statement's own error is the one to see.
-        with contextlib.suppress(duckdb.Error):
-            connection.unregister("chunk")
+    # DuckDB finds the table the statement reads by this local's name (a replacement scan)
+    # and binds the statement once. Not a relation's .query(), which binds it three times (a
+    # bind of the contacts statement costs more than parsing 10,000 contacts), nor a view
+    # registered for the call, which a warehouse's open transaction keeps, memory and all,
+    # until it ends.
+    rows = connection.sql(statement).to_arrow_table()
     if name not in KEEPS_LINE:
         return rows
-    if rows.num_rows != table.num_rows:
-        raise ValueError(f"flatten_{name}.sql made {rows.num_rows} rows of {table.num_rows} lines")
-    line = table.column("raw")
+    if rows.num_rows != chunk.num_rows:
+        raise ValueError(f"flatten_{name}.sql made {rows.num_rows} rows of {chunk.num_rows} lines")
+    line = chunk.column("raw")
     if "raw" not in rows.column_names:
         return rows.append_column("raw", line)
     changed = rows.column("raw")
