@@ -89,20 +89,24 @@ class Stage:
         ``constants`` fill one value for every row) and cast to the table's types."""
         if data.num_rows == 0:
             return
-        data = conform(self.table, data, constants or {})
+        rows = conform(self.table, data, constants or {})
         if self.tx.dialect == "duckdb":
             duck = self.tx.connection.connection.driver_connection
-            # A relation over the Arrow table, not register()/unregister(): registered views
-            # keep their memory until the connection closes.
-            duck.from_arrow(data).insert_into(self.name)
+            # The statement reads the Arrow table by this local's name (a replacement scan):
+            # not a registered view, which the open transaction would keep, memory and all,
+            # until it ends; and cheaper than a relation's insert_into.
+            (statement,) = statements(
+                "load/insert_arrow_into_stage", stage=self.name, columns=self.columns
+            )
+            duck.execute(statement)
         elif self._copies:
             buffer = io.BytesIO()
-            pa_csv.write_csv(data, buffer, _CSV)
+            pa_csv.write_csv(rows, buffer, _CSV)
             with self._copy("load/copy_csv_into_stage") as copy:
                 copy.write(buffer.getbuffer())
         else:
-            self.tx.connection.execute(self._insert(), data.to_pylist())
-        self.rows += data.num_rows
+            self.tx.connection.execute(self._insert(), rows.to_pylist())
+        self.rows += rows.num_rows
 
 
 def conform(definition: Table, data: pa.Table, constants: Row) -> pa.Table:
