@@ -53,3 +53,11 @@ def test_a_bad_duckdb_option_names_the_setting_and_the_option(tmp_path: Path) ->
     message = str(caught.value)
     assert message.startswith("WAREHOUSE_URL (duckdb:///") and "no_such_option" in message
     assert "\n" not in message
+
+
+def test_a_duckdb_url_turning_insertion_order_off_is_refused(tmp_path: Path) -> None:
+    # The bulk load pairs each JSON line with its flattened row by position.
+    with pytest.raises(ConfigurationError) as caught:
+        Warehouse(f"duckdb:///{tmp_path / 'w.duckdb'}?preserve_insertion_order=false")
+    message = str(caught.value)
+    assert message.startswith("WAREHOUSE_URL") and "preserve_insertion_order" in message

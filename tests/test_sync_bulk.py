@@ -204,6 +204,9 @@ EDGE_EMAILS = [
     "o'neil{|}~@x.io",
     "x" * 55 + "@example.com",
     "x" * 60 + "@example.com",
+    "y" * 52 + "@example.com",  # 64 characters: the longest the flatten statement folds
+    "y" * 53 + "@example.com",
+    "\u00e9" + "y" * 51 + "@example.com",  # 64 characters, 65 bytes
     " Lead.Space@x.com",
     "Tab\t@x.com",
     "Ann@Bücher.de",

@@ -51,6 +51,7 @@ DEFAULT_WAREHOUSE_URL = "duckdb:///data/notifsync.duckdb"
 DEFAULT_DUCKDB_MEMORY_LIMIT = "256MB"
 # How long a connection waits for a DuckDB file another process holds.
 LOCK_WAIT_SECONDS = 120
+_OFF = ("false", "0", "off", "no")
 
 
 class WarehouseBusyError(ConnectorError):
@@ -82,6 +83,12 @@ class Warehouse:
             # Its settings come from the URL's query (?memory_limit=2GB&threads=4); memory
             # is capped by default so a big load spills to disk instead of growing the process.
             config = {"memory_limit": DEFAULT_DUCKDB_MEMORY_LIMIT, **dict(parsed.query)}
+            if str(config.get("preserve_insertion_order", "true")).lower() in _OFF:
+                # The bulk path pairs each JSON line with the row DuckDB made of it by position.
+                raise ConfigurationError(
+                    f"{WAREHOUSE_URL}: DuckDB's preserve_insertion_order must stay on (the bulk "
+                    "load pairs each source line with its row by position)"
+                )
             parsed = parsed.set(query={})
             options = {"poolclass": NullPool, "connect_args": {"config": config}}
         try:

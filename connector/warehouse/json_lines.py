@@ -18,35 +18,61 @@ import pyarrow.compute as pc
 from connector.warehouse.sql_files import statements
 
 FLATTEN_MEMORY_LIMIT = "32MB"
-NEWLINE = 10
+# The statements that make one row of each line, in the lines' order, and keep the line as
+# it came (column ``raw``): it is attached to their columns here rather than copied out of
+# DuckDB again (the biggest column by far). One that changes some lines (messages) gives
+# their new text as its own ``raw``, null for the lines kept as they are. DuckDB keeps the
+# rows of such a statement in order (its ``preserve_insertion_order``, on by default).
+KEEPS_LINE = frozenset({"contacts", "categories", "batches", "messages", "evinotice_batches"})
 _LOCAL = threading.local()
 
 
 def lines_table(lines: bytes) -> pa.Table:
     """One row per non-empty line, in column ``raw`` (UTF-8 checked, no JSON parsed)."""
-    # bytes.split hands Arrow the lines as buffers to copy; nothing is decoded or parsed.
-    # (Arrow's own compute kernels were tried: their first call in a process costs seconds.)
-    parts = lines.split(b"\n")
-    if parts and not parts[-1]:
-        parts.pop()
-    values = pa.array(parts, pa.large_string())
-    if any(not part for part in parts):
-        values = values.filter(pc.greater(pc.binary_length(values), 0))
+    # One copy of the buffer into Arrow, split there: no Python object per line (bytes.split
+    # and pa.array cost about three times as much; these kernels' first call costs ms). A
+    # chunk is far below 2 GiB, but a bigger one still works, with 64-bit offsets.
+    small = len(lines) < 2**31
+    whole = pa.array([lines], pa.binary() if small else pa.large_binary())
+    parts = pc.split_pattern(whole, b"\n").flatten()
+    if lines.endswith(b"\n"):
+        parts = parts.slice(0, len(parts) - 1)  # the nothing after the last newline
+    values = parts.cast(pa.string() if small else pa.large_string())  # checks the UTF-8
+    lengths = pc.binary_length(values)
+    if len(values) and pc.min(lengths).as_py() == 0:
+        values = values.filter(pc.greater(lengths, 0))
     return pa.table({"raw": values})
 
 
 def flatten(
-    chunk: bytes | pa.Table, name: str, duck: duckdb.DuckDBPyConnection | None = None
+    lines: bytes | pa.Table, name: str, duck: duckdb.DuckDBPyConnection | None = None
 ) -> pa.Table:
     """The rows ``sql/load/flatten_<name>.sql`` makes of a chunk: JSON lines (bytes, or a
     ``lines_table``), or columns an earlier flatten made (the statement reads ``chunk``).
+    For the statements of ``KEEPS_LINE``, the line comes along as column ``raw``.
 
     ``duck``: a DuckDB connection to run it on (a DuckDB warehouse's own, so one memory cap
     covers both); else this thread's private in-memory one."""
-    table = chunk if isinstance(chunk, pa.Table) else lines_table(chunk)
+    chunk = lines if isinstance(lines, pa.Table) else lines_table(lines)
     (statement,) = statements(f"load/flatten_{name}")
     connection = duck if duck is not None else _connection()
-    return connection.from_arrow(table).query("chunk", statement).to_arrow_table()
+    # DuckDB finds the table the statement reads by this local's name (a replacement scan)
+    # and binds the statement once. Not a relation's .query(), which binds it three times (a
+    # bind of the contacts statement costs more than parsing 10,000 contacts), nor a view
+    # registered for the call, which a warehouse's open transaction keeps, memory and all,
+    # until it ends.
+    rows = connection.sql(statement).to_arrow_table()
+    if name not in KEEPS_LINE:
+        return rows
+    if rows.num_rows != chunk.num_rows:
+        raise ValueError(f"flatten_{name}.sql made {rows.num_rows} rows of {chunk.num_rows} lines")
+    line = chunk.column("raw")
+    if "raw" not in rows.column_names:
+        return rows.append_column("raw", line)
+    changed = rows.column("raw")
+    if changed.null_count < len(changed):
+        line = pc.coalesce(changed.cast(line.type), line)
+    return rows.set_column(rows.schema.get_field_index("raw"), "raw", line)
 
 
 def _connection() -> duckdb.DuckDBPyConnection:

@@ -1,5 +1,6 @@
 -- batches rows from a chunk of JSON lines (relation `chunk`), as
--- connector/marketplace/records.py `batch_rows` builds them one at a time.
+-- connector/marketplace/records.py `batch_rows` builds them one at a time. The line itself
+-- (raw) is not selected: connector/warehouse/json_lines.py `flatten` attaches it, in order.
 with parsed as (
     select
         raw,
@@ -23,6 +24,5 @@ select
     coalesce(len(r.attachments), 0) as attachment_count,
     cast(r.audit.created.at as timestamptz) as created_at,
     cast(r.audit.updated.at as timestamptz) as updated_at,
-    md5(raw) as row_hash,
-    raw
+    md5(raw) as row_hash
 from parsed

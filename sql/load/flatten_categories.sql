@@ -1,5 +1,6 @@
 -- categories rows from a chunk of JSON lines (relation `chunk`), as
--- connector/marketplace/records.py `category_rows` builds them one at a time.
+-- connector/marketplace/records.py `category_rows` builds them one at a time. The line itself
+-- (raw) is not selected: connector/warehouse/json_lines.py `flatten` attaches it, in order.
 with parsed as (
     select
         raw,
@@ -20,6 +21,5 @@ select
     r.optOutAllowed as opt_out_allowed,
     cast(r.audit.created.at as timestamptz) as created_at,
     cast(r.audit.updated.at as timestamptz) as updated_at,
-    md5(raw) as row_hash,
-    raw
+    md5(raw) as row_hash
 from parsed

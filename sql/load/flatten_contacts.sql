@@ -4,7 +4,8 @@
 -- email_key is filled here for plain ASCII addresses (the pattern of
 -- PLAIN_EMAIL of the connector's email rules, up to 64 characters: only case to fold); the few
 -- others are left null for the Python normaliser. The opt-outs come along as a list, so
--- their rows are made without parsing the JSON again.
+-- their rows are made without parsing the JSON again. The line itself (raw) is not selected:
+-- connector/warehouse/json_lines.py `flatten` attaches it, one line per row, in order.
 with parsed as (
     select
         raw,
@@ -21,7 +22,9 @@ select
     r.id as id,
     r.email as email,
     case
-        when length(r.email) <= 64
+        -- strlen (bytes) rather than length (characters, read as UTF-8): the pattern takes
+        -- ASCII only, where the two agree, and it is the cheaper test.
+        when strlen(r.email) <= 64
             and regexp_full_match(
                 r.email,
                 '[A-Za-z0-9!#$%&''*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&''*+/=?^_`{|}~-]+)*@([A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?\.)+[A-Za-z]{2,63}'
@@ -37,6 +40,5 @@ select
     cast(r.audit.created.at as timestamptz) as created_at,
     cast(r.audit.updated.at as timestamptz) as updated_at,
     md5(raw) as row_hash,
-    raw,
     r.optOuts as opt_outs -- not a column of contacts: flatten_contact_opt_outs reads it
 from parsed

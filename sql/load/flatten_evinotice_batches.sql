@@ -1,7 +1,8 @@
 -- evinotice_batches rows from a chunk of JSON lines (relation `chunk`, one batch of the list
 -- shape per row in `raw`), as connector/evinotice/records.py `evinotice_batch_rows` builds
 -- them one at a time. The client has already put the vendor's spellings under their usual
--- names and sorted each record's keys, so `raw` is the text the row builder keeps.
+-- names and sorted each record's keys, so `raw` is the text the row builder keeps; it is not
+-- selected here (connector/warehouse/json_lines.py `flatten` attaches it, in order).
 --
 -- Timestamps: a string of the plain shape `date T time [.fraction] (Z | +hh:mm)` (the
 -- service's: seven fractional digits and an offset) is read here, the fraction cut to
@@ -96,7 +97,6 @@ final as (
         started_on,
         processed_on,
         md5(raw) as row_hash,
-        raw,
         -- not a column of evinotice_batches: the rows whose timestamps Python reads
         coalesce(
             (r.CreationDate <> '' and created_at is null)
