@@ -254,3 +254,16 @@ class MassDeletionError(ConnectorError):
             f"({missing / live:.1%}, more than the {max_share:.0%} allowed); nothing was "
             "changed. If the API really lost them, run again with an override reason."
         )
+
+
+class RepeatedKeysError(ConnectorError):
+    """A load got the same key more than once in what it was about to write (the API handed
+    a row twice); the load was rolled back rather than keep two rows for one key."""
+
+    def __init__(self, table: str, repeated: int) -> None:
+        self.table = table
+        self.repeated = repeated
+        super().__init__(
+            f"the read of {table} handed {repeated} key(s) more than once; nothing was "
+            "changed. Run again: the next read normally hands each row once."
+        )

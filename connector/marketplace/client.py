@@ -441,7 +441,11 @@ class MarketplaceClient:
                 for lo, hi in zip(lows, highs, strict=True)
             )
         )
-        fresh = sorted((row for rows in found for row in rows), key=lambda r: r["id"])
+        # Offset pages of a range can repeat a row if rows move meanwhile: each id once (the
+        # later copy), as the read promises.
+        repaired = [row for rows in found for row in rows]
+        fresh = sorted({row["id"]: row for row in repaired}.values(), key=lambda r: r["id"])
+        report.duplicates_dropped += len(repaired) - len(fresh)
         report.gaps_repaired += len(fresh)
         report.rows += len(fresh)
         if fresh:

@@ -159,7 +159,8 @@ async def _load_contacts(
             chunks = _read(client, "contacts", bulk, filter=filter, report=result.read)
             before_merge = None if full else newest_read.of
             high_water: str | None = None
-            async with _merged_contacts(tx, chunks, synced_at, before_merge) as merge:
+            merging = _merged_contacts(tx, chunks, synced_at, before_merge, keep_read=full)
+            async with merging as merge:
                 read_seconds = time.monotonic() - read_started
                 api_count = asyncio.ensure_future(client.count("contacts"))
                 if newest_change is not None:
@@ -171,10 +172,10 @@ async def _load_contacts(
                 def finish() -> None:
                     result.counts = merge.finish()
                     deleted = 0
-                    if full and result.read.complete:
+                    if full and result.read.complete and live:
                         # The rows this read merged are among the keys read, so only rows
                         # the API no longer returns count as missing. A stop here rolls the
-                        # whole load back.
+                        # whole load back. (With no live row before the read, none is.)
                         _guard_mass_deletion(tx, merge, live, policy, mass_deletion_reason, now)
                         deleted = tx.mark_missing_as_deleted(merge.read, now)
                     elif full:
@@ -293,6 +294,8 @@ def _incremental_cursor(
     it and the mark is as safe as one taken before the read. A read that took more than half
     the look-back (a margin for the server committing a change later than it stamps it)
     keeps the old cursor: the next run reads this window again rather than trust the mark.
+    (The read's time includes the batches merged while it went on: a long read keeps the old
+    cursor sooner, and never skips anything for it.)
     """
     if _too_late(read_seconds, "the read ended", policy, result):
         return cursor
@@ -335,14 +338,20 @@ async def _merged_contacts(
     chunks: AsyncIterator[Chunk],
     synced_at: str,
     before_merge: Callable[[Stage], None] | None = None,
+    *,
+    keep_read: bool = False,
 ) -> AsyncIterator[StreamedMerge]:
     """Contacts and their opt-outs from ``chunks``, merged in batches as they arrive; inside
-    the block the caller merges what is left (``finish``) and may compare the table with the
-    keys read (a full refresh)."""
-    # The client's JSON lines hand each id once (ids increasing); so do the row builders'
-    # records, read the same way.
+    the block the caller merges what is left (``finish``) and, with ``keep_read``, may compare
+    the table with the keys read (a full refresh)."""
+    # The client's reads hand each id once (dropping repeats); a repeat that got through
+    # would stop the load (RepeatedKeysError), so a first load may go straight in.
     with tx.streamed_merge(
-        "contacts", ("contact_opt_outs", "contact_id"), before_merge=before_merge, keys_once=True
+        "contacts",
+        ("contact_opt_outs", "contact_id"),
+        before_merge=before_merge,
+        keys_once=True,
+        keep_read=keep_read,
     ) as merge:
         stage, ((opt_outs, _),) = merge.stage, merge.children
         constants = {"synced_at": synced_at}

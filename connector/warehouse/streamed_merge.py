@@ -8,6 +8,9 @@ at the end (a full refresh marking the rows the API no longer returns).
 
 A first load (the tables empty) whose chunks never repeat a key writes straight into the
 tables: every row is new, so there is nothing to compare with, and no copy is staged.
+
+A key handed twice in a batch (or, written straight, in the whole load) stops the load with
+``RepeatedKeysError``: on DuckDB no key index would (connector/warehouse/schema.py).
 """
 
 from __future__ import annotations
@@ -49,7 +52,9 @@ class StreamedMerge:
         children: tuple[tuple[Stage, str], ...],
         every: int,
         before_merge: Callable[[Stage], None] | None,
+        *,
         direct: bool = False,
+        keep_read: bool = False,
     ) -> None:
         self.tx = tx
         self.stage = stage
@@ -57,8 +62,9 @@ class StreamedMerge:
         self.every = every
         self.before_merge = before_merge
         self.direct = direct
+        self.keep_read = keep_read
         # Written straight into the table, the table holds exactly the keys read.
-        self.read = ReadKeys(stage.name if direct else f"{stage.name}_read", stage.table)
+        self.read = ReadKeys(stage.name if direct else read_keys_name(stage), stage.table)
         self.counts: dict[str, MergeCounts] = {}
 
     def chunk_written(self) -> None:
@@ -71,6 +77,7 @@ class StreamedMerge:
     def finish(self) -> dict[str, MergeCounts]:
         """Merge what is left; the counts of the whole load, per table."""
         if self.direct:
+            self.tx.refuse_repeated_keys(self.stage)
             if self.before_merge is not None:
                 self.before_merge(self.stage)
             for stage in (self.stage, *(child for child, _ in self.children)):
@@ -82,10 +89,12 @@ class StreamedMerge:
         return self.counts
 
     def _merge_batch(self) -> None:
+        self.tx.refuse_repeated_keys(self.stage)
         if self.before_merge is not None:
             self.before_merge(self.stage)
-        names = {"stage": self.stage.name, "key": self.tx.key(self.stage.table)}
-        self.tx.run("load/insert_read_keys", **names)
+        if self.keep_read:
+            names = {"read": self.read.name, "stage": self.stage.name}
+            self.tx.run("load/insert_read_keys", **names, key=self.tx.key(self.stage.table))
         for table, counts in self.tx.merge(self.stage, *self.children).items():
             if table in self.counts:
                 self.counts[table].add(counts)
@@ -109,15 +118,17 @@ def streamed_merge(
     every: int = MERGE_EVERY_ROWS,
     before_merge: Callable[[Stage], None] | None = None,
     keys_once: bool = False,
+    keep_read: bool = False,
 ) -> Iterator[StreamedMerge]:
     """Stages for ``target`` and its ``children`` ((table, key column) pairs), merged in
     batches of ``every`` rows; call ``finish()`` after the last chunk.
 
     ``before_merge`` sees each batch's stage before it is merged and emptied. ``keys_once``:
-    the chunks never hand the same key twice (the client's JSON lines, ids increasing), so a
-    first load may go straight into the tables."""
+    the chunks should hand each key once (the client's JSON lines), so a first load may go
+    straight into the tables (checked before commit all the same). ``keep_read``: keep the
+    keys of every row read in ``read`` (a full refresh's deletions need them)."""
     tables = (target, *(child for child, _ in children))
-    if keys_once and all(tx.count_rows(name) == 0 for name in tables):
+    if keys_once and not any(tx.run("load/select_any_row", target=t).scalar_one() for t in tables):
         writers = [tx.writer(name) for name in tables]
         child_writers = tuple(
             (writer, key) for writer, (_, key) in zip(writers[1:], children, strict=True)
@@ -129,9 +140,16 @@ def streamed_merge(
         child_stages = tuple(
             (stages.enter_context(tx.stage(child)), key) for child, key in children
         )
-        names = {"stage": stage.name, "target": target, "key": tx.key(stage.table)}
-        tx.run("load/drop_read_keys", **names)
-        tx.run("load/create_read_keys", **names)
-        yield StreamedMerge(tx, stage, child_stages, every, before_merge)
+        names = {"read": read_keys_name(stage), "target": target, "key": tx.key(stage.table)}
+        if keep_read:
+            tx.run("load/drop_read_keys", **names)
+            tx.run("load/create_read_keys", **names)
+        yield StreamedMerge(tx, stage, child_stages, every, before_merge, keep_read=keep_read)
         # Only on success, as for the stages: after an error the rollback drops it.
-        tx.run("load/drop_read_keys", **names)
+        if keep_read:
+            tx.run("load/drop_read_keys", **names)
+
+
+def read_keys_name(stage: Stage) -> str:
+    """The temporary table of the keys a load has read."""
+    return f"{stage.name}_read"

@@ -12,6 +12,7 @@ import pyarrow as pa
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from connector.errors import RepeatedKeysError
 from connector.warehouse import json_lines
 from connector.warehouse.merge_counts import MergeCounts
 from connector.warehouse.sql_files import statements
@@ -164,6 +165,14 @@ class Transaction:
             self.changed.update([target, *(child.table.name for child, _ in children)])
         return counts
 
+    def refuse_repeated_keys(self, stage: Stage) -> None:
+        """Raise ``RepeatedKeysError`` if ``stage`` holds a key more than once: a load writes
+        one row per key, and on DuckDB no key index would stop a second."""
+        key = self.key(stage.table)
+        repeated = self.run("load/count_repeated_keys", stage=stage.name, key=key).scalar_one()
+        if repeated:
+            raise RepeatedKeysError(stage.table.name, int(repeated))
+
     def count_missing(self, read: Stage | ReadKeys) -> int:
         """Live rows of the target that a full read did not return (what a refresh would mark)."""
         return int(
@@ -207,6 +216,7 @@ class Transaction:
     ) -> MergeCounts:
         """Rows with ``start <= time_column < end`` become exactly the staged rows."""
         target = stage.table.name
+        self.refuse_repeated_keys(stage)
         window = {"start": start, "end": end}
         before = self.count_window(target, time_column, start, end)
         self.run("load/delete_time_window", window, target=target, time_column=time_column)

@@ -1,1 +1,1 @@
-drop table if exists {stage}_read
+drop table if exists {read}

@@ -1,2 +1,2 @@
 -- The staged rows' keys, kept before the stage is emptied for the next batch.
-insert into {stage}_read ({key}) select {key} from {stage}
+insert into {read} ({key}) select {key} from {stage}

@@ -1,6 +1,6 @@
 -- Marketplace batches (one email to one category and many contacts), merged on id.
 create table if not exists batches (
-    id text not null primary key, -- Batch id (MST-####-####-####)
+    id text not null primary key, -- Batch id (MST-####-####-####); unique (on DuckDB kept so by the loads, without an index)
     subject text, -- Email subject
     category_id text, -- Category the batch was sent to (categories.id)
     category_name text, -- Category name at send time

@@ -1,7 +1,7 @@
 -- Marketplace contacts, merged incrementally on audit.updated.at; a full refresh marks
 -- contacts the API no longer returns with deleted_at instead of dropping them.
 create table if not exists contacts (
-    id text not null primary key, -- Contact id (CTT-####-####-#### or CTT-####-####)
+    id text not null primary key, -- Contact id (CTT-####-####-#### or CTT-####-####); unique (on DuckDB kept so by the loads, without an index)
     email text, -- Email address as the platform holds it
     email_key text, -- The email normalised as CRM exports are (trimmed, case-folded, IDNA), for matching
     name text, -- Display name

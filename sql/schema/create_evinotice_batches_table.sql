@@ -1,6 +1,6 @@
 -- EviNotice certified-mail batches with their progress and counts, merged on id.
 create table if not exists evinotice_batches (
-    id text not null primary key, -- Batch id (GUID)
+    id text not null primary key, -- Batch id (GUID); unique (on DuckDB kept so by the loads, without an index)
     state text, -- Draft, Scheduled, Submitted, Processing, Processed, Sent, Completed, or as it comes
     description text, -- Batch description
     site_id text, -- Owner site

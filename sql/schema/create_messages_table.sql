@@ -1,7 +1,7 @@
 -- Marketplace messages (one per contact per batch), in daily partitions on created_at:
 -- re-materialising a day replaces exactly that day.
 create table if not exists messages (
-    id text not null primary key, -- Message id (MSG-####-####-####-####)
+    id text not null primary key, -- Message id (MSG-####-####-####-####); unique (on DuckDB kept so by the loads, without an index)
     batch_id text, -- Batch (batches.id)
     contact_id text, -- Recipient contact (contacts.id)
     contact_email text, -- Recipient email at send time
