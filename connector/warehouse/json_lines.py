@@ -48,20 +48,23 @@ def flatten(
     lines: bytes | pa.Table, name: str, duck: duckdb.DuckDBPyConnection | None = None
 ) -> pa.Table:
     """The rows ``sql/load/flatten_<name>.sql`` makes of a chunk: JSON lines (bytes, or a
-    ``lines_table``), or columns an earlier flatten made (the statement reads ``chunk``).
+    ``lines_table``), or columns an earlier flatten made (the statement reads them as
+    ``notifsync_arrow_chunk``).
     For the statements of ``KEEPS_LINE``, the line comes along as column ``raw``.
 
     ``duck``: a DuckDB connection to run it on (a DuckDB warehouse's own, so one memory cap
     covers both); else this thread's private in-memory one."""
-    chunk = lines if isinstance(lines, pa.Table) else lines_table(lines)
+    chunk = notifsync_arrow_chunk = lines if isinstance(lines, pa.Table) else lines_table(lines)
     (statement,) = statements(f"load/flatten_{name}")
     connection = duck if duck is not None else _connection()
-    # DuckDB finds the table the statement reads by this local's name (a replacement scan)
-    # and binds the statement once. Not a relation's .query(), which binds it three times (a
+    # DuckDB finds the table the statement reads by this local's name (a replacement scan;
+    # a name no warehouse table has, as a table of that name would be read instead) and
+    # binds the statement once. Not a relation's .query(), which binds it three times (a
     # bind of the contacts statement costs more than parsing 10,000 contacts), nor a view
     # registered for the call, which a warehouse's open transaction keeps, memory and all,
     # until it ends.
     rows = connection.sql(statement).to_arrow_table()
+    del notifsync_arrow_chunk
     if name not in KEEPS_LINE:
         return rows
     if rows.num_rows != chunk.num_rows:

@@ -90,16 +90,18 @@ class Stage:
         ``constants`` fill one value for every row) and cast to the table's types."""
         if data.num_rows == 0:
             return
-        rows = conform(self.table, data, constants or {})
+        rows = notifsync_arrow_rows = conform(self.table, data, constants or {})
         if self.tx.dialect == "duckdb":
             duck = self.tx.connection.connection.driver_connection
-            # The statement reads the Arrow table by this local's name (a replacement scan):
+            # The statement reads the Arrow table by this local's name (a replacement scan;
+            # a name no warehouse table has, as a table of that name would be read instead):
             # not a registered view, which the open transaction would keep, memory and all,
             # until it ends; and cheaper than a relation's insert_into.
             (statement,) = statements(
                 "load/insert_arrow_into_stage", stage=self.name, columns=self.columns
             )
             duck.execute(statement)
+            del notifsync_arrow_rows
         elif self._copies:
             buffer = io.BytesIO()
             pa_csv.write_csv(_timestamps_as_text(rows), buffer, _CSV)

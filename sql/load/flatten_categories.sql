@@ -1,4 +1,4 @@
--- categories rows from a chunk of JSON lines (relation `chunk`), as
+-- categories rows from a chunk of JSON lines (relation `notifsync_arrow_chunk`), as
 -- connector/marketplace/records.py `category_rows` builds them one at a time. The line itself
 -- (raw) is not selected: connector/warehouse/json_lines.py `flatten` attaches it, in order.
 with parsed as (
@@ -10,7 +10,7 @@ with parsed as (
               "description": "VARCHAR", "status": "VARCHAR", "optOutAllowed": "BOOLEAN",
               "audit": {"created": {"at": "VARCHAR"}, "updated": {"at": "VARCHAR"}}}'
         ) as r
-    from chunk
+    from notifsync_arrow_chunk
 )
 select
     r.id as id,

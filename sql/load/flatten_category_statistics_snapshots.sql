@@ -1,5 +1,5 @@
 -- category_statistics_snapshots rows from a chunk of categories as JSON lines (relation
--- `chunk`): one per category and window the record has figures for (today, week, month).
+-- `notifsync_arrow_chunk`): one per category and window the record has figures for (today, week, month).
 with parsed as (
     select json_transform(
         raw,
@@ -8,7 +8,7 @@ with parsed as (
             "week": {"sent": "BIGINT", "bounced": "BIGINT", "complained": "BIGINT", "discarded": "BIGINT", "failed": "BIGINT", "total": "BIGINT"},
             "month": {"sent": "BIGINT", "bounced": "BIGINT", "complained": "BIGINT", "discarded": "BIGINT", "failed": "BIGINT", "total": "BIGINT"}}}'
     ) as r
-    from chunk
+    from notifsync_arrow_chunk
 ),
 windows as (
     select r.id as category_id, 'today' as statistics_window, r.statistics.today as f, 1 as position from parsed

@@ -1,4 +1,4 @@
--- contact_opt_outs rows from a chunk of flattened contacts (relation `chunk`: id and the
+-- contact_opt_outs rows from a chunk of flattened contacts (relation `notifsync_arrow_chunk`: id and the
 -- opt_outs list flatten_contacts.sql keeps): one per contact and category id, the first
 -- entry's name when a category repeats, entries without an id left out (as
 -- connector/marketplace/records.py `contact_rows` does).
@@ -14,7 +14,7 @@ with entries as (
                     and list_position(list_transform(opt_outs, lambda e: e.id), entry.id) = position
             )
         ) as entry
-    from chunk
+    from notifsync_arrow_chunk
 )
 select contact_id, entry.id as category_id, entry.name as category_name
 from entries

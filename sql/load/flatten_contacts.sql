@@ -1,4 +1,4 @@
--- Contacts rows from a chunk of JSON lines (relation `chunk`, one source record per row in
+-- Contacts rows from a chunk of JSON lines (relation `notifsync_arrow_chunk`, one source record per row in
 -- `raw`), parsed once each, flattened, typed and hashed in bulk: the columns
 -- connector/marketplace/records.py `contact_rows` builds one record at a time.
 -- email_key is filled here for plain ASCII addresses (the pattern of
@@ -16,7 +16,7 @@ with parsed as (
               "optOuts": [{"id": "VARCHAR", "name": "VARCHAR"}],
               "audit": {"created": {"at": "VARCHAR"}, "updated": {"at": "VARCHAR"}}}'
         ) as r
-    from chunk
+    from notifsync_arrow_chunk
 )
 select
     r.id as id,

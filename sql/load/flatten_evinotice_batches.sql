@@ -1,4 +1,4 @@
--- evinotice_batches rows from a chunk of JSON lines (relation `chunk`, one batch of the list
+-- evinotice_batches rows from a chunk of JSON lines (relation `notifsync_arrow_chunk`, one batch of the list
 -- shape per row in `raw`), as connector/evinotice/records.py `evinotice_batch_rows` builds
 -- them one at a time. The client has already put the vendor's spellings under their usual
 -- names and sorted each record's keys, so `raw` is the text the row builder keeps; it is not
@@ -26,7 +26,7 @@ with parsed as (
               "CreationDate": "VARCHAR", "ScheduledFor": "VARCHAR", "StartedOn": "VARCHAR",
               "ProcessedOn": "VARCHAR"}'
         ) as r
-    from chunk
+    from notifsync_arrow_chunk
 ),
 
 typed as (

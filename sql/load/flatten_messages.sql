@@ -1,4 +1,4 @@
--- messages rows from a chunk of JSON lines (relation `chunk`), as
+-- messages rows from a chunk of JSON lines (relation `notifsync_arrow_chunk`), as
 -- connector/marketplace/records.py `message_rows` builds them one at a time. The read asks
 -- for the records without their body; a body sent anyway is left out of raw (it repeats the
 -- batch's), as the row builder does: this statement gives raw only for such a line.
@@ -12,7 +12,7 @@ with parsed as (
               "category": {"id": "VARCHAR"}, "account": {"id": "VARCHAR"},
               "audit": {"created": {"at": "VARCHAR"}, "updated": {"at": "VARCHAR"}}}'
         ) as r
-    from chunk
+    from notifsync_arrow_chunk
 )
 select
     r.id as id,
