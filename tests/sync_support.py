@@ -230,3 +230,35 @@ def assert_contacts_match_truth(warehouse: Warehouse, sandbox: Sandbox) -> None:
         if r["contact_id"] in truth
     }
     assert opt_outs == {(c["id"], o["id"]): o["name"] for c in truth.values() for o in c["optOuts"]}
+
+
+class ContactsAnswerRewriter:
+    """A proxy in front of the sandbox that rewrites each whole answer to a contacts list
+    (``rewrite(body, start)``: the body and the ``http.response.start`` message) before the
+    client sees it; other requests pass through."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    def rewrite(self, body: bytes, start: dict[str, Any]) -> bytes:
+        raise NotImplementedError
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or not scope["path"].endswith("/contacts"):
+            await self.app(scope, receive, send)
+            return
+        start: dict[str, Any] = {}
+        body = bytearray()
+
+        async def collect(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                start.update(message)
+            else:
+                body.extend(message.get("body", b""))
+
+        await self.app(scope, receive, collect)
+        content = self.rewrite(bytes(body), start)
+        headers = [(k, v) for k, v in start["headers"] if k != b"content-length"]
+        headers.append((b"content-length", str(len(content)).encode()))
+        await send({**start, "headers": headers})
+        await send({"type": "http.response.body", "body": content})

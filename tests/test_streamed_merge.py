@@ -13,6 +13,7 @@ from typing import Any
 import psycopg
 import pytest
 from sync_support import (
+    ContactsAnswerRewriter,
     Paging,
     content,
     frozen_sandbox,
@@ -150,34 +151,17 @@ def test_the_mass_deletion_guard_stops_a_batched_refresh_with_the_table_unchange
     assert (rows(batched, "contacts"), rows(batched, "contact_opt_outs"), state(batched)) == before
 
 
-class Repeating:
+class Repeating(ContactsAnswerRewriter):
     """A server that hands one contact twice in a streamed answer, its line repeated in the
     middle of the stream (where the client, trusting a stream's order, does not look)."""
 
     def __init__(self, app: Any, repeated: str) -> None:
-        self.app = app
+        super().__init__(app)
         self.repeated = repeated.encode()
 
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or not scope["path"].endswith("/contacts"):
-            await self.app(scope, receive, send)
-            return
-        start: dict[str, Any] = {}
-        body = bytearray()
-
-        async def collect(message: dict[str, Any]) -> None:
-            if message["type"] == "http.response.start":
-                start.update(message)
-            else:
-                body.extend(message.get("body", b""))
-
-        await self.app(scope, receive, collect)
-        lines = bytes(body).splitlines(keepends=True)
-        content = b"".join(line * (2 if self.repeated in line else 1) for line in lines)
-        headers = [(k, v) for k, v in start["headers"] if k != b"content-length"]
-        headers.append((b"content-length", str(len(content)).encode()))
-        await send({**start, "headers": headers})
-        await send({"type": "http.response.body", "body": content})
+    def rewrite(self, body: bytes, start: dict[str, Any]) -> bytes:
+        lines = body.splitlines(keepends=True)
+        return b"".join(line * (2 if self.repeated in line else 1) for line in lines)
 
 
 @pytest.mark.parametrize("load", ["first", "again"])
