@@ -4,7 +4,7 @@ then merge, replace or append them, with the sync state committed alongside."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -107,12 +107,24 @@ class Transaction:
     # -- load strategies --------------------------------------------------------------------
 
     def streamed_merge(
-        self, target: str, *children: tuple[str, str], **options: Any
+        self,
+        target: str,
+        *children: tuple[str, str],
+        before_merge: Callable[[Stage], None] | None = None,
+        keys_once: bool = False,
+        keep_read: bool = False,
     ) -> contextlib.AbstractContextManager[StreamedMerge]:
-        """Stages for ``target`` and its children, merged in batches as rows arrive (see
-        ``connector/warehouse/streamed_merge.py``)."""
-        options.setdefault("every", self.merge_every_rows)
-        return streamed_merge(self, target, *children, **options)
+        """Stages for ``target`` and its children, merged in batches of this transaction's
+        ``merge_every_rows`` as rows arrive (see ``connector/warehouse/streamed_merge.py``)."""
+        return streamed_merge(
+            self,
+            target,
+            *children,
+            every=self.merge_every_rows,
+            before_merge=before_merge,
+            keys_once=keys_once,
+            keep_read=keep_read,
+        )
 
     def merge(self, stage: Stage, *children: tuple[Stage, str]) -> dict[str, MergeCounts]:
         """Write staged rows that are new or changed; ``children`` (stage, key column) follow.
