@@ -40,6 +40,10 @@ log = logging.getLogger(__name__)
 _NOT_PROCESSED = frozenset({429, 503})
 _RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
 
+# JSON lines the clients hand on at a time (``read_lines``, ``read_batch_lines``): each chunk
+# is flattened and staged at once, and at most two are held.
+CHUNK_BYTES = 2 << 20
+
 
 @dataclass(frozen=True)
 class ClientLimits:

@@ -12,8 +12,8 @@ import orjson
 from conftest import ANCHOR, make_sandbox
 
 from connector.evinotice.client import EviNoticeClient
-from connector.http import ClientLimits
-from connector.marketplace.client import CHUNK_BYTES, MarketplaceClient
+from connector.http import CHUNK_BYTES, ClientLimits
+from connector.marketplace.client import MarketplaceClient
 from connector.pipelines import sync
 from connector.settings import SANDBOX_TOKEN, EviNoticeSettings, MarketplaceSettings, Secret
 from connector.warehouse.engine import Warehouse
@@ -46,7 +46,9 @@ def marketplace_client(
     )
 
 
-def evinotice_client(sandbox: Sandbox, app: Any = None) -> EviNoticeClient:
+def evinotice_client(
+    sandbox: Sandbox, app: Any = None, chunk_bytes: int = CHUNK_BYTES
+) -> EviNoticeClient:
     config = sandbox.config
     settings = EviNoticeSettings(
         base_url="http://sandbox.local",
@@ -58,6 +60,7 @@ def evinotice_client(sandbox: Sandbox, app: Any = None) -> EviNoticeClient:
         settings,
         limits=ClientLimits(**FAST),
         transport=httpx.ASGITransport(app=app or sandbox.app),
+        chunk_bytes=chunk_bytes,
     )
 
 

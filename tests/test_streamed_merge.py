@@ -16,6 +16,7 @@ from sync_support import (
     ContactsAnswerRewriter,
     Paging,
     content,
+    evinotice_client,
     frozen_sandbox,
     marketplace_client,
     rows,
@@ -25,7 +26,7 @@ from sync_support import (
 
 from connector.errors import MassDeletionError, RepeatedKeysError
 from connector.pipelines import sync
-from connector.warehouse.engine import Warehouse
+from connector.warehouse.engine import MergeCounts, Warehouse
 from sandbox.app import Sandbox
 
 # A contact only the reference holds before its first load, so that load is staged and
@@ -187,3 +188,35 @@ def test_a_row_handed_twice_stops_the_load_with_the_tables_unchanged(
 async def _streamed(app: Any, warehouse: Warehouse) -> sync.SyncResult:
     async with marketplace_client(app) as client:
         return await sync.sync_contacts(client, warehouse, full_refresh=True)
+
+
+def test_evinotice_batches_merged_a_few_pages_at_a_time_equal_one_merge(
+    warehouse_url: str, open_warehouse: Any, tmp_path: Any
+) -> None:
+    # Cursor pages of 100 batches handed on a page or so at a time, each chunk its own batch;
+    # twice, the second time against what the first wrote.
+    sandbox = frozen_sandbox(contacts=200, seed=17, evinotice_batches=450)
+    batched = open_warehouse(warehouse_url, merge_every_rows=1)
+    reference = open_warehouse(f"duckdb:///{tmp_path / 'reference.duckdb'}")
+    for _ in range(2):
+        counts = [
+            run(_evinotice(sandbox, batched, CHUNK_BYTES)),
+            run(_evinotice(sandbox, reference, 2 << 20)),
+        ]
+        assert counts[0].batches > 1
+        assert counts[1].batches == 1
+        assert (counts[0].staged, counts[0].inserted, counts[0].updated) == (
+            counts[1].staged,
+            counts[1].inserted,
+            counts[1].updated,
+        )
+        assert content(batched, "evinotice_batches") == content(reference, "evinotice_batches")
+        repeated = "select id from evinotice_batches group by id having count(*) > 1"
+        assert list(batched.query(repeated)) == []
+
+
+async def _evinotice(sandbox: Sandbox, warehouse: Warehouse, chunk_bytes: int) -> MergeCounts:
+    site = sandbox.config.evinotice_site_id
+    async with evinotice_client(sandbox, chunk_bytes=chunk_bytes) as client:
+        result = await sync.sync_evinotice_batches(client, warehouse, site)
+    return result.counts["evinotice_batches"]

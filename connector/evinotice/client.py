@@ -44,7 +44,7 @@ from connector.evinotice.recipients import (
     missing_placeholders,
     usable_address,
 )
-from connector.http import ClientLimits, ResilientClient
+from connector.http import CHUNK_BYTES, ClientLimits, ResilientClient
 from connector.settings import EviNoticeSettings
 
 __all__ = [
@@ -137,8 +137,10 @@ class EviNoticeClient:
         *,
         limits: ClientLimits | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        chunk_bytes: int = CHUNK_BYTES,
     ) -> None:
         self.settings = settings
+        self.chunk_bytes = chunk_bytes
         self._http = ResilientClient(
             settings.base_url,
             auth=httpx.BasicAuth(settings.username, settings.password.reveal()),
@@ -329,11 +331,12 @@ class EviNoticeClient:
         page_size: int = MAX_PAGE_SIZE,
         *,
         descending: bool = False,
-        chunk_bytes: int = 2 << 20,
+        chunk_bytes: int | None = None,
     ) -> AsyncIterator[bytes]:
-        """``iter_batches`` as JSON lines: chunks of about ``chunk_bytes``, one batch per line,
-        each batch once, under the usual spellings, keys sorted."""
+        """``iter_batches`` as JSON lines: chunks of about ``chunk_bytes`` (the client's by
+        default), one batch per line, each batch once, under the usual spellings, keys sorted."""
         query = self._batches_query(owner_site_id, state, page_size, descending)
+        chunk_bytes = chunk_bytes or self.chunk_bytes
         buffer = bytearray()
         async for page in self._cursor_pages("QUERY", BATCHES_PATH, query):
             buffer += json_lines(page)

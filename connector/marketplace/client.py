@@ -45,7 +45,7 @@ from connector.errors import (
     TransportError,
     ValidationError,
 )
-from connector.http import ClientLimits, ResilientClient
+from connector.http import CHUNK_BYTES, ClientLimits, ResilientClient
 from connector.marketplace import rql
 from connector.marketplace.paging import OffsetPaging, Page, StreamPaging, loads_line
 from connector.settings import MarketplaceSettings
@@ -55,8 +55,6 @@ log = logging.getLogger(__name__)
 API_PREFIX = "/public/v1/notifications"
 RESOURCES = ("contacts", "categories", "batches", "messages")
 PAGE_SIZE = 100  # the server caps limit at 100
-# JSON lines handed on at a time by ``read_lines``: each chunk is flattened and staged at once.
-CHUNK_BYTES = 2 << 20
 STREAM_HEADERS = {"Accept": "application/jsonl", "MPT-Streaming": "true"}
 CHANGE_EVENTS = ("created", "updated")  # the audit events an incremental read follows
 
