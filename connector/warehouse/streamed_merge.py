@@ -3,11 +3,12 @@ holds ``every`` rows, and emptied, so a load holds a bounded batch of rows whate
 of the collection, and after the last chunk only the last batch is left to merge.
 
 Everything stays inside the caller's transaction: the table changes all at once at commit,
-or not at all. The keys of every row read are kept (``read``) for what needs the whole read
-at the end (a full refresh marking the rows the API no longer returns).
+or not at all. With ``keep_read``, the keys of every row read are kept (``read``) for what
+needs the whole read at the end (a full refresh marking the rows the API no longer returns).
 
-A first load (the tables empty) whose chunks never repeat a key writes straight into the
-tables: every row is new, so there is nothing to compare with, and no copy is staged.
+A first load (the tables empty) whose chunks should never repeat a key (``keys_once``) writes
+straight into the tables: every row is new, so there is nothing to compare with, and no copy
+is staged.
 
 A key handed twice in a batch (or, written straight, in the whole load) stops the load with
 ``RepeatedKeysError``: on DuckDB no key index would (connector/warehouse/schema.py).
