@@ -102,13 +102,7 @@ class StreamedMerge:
             else:
                 self.counts[table] = counts
         for stage in (self.stage, *(child for child, _ in self.children)):
-            self.tx.run(
-                "load/empty_stage_table",
-                stage=stage.name,
-                target=stage.table.name,
-                columns=stage.columns,
-            )
-            stage.rows = 0
+            self.tx.empty_stage(stage)
 
 
 @contextlib.contextmanager

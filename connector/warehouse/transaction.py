@@ -83,12 +83,23 @@ class Transaction:
     def stage(self, target: str) -> Iterator[Stage]:
         """A temporary, empty copy of ``target`` for this load; dropped afterwards."""
         stage = Stage(self, table(target))
-        self.run("load/drop_stage_table", stage=stage.name)
-        self.run("load/create_stage_table", stage=stage.name, target=target, columns=stage.columns)
+        self.empty_stage(stage)
         yield stage
         # Only on success: after an error the transaction is aborted (the rollback drops the
         # temporary table), and a statement here would hide the error that matters.
         self.run("load/drop_stage_table", stage=stage.name)
+
+    def empty_stage(self, stage: Stage) -> None:
+        """``stage`` made anew, empty. Dropped and made again rather than deleted from: DuckDB
+        frees a dropped temporary table's memory, not deleted rows'."""
+        self.run("load/drop_stage_table", stage=stage.name)
+        self.run(
+            "load/create_stage_table",
+            stage=stage.name,
+            target=stage.table.name,
+            columns=stage.columns,
+        )
+        stage.rows = 0
 
     def writer(self, target: str) -> Stage:
         """A writer straight into ``target`` (no stage): for rows known to be new."""
