@@ -10,6 +10,8 @@ was. Schema upgrades are in ``schema.py``.
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 import logging
 import threading
 import time
@@ -23,6 +25,7 @@ from sqlalchemy.pool import NullPool
 
 from connector.errors import ConfigurationError, ConnectorError
 from connector.warehouse.schema import ensure_tables
+from connector.warehouse.sql_files import statements
 from connector.warehouse.staging import Stage, column_values, to_arrow
 from connector.warehouse.streamed_merge import MERGE_EVERY_ROWS
 from connector.warehouse.tables import ALL_TABLE_NAMES, table
@@ -49,6 +52,15 @@ DEFAULT_WAREHOUSE_URL = "duckdb:///data/notifsync.duckdb"
 # ``?memory_limit=2GB``). Beyond it DuckDB spills to disk instead of growing the process: a
 # full sync of a million contacts stays within it.
 DEFAULT_DUCKDB_MEMORY_LIMIT = "256MB"
+# The rows of a DuckDB row group, as this connector writes them. DuckDB writes a load's rows to
+# the file as each row group fills, while the load goes on; only the last, partial group waits
+# for the commit. At DuckDB's default (122,880 rows) a load of 100k contacts was one partial
+# group, compressed and written at commit, after the read (about 0.3 s). Groups this size are
+# written between pages instead, in the time a paged read waits for the API. Compression is a
+# few per cent worse (about 4% bigger files). Override with ``?row_group_size=`` in the URL.
+DUCKDB_ROW_GROUP_ROWS = 16_384
+# The name the warehouse file is attached under (each connection's default database).
+DUCKDB_FILE_ALIAS = "notifsync_warehouse"
 # How long a connection waits for a DuckDB file another process holds.
 LOCK_WAIT_SECONDS = 120
 _OFF = ("false", "0", "off", "no")
@@ -78,6 +90,8 @@ class Warehouse:
         if self.dialect == "duckdb" and parsed.database not in (None, "", ":memory:"):
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         options: dict[str, Any] = {"pool_pre_ping": True}
+        shown = parsed
+        attach: functools.partial[None] | None = None
         if self.dialect == "duckdb":
             # DuckDB allows one writing process per file: hold it only while a load runs.
             # Its settings come from the URL's query (?memory_limit=2GB&threads=4); memory
@@ -90,6 +104,19 @@ class Warehouse:
                     "load pairs each source line with its row by position)"
                 )
             parsed = parsed.set(query={})
+            if parsed.database not in (None, "", ":memory:"):
+                # The row group size is an option of attaching a file (not a setting, not
+                # stored in it): the file is attached to a DuckDB instance of its own, one per
+                # file and process, as opening the file would make (so its connections share
+                # one cache and memory cap, and a file is never opened twice in a process).
+                path = str(Path(parsed.database).resolve())
+                rows = _row_group_rows(config.pop("row_group_size", DUCKDB_ROW_GROUP_ROWS))
+                # Where DuckDB spills for a file it opens; an instance in memory would spill
+                # into the working directory.
+                config.setdefault("temp_directory", f"{path}.tmp")
+                digest = hashlib.sha256(path.encode()).hexdigest()[:16]
+                parsed = parsed.set(database=f":memory:notifsync_{digest}")
+                attach = functools.partial(_attach_file, path=path, rows=rows)
             options = {"poolclass": NullPool, "connect_args": {"config": config}}
         try:
             self.engine = sa.create_engine(parsed, **options)
@@ -97,9 +124,11 @@ class Warehouse:
             raise ConfigurationError(
                 f"{WAREHOUSE_URL}: no SQLAlchemy dialect installed for {parsed.drivername!r}"
             ) from exc
+        if attach is not None:
+            sa.event.listen(self.engine, "connect", attach)
         # Shown in logs and metadata: no password, and no query (libpq also takes
         # password=... or sslpassword=... there).
-        self.url = parsed.set(query={}).render_as_string(hide_password=True)
+        self.url = shown.set(query={}).render_as_string(hide_password=True)
 
     def __repr__(self) -> str:
         return f"Warehouse({self.url})"
@@ -231,6 +260,27 @@ class Warehouse:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def _row_group_rows(value: Any) -> int:
+    """The ``row_group_size`` URL option: a positive whole number of rows."""
+    try:
+        rows = int(value)
+    except ValueError:
+        rows = 0
+    if rows <= 0:
+        raise ConfigurationError(
+            f"{WAREHOUSE_URL}: row_group_size must be a positive number of rows, not {value!r}"
+        )
+    return rows
+
+
+def _attach_file(driver_connection: Any, _record: Any, *, path: str, rows: int) -> None:
+    """On each new connection: the warehouse file attached (once per instance) and used."""
+    (attach,) = statements("warehouse/attach_duckdb_file", alias=DUCKDB_FILE_ALIAS)
+    driver_connection.execute(attach, {"path": path, "rows": rows})
+    (use,) = statements("warehouse/use_duckdb_file", alias=DUCKDB_FILE_ALIAS)
+    driver_connection.execute(use)
 
 
 def _lock_holder(exc: sa.exc.OperationalError) -> str:

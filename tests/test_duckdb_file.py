@@ -1,0 +1,142 @@
+"""A DuckDB warehouse file as the connector opens it (connector/warehouse/engine.py): attached
+with the row group size loads write in, so a load's rows reach the file while it runs; the
+file itself stays an ordinary DuckDB file; another process holding it is waited for."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+import pytest
+from sync_support import frozen_sandbox, sync_contacts
+
+from connector.errors import ConfigurationError
+from connector.warehouse.engine import DUCKDB_ROW_GROUP_ROWS, Warehouse
+
+
+def _row_groups(path: Path, table: str) -> list[int]:
+    """Rows per row group of ``table``, read by DuckDB opening the file directly."""
+    with duckdb.connect(str(path), read_only=True) as duck:
+        return [
+            count
+            for (count,) in duck.execute(
+                "select max(count) from pragma_storage_info(?) where column_id = 0 "
+                "group by row_group_id order by row_group_id",
+                [table],
+            ).fetchall()
+        ]
+
+
+def test_a_sync_writes_row_groups_of_the_size_in_the_url(
+    tmp_path: Path, open_warehouse: Any
+) -> None:
+    path = tmp_path / "w.duckdb"
+    warehouse = open_warehouse(f"duckdb:///{path}?row_group_size=2048")
+    sync_contacts(frozen_sandbox(contacts=5000), warehouse, full_refresh=True)
+    warehouse.dispose()
+    # In the file itself (an ordinary DuckDB file, as analysts open it), in groups of 2,048
+    # rows: DuckDB's own default would have made one group of all 5,000.
+    assert _row_groups(path, "contacts") == [2048, 2048, 904]
+
+
+def test_loads_write_row_groups_of_the_connectors_size_by_default(
+    tmp_path: Path, open_warehouse: Any
+) -> None:
+    path = tmp_path / "w.duckdb"
+    warehouse = open_warehouse(f"duckdb:///{path}")
+    rows = DUCKDB_ROW_GROUP_ROWS + 100
+    ids = pa.array([f"CTT-{n:012d}" for n in range(rows)])
+    with warehouse.transaction() as tx:
+        tx.writer("contacts").write_arrow(
+            pa.table({"id": ids}), {"synced_at": "2026-01-01T00:00:00Z"}
+        )
+    warehouse.dispose()
+    assert _row_groups(path, "contacts") == [DUCKDB_ROW_GROUP_ROWS, 100]
+
+
+@pytest.mark.parametrize("value", ["0", "-2048", "many"])
+def test_a_row_group_size_that_is_not_a_number_of_rows_is_refused(
+    tmp_path: Path, value: str
+) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        Warehouse(f"duckdb:///{tmp_path / 'w.duckdb'}?row_group_size={value}")
+    message = str(caught.value)
+    assert message.startswith("WAREHOUSE_URL") and "row_group_size" in message
+
+
+def test_the_warehouse_names_its_file_and_spills_beside_it(
+    tmp_path: Path, open_warehouse: Any
+) -> None:
+    path = tmp_path / "w.duckdb"
+    warehouse = open_warehouse(f"duckdb:///{path}?memory_limit=64MB")
+    # What logs and metadata show is the file, not the DuckDB instance it is attached to.
+    assert warehouse.url == f"duckdb:///{path}"
+    # Where DuckDB would spill for the file opened directly, not the working directory.
+    ((spill,),) = warehouse.query("select current_setting('temp_directory')")
+    assert spill == f"{path}.tmp"
+    ((limit,),) = warehouse.query("select current_setting('memory_limit')")
+    assert limit.startswith("61.0 MiB")  # the URL's setting reaches the instance (64 MB)
+
+
+HOLD_THE_FILE = """
+import sys
+import duckdb
+
+duck = duckdb.connect(sys.argv[1])
+print("holding", flush=True)
+sys.stdin.readline()
+duck.close()
+print("released", flush=True)
+"""
+
+
+class _Said(logging.Handler):
+    """Sets ``event`` when a record containing ``words`` is logged."""
+
+    def __init__(self, words: str) -> None:
+        super().__init__()
+        self.words = words
+        self.event = threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.words in record.getMessage():
+            self.event.set()
+
+
+def test_a_file_another_process_holds_is_waited_for(tmp_path: Path, open_warehouse: Any) -> None:
+    path = tmp_path / "w.duckdb"
+    open_warehouse(f"duckdb:///{path}").dispose()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_THE_FILE, str(path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    said = _Said("is locked by another process")
+    engine_log = logging.getLogger("connector.warehouse.engine")
+    engine_log.addHandler(said)
+    try:
+        assert holder.stdin is not None and holder.stdout is not None
+        assert holder.stdout.readline().strip() == "holding"
+        counted: list[int] = []
+        reader = threading.Thread(
+            target=lambda: counted.append(Warehouse(f"duckdb:///{path}").count_rows("contacts"))
+        )
+        reader.start()
+        # The warehouse says who holds the file and waits (DuckDB lets one process in).
+        assert said.event.wait(timeout=120)
+        assert not counted
+        holder.stdin.close()  # the holder lets go
+        reader.join(timeout=120)
+        assert counted == [0]
+    finally:
+        engine_log.removeHandler(said)
+        if holder.poll() is None:
+            holder.kill()
+        holder.wait()
