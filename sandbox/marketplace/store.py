@@ -19,6 +19,7 @@ from typing import Any
 
 from sandbox.clock import SandboxClock, format_timestamp
 from sandbox.marketplace import data as gen
+from sandbox.marketplace.rql import sort_key
 from sandbox.marketplace.sending import Delivery
 
 Record = dict[str, Any]
@@ -37,6 +38,10 @@ class StoreError(Exception):
         self.detail = detail
         self.errors = errors or {}
 
+
+# What the API keeps indexes for, as a database would: "the newest change" orders contacts by
+# these (connector/marketplace/client.py ``latest_change``).
+INDEXED_CONTACT_FIELDS = ("audit.created.at", "audit.updated.at")
 
 Order = tuple[tuple[str, bool], ...]
 SortKey = Callable[[Record], str]
@@ -202,6 +207,12 @@ class MarketplaceStore:
         data = gen.generate(contacts, seed, clock.now())
         self.categories = Collection(data.categories)
         self.contacts = Collection(data.contacts)
+        # Their sort keys made now, as the service has its indexes before any request: made
+        # on the first such request instead, they held every other request on the sandbox's
+        # one event loop meanwhile (about 0.2 s per field at 100k contacts), which the real
+        # service, answering requests side by side, does not.
+        for path in INDEXED_CONTACT_FIELDS:
+            self.contacts.column(path, sort_key(path))
         self.batches = Collection(data.batches)
         self.messages = Collection(data.messages)
         self._emails = {c["email"].casefold(): c["id"] for c in data.contacts}
