@@ -14,6 +14,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 import pytest
+import sqlalchemy as sa
 from sync_support import frozen_sandbox, sync_contacts
 
 from connector.errors import ConfigurationError
@@ -60,10 +61,8 @@ def test_loads_write_row_groups_of_the_connectors_size_by_default(
     assert _row_groups(path, "contacts") == [DUCKDB_ROW_GROUP_ROWS, 100]
 
 
-@pytest.mark.parametrize("value", ["0", "-2048", "many"])
-def test_a_row_group_size_that_is_not_a_number_of_rows_is_refused(
-    tmp_path: Path, value: str
-) -> None:
+@pytest.mark.parametrize("value", ["0", "-2048", "many", "100", "2048&row_group_size=4096"])
+def test_a_row_group_size_duckdb_would_not_take_is_refused(tmp_path: Path, value: str) -> None:
     with pytest.raises(ConfigurationError) as caught:
         Warehouse(f"duckdb:///{tmp_path / 'w.duckdb'}?row_group_size={value}")
     message = str(caught.value)
@@ -82,6 +81,28 @@ def test_the_warehouse_names_its_file_and_spills_beside_it(
     assert spill == f"{path}.tmp"
     ((limit,),) = warehouse.query("select current_setting('memory_limit')")
     assert limit.startswith("61.0 MiB")  # the URL's setting reaches the instance (64 MB)
+
+
+def test_a_read_only_warehouse_reads_and_writes_nothing(
+    tmp_path: Path, open_warehouse: Any
+) -> None:
+    path = tmp_path / "w.duckdb"
+    sync_contacts(frozen_sandbox(contacts=50), open_warehouse(f"duckdb:///{path}"))
+    reader = open_warehouse(f"duckdb:///{path}?access_mode=read_only", ensure=False)
+    assert reader.count_rows("contacts") == 50
+    with pytest.raises(sa.exc.DBAPIError, match="read-only"):
+        reader.query("delete from contacts")
+    with pytest.raises(ConfigurationError, match="access_mode"):
+        Warehouse(f"duckdb:///{path}?access_mode=sometimes")
+
+
+def test_a_named_in_memory_warehouse_stays_in_memory(
+    tmp_path: Path, open_warehouse: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    warehouse = open_warehouse("duckdb:///:memory:scratch", ensure=False)
+    assert warehouse.query("select current_database()") == [("memory",)]
+    assert list(tmp_path.iterdir()) == []  # no file of that name in the working directory
 
 
 HOLD_THE_FILE = """

@@ -87,7 +87,7 @@ class Warehouse:
                 f"{WAREHOUSE_URL} is not a valid SQLAlchemy URL: {exc} (is the port a number?)"
             ) from None
         self.dialect = parsed.get_backend_name()
-        if self.dialect == "duckdb" and parsed.database not in (None, "", ":memory:"):
+        if self.dialect == "duckdb" and _is_file(parsed.database):
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         options: dict[str, Any] = {"pool_pre_ping": True}
         shown = parsed
@@ -104,19 +104,21 @@ class Warehouse:
                     "load pairs each source line with its row by position)"
                 )
             parsed = parsed.set(query={})
-            if parsed.database not in (None, "", ":memory:"):
+            if _is_file(parsed.database):
                 # The row group size is an option of attaching a file (not a setting, not
                 # stored in it): the file is attached to a DuckDB instance of its own, one per
                 # file and process, as opening the file would make (so its connections share
                 # one cache and memory cap, and a file is never opened twice in a process).
+                # The first Warehouse of a process to attach the file sets its options.
                 path = str(Path(parsed.database).resolve())
                 rows = _row_group_rows(config.pop("row_group_size", DUCKDB_ROW_GROUP_ROWS))
+                read_only = _read_only(config.pop("access_mode", "automatic"))
                 # Where DuckDB spills for a file it opens; an instance in memory would spill
                 # into the working directory.
                 config.setdefault("temp_directory", f"{path}.tmp")
                 digest = hashlib.sha256(path.encode()).hexdigest()[:16]
                 parsed = parsed.set(database=f":memory:notifsync_{digest}")
-                attach = functools.partial(_attach_file, path=path, rows=rows)
+                attach = functools.partial(_attach_file, path=path, rows=rows, read_only=read_only)
             options = {"poolclass": NullPool, "connect_args": {"config": config}}
         try:
             self.engine = sa.create_engine(parsed, **options)
@@ -262,23 +264,43 @@ class Warehouse:
         self.engine.dispose()
 
 
+def _is_file(database: str | None) -> bool:
+    """Whether a DuckDB URL's database is a file (not in memory, not a MotherDuck one)."""
+    return bool(database) and not str(database).startswith((":memory:", "md:", "motherduck:"))
+
+
 def _row_group_rows(value: Any) -> int:
-    """The ``row_group_size`` URL option: a positive whole number of rows."""
+    """The ``row_group_size`` URL option: a positive number of rows, a multiple of DuckDB's
+    vector size (2,048), as DuckDB requires."""
     try:
         rows = int(value)
-    except ValueError:
+    except (TypeError, ValueError):  # TypeError: the option given twice
         rows = 0
-    if rows <= 0:
+    if rows <= 0 or rows % 2048:
         raise ConfigurationError(
-            f"{WAREHOUSE_URL}: row_group_size must be a positive number of rows, not {value!r}"
+            f"{WAREHOUSE_URL}: row_group_size must be a positive multiple of 2048 rows, "
+            f"not {value!r}"
         )
     return rows
 
 
-def _attach_file(driver_connection: Any, _record: Any, *, path: str, rows: int) -> None:
+def _read_only(value: Any) -> bool:
+    """The ``access_mode`` URL option (DuckDB's values), as the file is attached."""
+    mode = str(value).lower()
+    if mode not in ("automatic", "read_write", "read_only"):
+        raise ConfigurationError(
+            f"{WAREHOUSE_URL}: access_mode must be automatic, read_write or read_only, "
+            f"not {value!r}"
+        )
+    return mode == "read_only"
+
+
+def _attach_file(
+    driver_connection: Any, _record: Any, *, path: str, rows: int, read_only: bool
+) -> None:
     """On each new connection: the warehouse file attached (once per instance) and used."""
     (attach,) = statements("warehouse/attach_duckdb_file", alias=DUCKDB_FILE_ALIAS)
-    driver_connection.execute(attach, {"path": path, "rows": rows})
+    driver_connection.execute(attach, {"path": path, "rows": rows, "read_only": read_only})
     (use,) = statements("warehouse/use_duckdb_file", alias=DUCKDB_FILE_ALIAS)
     driver_connection.execute(use)
 
