@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow as pa
+import pytest
 import sqlalchemy as sa
 
 MOMENTS = [
@@ -40,3 +41,25 @@ def test_timestamps_staged_in_bulk_keep_their_instant(
     assert [tuple(row) for row in got] == [
         (i, m, m, synced) for i, m in zip(ids, MOMENTS, strict=True)
     ]
+
+
+@pytest.mark.parametrize(
+    ("chunks", "ascending"),
+    [
+        ([["CTT-1", "CTT-2"], ["CTT-3"], ["CTT-4", "CTT-5"]], True),
+        ([["CTT-1", "CTT-3"], ["CTT-3", "CTT-4"]], False),  # repeated across chunks
+        ([["CTT-1", "CTT-1"]], False),  # repeated within one
+        ([["CTT-2", "CTT-1"]], False),  # out of order within one
+        ([["CTT-5"], ["CTT-4"]], False),  # out of order across chunks
+        ([["CTT-1", None]], False),
+    ],
+)
+def test_a_stage_knows_whether_its_keys_came_in_increasing_order(
+    chunks: list[list[str | None]], ascending: bool, warehouse_url: str, open_warehouse: Any
+) -> None:
+    # In increasing order no key repeats: a load written straight in skips counting them.
+    warehouse = open_warehouse(warehouse_url)
+    with warehouse.transaction() as tx, tx.stage("batches") as stage:
+        for ids in chunks:
+            stage.write_arrow(pa.table({"id": pa.array(ids, pa.string())}))
+        assert stage.keys_ascending is ascending
