@@ -33,6 +33,7 @@ from benchmarks.sync import MEMORY_CAPS, incremental_benchmark, memory_benchmark
 from connector.http import ClientLimits
 from connector.marketplace.client import MarketplaceClient, ReadReport
 from connector.settings import SANDBOX_TOKEN, MarketplaceSettings, Secret
+from connector.warehouse.engine import DEFAULT_DUCKDB_SYNC_MEMORY_LIMIT as DEFAULT_SYNC_CAP
 
 
 async def read_rows(url: str, mode: str, concurrency: int) -> tuple[int, float, ReadReport]:
@@ -135,7 +136,8 @@ def main() -> None:
         ),
         *(
             (
-                f"peak RSS, full sync of {small:,} / {large:,} contacts, DuckDB cap {cap} (MB)",
+                f"peak RSS, full sync of {small:,} / {large:,} contacts, "
+                f"sync_memory_limit {cap}{' (default)' if cap == DEFAULT_SYNC_CAP else ''} (MB)",
                 f"{memory[small, cap]:,.0f} / {memory[large, cap]:,.0f}",
                 "<= 300, flat",
             )

@@ -105,6 +105,50 @@ def test_a_named_in_memory_warehouse_stays_in_memory(
     assert list(tmp_path.iterdir()) == []  # no file of that name in the working directory
 
 
+def _cap(tx: Any) -> str:
+    return tx.scalar("select current_setting('memory_limit')")
+
+
+def test_a_load_caps_duckdb_lower_while_it_runs_and_puts_the_cap_back(
+    tmp_path: Path, open_warehouse: Any
+) -> None:
+    url = f"duckdb:///{tmp_path / 'w.duckdb'}"
+    warehouse, other = open_warehouse(url), open_warehouse(url, ensure=False)
+    with warehouse.transaction() as reader:  # keeps the process's DuckDB instance alive
+        assert _cap(reader) == "244.1 MiB"  # memory_limit: 256 MB by default
+        with warehouse.load() as load:
+            assert _cap(load) == _cap(reader) == "61.0 MiB"  # sync_memory_limit: 64 MB
+            with other.load() as second:  # two loads at once: the first to end ...
+                assert _cap(second) == "61.0 MiB"
+            assert _cap(load) == "61.0 MiB"  # ... leaves the cap to the one still running
+        assert _cap(reader) == "244.1 MiB"
+        with pytest.raises(RuntimeError), warehouse.load():
+            raise RuntimeError("a load that stops")
+        assert _cap(reader) == "244.1 MiB"
+
+
+@pytest.mark.parametrize(
+    ("query", "during_loads"),
+    [
+        ("?memory_limit=32MB", "30.5 MiB"),  # a smaller memory_limit is never raised
+        ("?sync_memory_limit=128MB", "122.0 MiB"),
+        ("?memory_limit=1GB&sync_memory_limit=2GB", "953.6 MiB"),
+    ],
+)
+def test_a_load_takes_the_lower_of_the_two_caps(
+    query: str, during_loads: str, tmp_path: Path, open_warehouse: Any
+) -> None:
+    warehouse = open_warehouse(f"duckdb:///{tmp_path / 'w.duckdb'}{query}")
+    with warehouse.load() as load:
+        assert _cap(load) == during_loads
+
+
+@pytest.mark.parametrize("value", ["lots", "0MB", "80%"])
+def test_a_sync_memory_limit_that_is_not_a_size_is_refused(tmp_path: Path, value: str) -> None:
+    with pytest.raises(ConfigurationError, match="sync_memory_limit"):
+        Warehouse(f"duckdb:///{tmp_path / 'w.duckdb'}?sync_memory_limit={value}")
+
+
 HOLD_THE_FILE = """
 import sys
 import duckdb

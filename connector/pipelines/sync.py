@@ -137,7 +137,7 @@ async def _load_contacts(
     newest_change: asyncio.Future[str | None] | None = None
     api_count: asyncio.Future[int | None] | None = None
     try:
-        with warehouse.transaction() as tx:
+        with warehouse.load() as tx:
             cursor = tx.get_state(CONTACTS_CURSOR)
             last_full = tx.get_state(CONTACTS_LAST_FULL_REFRESH)
             due = last_full is None or now - _parse(last_full) >= policy.full_refresh_every
@@ -326,7 +326,7 @@ async def refresh_contacts(
             async for chunk in _read(client, "contacts", bulk, filter=rql.in_("id", group)):
                 yield chunk
 
-    with warehouse.transaction() as tx:
+    with warehouse.load() as tx:
         async with _merged_contacts(tx, chunks(), synced_at) as merge:
             result.counts = merge.finish()
     return result
@@ -410,7 +410,7 @@ async def sync_categories(
     synced_at = format_timestamp(now)
     result = SyncResult(mode="replace", read=ReadReport("categories"), synced_at=now)
     with (
-        warehouse.transaction() as tx,
+        warehouse.load() as tx,
         tx.stage("categories") as stage,
         tx.stage("category_statistics_snapshots") as stats,
     ):
@@ -445,7 +445,7 @@ async def sync_batches(
     now = _now(now)
     synced_at = format_timestamp(now)
     result = SyncResult(mode="merge", read=ReadReport("batches"), synced_at=now)
-    with warehouse.transaction() as tx, tx.streamed_merge("batches", keys_once=True) as merge:
+    with warehouse.load() as tx, tx.streamed_merge("batches", keys_once=True) as merge:
         await _pipe(
             _read(client, "batches", bulk, report=result.read),
             _writer(tx, merge.stage, batch_rows, synced_at, merge),
@@ -475,7 +475,7 @@ async def sync_messages(
     synced_at = format_timestamp(now)
     window = messages_window(start, end)
     result = SyncResult(mode="replace window", read=ReadReport("messages"), synced_at=now)
-    with warehouse.transaction() as tx, tx.stage("messages") as stage:
+    with warehouse.load() as tx, tx.stage("messages") as stage:
         read = _read(
             client, "messages", bulk, filter=window, select=("audit", "-body"), report=result.read
         )
@@ -499,7 +499,7 @@ async def sync_evinotice_batches(
     now = _now(now)
     synced_at = format_timestamp(now)
     result = SyncResult(mode="merge", synced_at=now)
-    with warehouse.transaction() as tx, tx.streamed_merge("evinotice_batches") as merge:
+    with warehouse.load() as tx, tx.streamed_merge("evinotice_batches") as merge:
         stage = merge.stage
 
         def write(chunk: Chunk) -> None:

@@ -13,6 +13,7 @@ import contextlib
 import functools
 import hashlib
 import logging
+import re
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -33,6 +34,7 @@ from connector.warehouse.transaction import MergeCounts, Transaction
 
 __all__ = [
     "DEFAULT_DUCKDB_MEMORY_LIMIT",
+    "DEFAULT_DUCKDB_SYNC_MEMORY_LIMIT",
     "DEFAULT_WAREHOUSE_URL",
     "WAREHOUSE_URL",
     "MergeCounts",
@@ -52,6 +54,12 @@ DEFAULT_WAREHOUSE_URL = "duckdb:///data/notifsync.duckdb"
 # ``?memory_limit=2GB``). Beyond it DuckDB spills to disk instead of growing the process: a
 # full sync of a million contacts stays within it.
 DEFAULT_DUCKDB_MEMORY_LIMIT = "256MB"
+# DuckDB's cap while a sync loads (``?sync_memory_limit=`` in the URL; never above
+# ``memory_limit``). A load streams rows through: what DuckDB holds beyond a batch is the
+# blocks it has written, kept as a cache it will not read again. A million-contact sync was no
+# slower at 64 MB than at 256 MB and its process peaked at 291 MB instead of 459 MB, while
+# planning a million CRM lines wants the bigger cap (its joins spill below it).
+DEFAULT_DUCKDB_SYNC_MEMORY_LIMIT = "64MB"
 # The rows of a DuckDB row group, as this connector writes them. DuckDB writes a load's rows to
 # the file as each row group fills, while the load goes on; only the last, partial group waits
 # for the commit. At DuckDB's default (122,880 rows) a load of 100k contacts was one partial
@@ -91,6 +99,9 @@ class Warehouse:
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         options: dict[str, Any] = {"pool_pre_ping": True}
         shown = parsed
+        # DuckDB's (memory cap, cap while a sync loads) and the instance they apply to.
+        self._memory_limits: tuple[str, str] | None = None
+        self._instance = ""
         attach: functools.partial[None] | None = None
         if self.dialect == "duckdb":
             # DuckDB allows one writing process per file: hold it only while a load runs.
@@ -103,6 +114,7 @@ class Warehouse:
                     f"{WAREHOUSE_URL}: DuckDB's preserve_insertion_order must stay on (the bulk "
                     "load pairs each source line with its row by position)"
                 )
+            sync_memory_limits = _memory_limits(config)
             parsed = parsed.set(query={})
             if _is_file(parsed.database):
                 # The row group size is an option of attaching a file (not a setting, not
@@ -118,6 +130,9 @@ class Warehouse:
                 config.setdefault("temp_directory", f"{path}.tmp")
                 digest = hashlib.sha256(path.encode()).hexdigest()[:16]
                 parsed = parsed.set(database=f":memory:notifsync_{digest}")
+                # Loads lower the cap of this instance (a connection of its own sets it).
+                self._instance = str(parsed.database)
+                self._memory_limits = sync_memory_limits
                 attach = functools.partial(_attach_file, path=path, rows=rows, read_only=read_only)
             options = {"poolclass": NullPool, "connect_args": {"config": config}}
         try:
@@ -149,6 +164,28 @@ class Warehouse:
                 with connection.begin():
                     for name in sorted(tx.changed):
                         tx.run("load/analyze_table", target=name)
+
+    @contextlib.contextmanager
+    def load(self) -> Iterator[Transaction]:
+        """A ``transaction`` for a sync's load: on DuckDB, capped at the URL's
+        ``sync_memory_limit`` while it runs (the cap is DuckDB's, for the whole instance: the
+        first load running sets it, the last one puts ``memory_limit`` back)."""
+        if self._memory_limits is None:
+            with self.transaction() as tx:
+                yield tx
+            return
+        memory_limit, sync_memory_limit = self._memory_limits
+        with self._connect() as setter:
+            with _LOADS_RUNNING.lock:
+                if _LOADS_RUNNING.started(self._instance):
+                    _set_memory_limit(setter, sync_memory_limit)
+            try:
+                with self.transaction() as tx:
+                    yield tx
+            finally:
+                with _LOADS_RUNNING.lock:
+                    if _LOADS_RUNNING.ended(self._instance):
+                        _set_memory_limit(setter, memory_limit)
 
     @contextlib.contextmanager
     def _connect(self) -> Iterator[Connection]:
@@ -262,6 +299,68 @@ class Warehouse:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+class _LoadsRunning:
+    """How many loads run capped per DuckDB instance in this process."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self._running: dict[str, int] = {}
+
+    def started(self, instance: str) -> bool:
+        """Count one more; True for the first (which sets the cap)."""
+        self._running[instance] = self._running.get(instance, 0) + 1
+        return self._running[instance] == 1
+
+    def ended(self, instance: str) -> bool:
+        """Count one less; True for the last (which puts the cap back)."""
+        self._running[instance] -= 1
+        if self._running[instance]:
+            return False
+        del self._running[instance]
+        return True
+
+
+_LOADS_RUNNING = _LoadsRunning()
+
+
+def _set_memory_limit(connection: Connection, limit: str) -> None:
+    (statement,) = statements("warehouse/set_memory_limit")
+    connection.execute(sa.text(statement), {"limit": limit})
+    connection.commit()
+
+
+_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b|b)?\s*", re.IGNORECASE)
+_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
+_UNITS.update({"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40})
+
+
+def _memory_limits(config: dict[str, Any]) -> tuple[str, str] | None:
+    """(``memory_limit``, the cap while a sync loads), ``sync_memory_limit`` taken out of
+    ``config``; None when loads keep ``memory_limit`` (a load never raises a smaller one; one
+    in another form, a share of RAM, is kept for loads too)."""
+    memory_limit = str(config["memory_limit"])
+    given = config.pop("sync_memory_limit", None)
+    sync_limit = str(given if given is not None else DEFAULT_DUCKDB_SYNC_MEMORY_LIMIT)
+    sync_bytes = _bytes(sync_limit)
+    if sync_bytes is None or sync_bytes <= 0:
+        raise ConfigurationError(
+            f"{WAREHOUSE_URL}: sync_memory_limit must be a size such as 64MB or 1GB, "
+            f"not {sync_limit!r}"
+        )
+    limit_bytes = _bytes(memory_limit)
+    if limit_bytes is None or limit_bytes <= sync_bytes:
+        return None
+    return memory_limit, sync_limit
+
+
+def _bytes(size: str) -> float | None:
+    """A DuckDB size (``64MB``, ``1.5 GiB``) in bytes; None for another form."""
+    match = _SIZE.fullmatch(size)
+    if match is None:
+        return None
+    return float(match[1]) * _UNITS[(match[2] or "b").lower()]
 
 
 def _is_file(database: str | None) -> bool:
