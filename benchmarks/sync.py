@@ -113,7 +113,7 @@ def sync_benchmark(contacts: int, latency_ms: float) -> dict[str, float]:
 
 # DuckDB's cap while a sync loads (``sync_memory_limit``; the default is
 # ``DEFAULT_DUCKDB_SYNC_MEMORY_LIMIT``, ``memory_limit`` staying 256 MB).
-MEMORY_CAPS = ("256MB", "128MB", "64MB")
+MEMORY_CAPS = ("256MB", "64MB", "32MB")
 
 
 def memory_benchmark(

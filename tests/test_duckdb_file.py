@@ -117,20 +117,28 @@ def test_a_load_caps_duckdb_lower_while_it_runs_and_puts_the_cap_back(
     with warehouse.transaction() as reader:  # keeps the process's DuckDB instance alive
         assert _cap(reader) == "244.1 MiB"  # memory_limit: 256 MB by default
         with warehouse.load() as load:
-            assert _cap(load) == _cap(reader) == "61.0 MiB"  # sync_memory_limit: 64 MB
+            assert _cap(load) == _cap(reader) == "30.5 MiB"  # sync_memory_limit: 32 MB
             with other.load() as second:  # two loads at once: the first to end ...
-                assert _cap(second) == "61.0 MiB"
-            assert _cap(load) == "61.0 MiB"  # ... leaves the cap to the one still running
+                assert _cap(second) == "30.5 MiB"
+            assert _cap(load) == "30.5 MiB"  # ... leaves the cap to the one still running
         assert _cap(reader) == "244.1 MiB"
         with pytest.raises(RuntimeError), warehouse.load():
             raise RuntimeError("a load that stops")
+        assert _cap(reader) == "244.1 MiB"
+        # Lifted early (before work over the whole table): once, and only its own part.
+        with warehouse.load() as load, other.load() as second:
+            load.lift_memory_cap()
+            load.lift_memory_cap()
+            assert _cap(reader) == "30.5 MiB"  # the second load still streams
+            second.lift_memory_cap()
+            assert _cap(reader) == "244.1 MiB"
         assert _cap(reader) == "244.1 MiB"
 
 
 @pytest.mark.parametrize(
     ("query", "during_loads"),
     [
-        ("?memory_limit=32MB", "30.5 MiB"),  # a smaller memory_limit is never raised
+        ("?memory_limit=16MB", "15.2 MiB"),  # a smaller memory_limit is never raised
         ("?sync_memory_limit=128MB", "122.0 MiB"),
         ("?memory_limit=1GB&sync_memory_limit=2GB", "953.6 MiB"),
     ],

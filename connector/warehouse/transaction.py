@@ -37,6 +37,9 @@ class Transaction:
         self.merge_every_rows = merge_every_rows
         # Tables this transaction wrote, so their statistics can be refreshed after commit.
         self.changed: set[str] = set()
+        # Ends a load's lower memory cap early (``Warehouse.load``): before the steps over
+        # the whole table, whose joins want ``memory_limit``. Nothing to lift otherwise.
+        self.lift_memory_cap: Callable[[], None] = _nothing
 
     def run(self, name: str, params: dict[str, Any] | None = None, **identifiers: str) -> Any:
         """Run the statements of ``sql/<name>.sql``; returns the last result."""
@@ -287,6 +290,10 @@ class Transaction:
         """Write a value to ``sync_state``, committed with the load it belongs to."""
         self.run("load/upsert_sync_state", {"name": name, "value": value, "now": now})
         self.changed.add("sync_state")
+
+
+def _nothing() -> None:
+    return None
 
 
 class _TableWriter(Stage):
