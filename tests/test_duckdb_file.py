@@ -125,13 +125,40 @@ def test_a_load_caps_duckdb_lower_while_it_runs_and_puts_the_cap_back(
         with pytest.raises(RuntimeError), warehouse.load():
             raise RuntimeError("a load that stops")
         assert _cap(reader) == "244.1 MiB"
-        # Lifted early (before work over the whole table): once, and only its own part.
-        with warehouse.load() as load, other.load() as second:
-            load.lift_memory_cap()
-            load.lift_memory_cap()
-            assert _cap(reader) == "30.5 MiB"  # the second load still streams
+        # Lifted early, before work over the whole table: that work gets the full cap, even
+        # while another load streams, which is capped again once it is alone.
+        with other.load() as second:
+            with warehouse.load() as load:
+                load.lift_memory_cap()
+                load.lift_memory_cap()  # once is enough
+                assert _cap(reader) == "244.1 MiB"
+            assert _cap(reader) == "30.5 MiB"
             second.lift_memory_cap()
             assert _cap(reader) == "244.1 MiB"
+        assert _cap(reader) == "244.1 MiB"
+
+
+def test_a_cap_duckdb_cannot_reach_leaves_the_load_running_and_later_ones_capped(
+    tmp_path: Path, open_warehouse: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Nowhere to spill (a spill directory that cannot be made) and a temporary table of some
+    # 70 MB held: DuckDB refuses to go down to 32 MB. The load goes on at the cap it had.
+    warehouse = open_warehouse(
+        f"duckdb:///{tmp_path / 'w.duckdb'}?temp_directory=/proc/notifsync_nowhere"
+    )
+    with warehouse.transaction() as reader:  # keeps the process's DuckDB instance alive
+        with warehouse.transaction() as holder:
+            holder.scalar(
+                "create temporary table big as select md5(range::varchar) "
+                "|| md5((range + 1)::varchar) as t from range(1000000)"
+            )
+            with warehouse.load() as load:
+                assert _cap(load) == "244.1 MiB"
+            assert "memory cap left as it was" in caplog.text
+        # The table gone with its connection: the next load is capped, and nothing is left
+        # counted from the refused one once it ends.
+        with warehouse.load() as load:
+            assert _cap(load) == "30.5 MiB"
         assert _cap(reader) == "244.1 MiB"
 
 

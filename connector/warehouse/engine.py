@@ -171,32 +171,32 @@ class Warehouse:
         """A ``transaction`` for a sync's load: on DuckDB, capped at the URL's
         ``sync_memory_limit`` while rows stream in, until the load calls
         ``tx.lift_memory_cap()`` (before work over the whole table) or ends. The cap is
-        DuckDB's, for the whole instance: the first load running sets it, the last one puts
-        ``memory_limit`` back."""
-        if self._memory_limits is None:
+        DuckDB's, for the whole instance: lower while a load streams and none works over a
+        whole table, ``memory_limit`` otherwise (``_LoadCaps``)."""
+        limits = self._memory_limits
+        if limits is None:
             with self.transaction() as tx:
                 yield tx
             return
-        memory_limit, sync_memory_limit = self._memory_limits
         with self._connect() as setter:
-            capped = True
+            state: str | None = None
+
+            def move(to: str | None) -> None:
+                nonlocal state
+                _LOAD_CAPS.move(self._instance, setter, limits, state, to)
+                state = to
 
             def lift() -> None:
-                nonlocal capped
-                with _LOADS_RUNNING.lock:
-                    if capped and _LOADS_RUNNING.ended(self._instance):
-                        _set_memory_limit(setter, memory_limit)
-                    capped = False
+                if state == _STREAMING:
+                    move(_LIFTED)
 
-            with _LOADS_RUNNING.lock:
-                if _LOADS_RUNNING.started(self._instance):
-                    _set_memory_limit(setter, sync_memory_limit)
+            move(_STREAMING)
             try:
                 with self.transaction() as tx:
                     tx.lift_memory_cap = lift
                     yield tx
             finally:
-                lift()
+                move(None)
 
     @contextlib.contextmanager
     def _connect(self) -> Iterator[Connection]:
@@ -312,34 +312,50 @@ class Warehouse:
         self.engine.dispose()
 
 
-class _LoadsRunning:
-    """How many loads run capped per DuckDB instance in this process."""
+_STREAMING, _LIFTED = "streaming", "lifted"
+
+
+class _LoadCaps:
+    """The loads running per DuckDB instance in this process, and so its cap: the lower one
+    while a load streams and none works over a whole table (that one needs the full cap)."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self._running: dict[str, int] = {}
+        self._running: dict[str, list[str]] = {}
 
-    def started(self, instance: str) -> bool:
-        """Count one more; True for the first (which sets the cap)."""
-        self._running[instance] = self._running.get(instance, 0) + 1
-        return self._running[instance] == 1
+    def move(
+        self,
+        instance: str,
+        connection: Connection,
+        limits: tuple[str, str],
+        before: str | None,
+        after: str | None,
+    ) -> None:
+        """One load moves from ``before`` to ``after`` (None: not running); the cap follows.
+        Never raises: the cap saves memory, and a load is not stopped for it."""
+        memory_limit, sync_memory_limit = limits
+        with self.lock:
+            running = self._running.setdefault(instance, [])
+            if before is not None:
+                running.remove(before)
+            if after is not None:
+                running.append(after)
+            streaming_only = bool(running) and _LIFTED not in running
+            if not running:
+                del self._running[instance]
+            limit = sync_memory_limit if streaming_only else memory_limit
+            try:
+                (statement,) = statements("warehouse/set_memory_limit")
+                connection.execute(sa.text(statement), {"limit": limit})
+                connection.commit()
+            except sa.exc.DBAPIError as exc:
+                # E.g. DuckDB cannot free enough memory to go lower (nowhere to spill).
+                cause = str(exc.orig).splitlines()[0] if exc.orig else type(exc).__name__
+                connection.rollback()
+                log.warning("DuckDB memory cap left as it was (wanted %s): %s", limit, cause)
 
-    def ended(self, instance: str) -> bool:
-        """Count one less; True for the last (which puts the cap back)."""
-        self._running[instance] -= 1
-        if self._running[instance]:
-            return False
-        del self._running[instance]
-        return True
 
-
-_LOADS_RUNNING = _LoadsRunning()
-
-
-def _set_memory_limit(connection: Connection, limit: str) -> None:
-    (statement,) = statements("warehouse/set_memory_limit")
-    connection.execute(sa.text(statement), {"limit": limit})
-    connection.commit()
+_LOAD_CAPS = _LoadCaps()
 
 
 _SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b|b)?\s*", re.IGNORECASE)

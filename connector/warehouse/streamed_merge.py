@@ -29,9 +29,11 @@ if TYPE_CHECKING:
     from connector.warehouse.transaction import Transaction
 
 # Rows merged at a time. Large enough that a merge's scan of the table is paid rarely (a
-# million-row table is read ten times in a million-row load), small enough that the stage
-# stays a few tens of MB and the merge left after the last chunk is short.
-MERGE_EVERY_ROWS = 100_000
+# million-row table is read twenty times in a million-row load), small enough that the stage
+# stays some 15 MB and is merged within DuckDB's memory cap while rows stream in (32 MB by
+# default, connector/warehouse/engine.py; merging 150k staged contacts into a million ran out
+# of it), and the merge left after the last chunk is short.
+MERGE_EVERY_ROWS = 50_000
 
 
 @dataclass(frozen=True)
