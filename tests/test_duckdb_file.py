@@ -4,10 +4,12 @@ file itself stays an ordinary DuckDB file; another process holding it is waited 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +111,31 @@ def _cap(tx: Any) -> str:
     return tx.scalar("select current_setting('memory_limit')")
 
 
+@contextlib.contextmanager
+def _first_load(warehouse: Warehouse) -> Iterator[Any]:
+    """A load as one writing straight into empty tables runs it: its cap lowered."""
+    with warehouse.load() as tx:
+        tx.lower_memory_cap()
+        yield tx
+
+
+def test_a_first_load_written_straight_in_runs_capped_and_a_merge_does_not(
+    tmp_path: Path, open_warehouse: Any
+) -> None:
+    warehouse = open_warehouse(f"duckdb:///{tmp_path / 'w.duckdb'}")
+    batches = pa.table({"id": [f"BAT-{n:04d}" for n in range(3)]})
+    constants = {"synced_at": "2026-01-01T00:00:00Z"}
+    for load_number in range(2):
+        with warehouse.load() as tx, tx.streamed_merge("batches", keys_once=True) as merge:
+            merge.stage.write_arrow(batches, constants)
+            merge.chunk_written()
+            # The first load writes straight into the empty table, at sync_memory_limit; the
+            # second merges into what the first wrote, rewriting rows: memory_limit.
+            assert _cap(tx) == ("30.5 MiB" if load_number == 0 else "244.1 MiB")
+            merge.finish()
+            assert _cap(tx) == "244.1 MiB"  # the read is over
+
+
 def test_a_load_caps_duckdb_lower_while_it_runs_and_puts_the_cap_back(
     tmp_path: Path, open_warehouse: Any
 ) -> None:
@@ -116,19 +143,19 @@ def test_a_load_caps_duckdb_lower_while_it_runs_and_puts_the_cap_back(
     warehouse, other = open_warehouse(url), open_warehouse(url, ensure=False)
     with warehouse.transaction() as reader:  # keeps the process's DuckDB instance alive
         assert _cap(reader) == "244.1 MiB"  # memory_limit: 256 MB by default
-        with warehouse.load() as load:
+        with _first_load(warehouse) as load:
             assert _cap(load) == _cap(reader) == "30.5 MiB"  # sync_memory_limit: 32 MB
-            with other.load() as second:  # two loads at once: the first to end ...
+            with _first_load(other) as second:  # two loads at once: the first to end ...
                 assert _cap(second) == "30.5 MiB"
             assert _cap(load) == "30.5 MiB"  # ... leaves the cap to the one still running
         assert _cap(reader) == "244.1 MiB"
-        with pytest.raises(RuntimeError), warehouse.load():
+        with pytest.raises(RuntimeError), _first_load(warehouse):
             raise RuntimeError("a load that stops")
         assert _cap(reader) == "244.1 MiB"
         # Lifted early, before work over the whole table: that work gets the full cap, even
         # while another load streams, which is capped again once it is alone.
-        with other.load() as second:
-            with warehouse.load() as load:
+        with _first_load(other) as second:
+            with _first_load(warehouse) as load:
                 load.lift_memory_cap()
                 load.lift_memory_cap()  # once is enough
                 assert _cap(reader) == "244.1 MiB"
@@ -152,12 +179,12 @@ def test_a_cap_duckdb_cannot_reach_leaves_the_load_running_and_later_ones_capped
                 "create temporary table big as select md5(range::varchar) "
                 "|| md5((range + 1)::varchar) as t from range(1000000)"
             )
-            with warehouse.load() as load:
+            with _first_load(warehouse) as load:
                 assert _cap(load) == "244.1 MiB"
             assert "memory cap left as it was" in caplog.text
         # The table gone with its connection: the next load is capped, and nothing is left
         # counted from the refused one once it ends.
-        with warehouse.load() as load:
+        with _first_load(warehouse) as load:
             assert _cap(load) == "30.5 MiB"
         assert _cap(reader) == "244.1 MiB"
 
@@ -174,7 +201,7 @@ def test_a_load_takes_the_lower_of_the_two_caps(
     query: str, during_loads: str, tmp_path: Path, open_warehouse: Any
 ) -> None:
     warehouse = open_warehouse(f"duckdb:///{tmp_path / 'w.duckdb'}{query}")
-    with warehouse.load() as load:
+    with _first_load(warehouse) as load:
         assert _cap(load) == during_loads
 
 

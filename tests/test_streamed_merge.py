@@ -67,12 +67,24 @@ def _counts(result: sync.SyncResult) -> dict[str, tuple[int, int, int, int]]:
 
 
 # A batch per chunk, and batches of several chunks.
-@pytest.mark.parametrize("every", [1, 700])
+@pytest.mark.parametrize(
+    ("batch", "refresh_batches", "incremental_batches"),
+    [
+        ({"merge_every_rows": 1}, 5, 2),  # each chunk its own batch
+        ({"merge_every_rows": 700}, 3, 1),  # several chunks a batch
+        ({"merge_every_bytes": 250_000}, 3, 1),  # the same, bounded by bytes instead
+    ],
+)
 def test_batches_merged_while_reading_equal_one_merge_at_the_end(
-    every: int, warehouse_url: str, open_warehouse: Any, tmp_path: Any
+    batch: dict[str, int],
+    refresh_batches: int,
+    incremental_batches: int,
+    warehouse_url: str,
+    open_warehouse: Any,
+    tmp_path: Any,
 ) -> None:
     sandbox = frozen_sandbox(contacts=CONTACTS, seed=13)
-    batched = open_warehouse(warehouse_url, merge_every_rows=every)
+    batched = open_warehouse(warehouse_url, **batch)
     reference = open_warehouse(f"duckdb:///{tmp_path / 'reference.duckdb'}")
     now = sandbox.clock.now()
 
@@ -107,7 +119,7 @@ def test_batches_merged_while_reading_equal_one_merge_at_the_end(
     later = now + timedelta(hours=1)
 
     again, again_reference = _both(sandbox, batched, reference, full_refresh=True, now=later)
-    assert again.counts["contacts"].batches >= (5 if every == 1 else 3)
+    assert again.counts["contacts"].batches >= refresh_batches
     assert _counts(again) == _counts(again_reference)
     assert again.counts["contacts"].deleted == len(contacts[10::130])
     assert again.counts["contacts"].inserted == 12
@@ -123,7 +135,7 @@ def test_batches_merged_while_reading_equal_one_merge_at_the_end(
         sandbox, batched, reference, now=later + timedelta(minutes=5)
     )
     assert incremental.mode == "incremental"
-    assert incremental.counts["contacts"].batches >= (2 if every == 1 else 1)
+    assert incremental.counts["contacts"].batches >= incremental_batches
     assert _counts(incremental) == _counts(incremental_reference)
     _same(batched, reference)
     newest = store.contacts.get(contacts[3]["id"])["audit"]["updated"]["at"]

@@ -52,7 +52,6 @@ async def sync_evidence(
         result.api_count = await _pipe(
             pages(), lambda page: stage.write(evidence_rows(page, synced_at))
         )
-        tx.lift_memory_cap()  # staged whole, then merged in one go: the full cap
         result.counts = tx.merge(stage)
     if lookup_keys is None:
         result.table_count = warehouse.count("evinotice_evidence")

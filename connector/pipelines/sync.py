@@ -170,9 +170,6 @@ async def _load_contacts(
                     )
 
                 def finish() -> None:
-                    # The read is over: what is left works over the whole table (the keys
-                    # read against it), with DuckDB's full memory.
-                    tx.lift_memory_cap()
                     result.counts = merge.finish()
                     deleted = 0
                     if full and result.read.complete and live:
@@ -483,7 +480,6 @@ async def sync_messages(
             client, "messages", bulk, filter=window, select=("audit", "-body"), report=result.read
         )
         await _pipe(read, _writer(tx, stage, message_rows, synced_at))
-        tx.lift_memory_cap()  # the window's messages are staged whole, then replace it
         result.counts["messages"] = tx.replace_window(stage, "created_at", start, end)
     result.api_count = await client.count("messages", window)
     result.table_count = warehouse.count_window("messages", "created_at", start, end)

@@ -28,7 +28,7 @@ from connector.errors import ConfigurationError, ConnectorError
 from connector.warehouse.schema import ensure_tables
 from connector.warehouse.sql_files import statements
 from connector.warehouse.staging import Stage, column_values, to_arrow
-from connector.warehouse.streamed_merge import MERGE_EVERY_ROWS
+from connector.warehouse.streamed_merge import MERGE_EVERY_BYTES, MERGE_EVERY_ROWS
 from connector.warehouse.tables import ALL_TABLE_NAMES, table
 from connector.warehouse.transaction import MergeCounts, Transaction
 
@@ -54,12 +54,13 @@ DEFAULT_WAREHOUSE_URL = "duckdb:///data/notifsync.duckdb"
 # ``?memory_limit=2GB``). Beyond it DuckDB spills to disk instead of growing the process: a
 # full sync of a million contacts stays within it.
 DEFAULT_DUCKDB_MEMORY_LIMIT = "256MB"
-# DuckDB's cap while a sync's rows stream in (``?sync_memory_limit=`` in the URL; never above
-# ``memory_limit``). A load streams rows through in bounded batches: what DuckDB holds beyond a
-# batch is the blocks it has written, kept as a cache it will not read again. A first load of a
-# million contacts peaked at 269-275 MB at 32 MB, 300-304 MB at 64 MB and 424-426 MB at
-# 256 MB (about 15% faster there). What runs over the whole table after the read (the
-# deletions of a full refresh) gets ``memory_limit`` again: its joins grow with the table.
+# DuckDB's cap while a first load writes rows straight into empty tables
+# (``?sync_memory_limit=`` in the URL; never above ``memory_limit``). Such a load holds a
+# bounded batch of rows: what DuckDB would keep beyond it is blocks it has already written, a
+# cache it will not read again. A first load of a million contacts peaked at 261-275 MB at
+# 32 MB, 300-304 MB at 64 MB and 424-436 MB at 256 MB (about 5% faster there). Loads that
+# rewrite rows keep ``memory_limit``: DuckDB's record of the rows a transaction replaces grows
+# with them (a refresh rewriting a million contacts ran out of 32 MB; 48 MB was enough).
 DEFAULT_DUCKDB_SYNC_MEMORY_LIMIT = "32MB"
 # The rows of a DuckDB row group, as this connector writes them. DuckDB writes a load's rows to
 # the file as each row group fills, while the load goes on; only the last, partial group waits
@@ -83,10 +84,15 @@ class Warehouse:
     """A SQL warehouse reached through SQLAlchemy."""
 
     def __init__(
-        self, url: str = DEFAULT_WAREHOUSE_URL, *, merge_every_rows: int = MERGE_EVERY_ROWS
+        self,
+        url: str = DEFAULT_WAREHOUSE_URL,
+        *,
+        merge_every_rows: int = MERGE_EVERY_ROWS,
+        merge_every_bytes: int = MERGE_EVERY_BYTES,
     ) -> None:
         # How many staged rows a load merges at a time (connector/warehouse/streamed_merge.py).
         self.merge_every_rows = merge_every_rows
+        self.merge_every_bytes = merge_every_bytes
         try:
             parsed = make_url(url)
         except sa.exc.ArgumentError as exc:
@@ -159,7 +165,9 @@ class Warehouse:
         """
         with self._connect() as connection:
             with connection.begin():
-                tx = Transaction(connection, self.dialect, self.merge_every_rows)
+                tx = Transaction(
+                    connection, self.dialect, self.merge_every_rows, self.merge_every_bytes
+                )
                 yield tx
             if self.dialect == "postgresql" and tx.changed:
                 with connection.begin():
@@ -168,11 +176,12 @@ class Warehouse:
 
     @contextlib.contextmanager
     def load(self) -> Iterator[Transaction]:
-        """A ``transaction`` for a sync's load: on DuckDB, capped at the URL's
-        ``sync_memory_limit`` while rows stream in, until the load calls
-        ``tx.lift_memory_cap()`` (before work over the whole table) or ends. The cap is
-        DuckDB's, for the whole instance: lower while a load streams and none works over a
-        whole table, ``memory_limit`` otherwise (``_LoadCaps``)."""
+        """A ``transaction`` for a sync's load. On DuckDB, a load writing new rows straight
+        into empty tables calls ``tx.lower_memory_cap()``: capped at the URL's
+        ``sync_memory_limit`` until it calls ``tx.lift_memory_cap()`` (before the work after
+        the read) or ends. The cap is DuckDB's, for the whole instance: lower while such a load
+        streams and none works over a whole table, ``memory_limit`` otherwise
+        (``_LoadCaps``)."""
         limits = self._memory_limits
         if limits is None:
             with self.transaction() as tx:
@@ -186,17 +195,21 @@ class Warehouse:
                 _LOAD_CAPS.move(self._instance, setter, limits, state, to)
                 state = to
 
+            def lower() -> None:
+                if state is None:
+                    move(_STREAMING)
+
             def lift() -> None:
                 if state == _STREAMING:
                     move(_LIFTED)
 
-            move(_STREAMING)
             try:
                 with self.transaction() as tx:
-                    tx.lift_memory_cap = lift
+                    tx.lower_memory_cap, tx.lift_memory_cap = lower, lift
                     yield tx
             finally:
-                move(None)
+                if state is not None:
+                    move(None)
 
     @contextlib.contextmanager
     def _connect(self) -> Iterator[Connection]:
@@ -247,7 +260,9 @@ class Warehouse:
         try:
             with self._connect() as connection:
                 if self.dialect == "postgresql":
-                    tx = Transaction(connection, self.dialect, self.merge_every_rows)
+                    tx = Transaction(
+                        connection, self.dialect, self.merge_every_rows, self.merge_every_bytes
+                    )
                     key = {"name": f"notifsync:{name}"}
                     taken = tx.run("warehouse/try_advisory_lock", key).scalar()
                     connection.commit()

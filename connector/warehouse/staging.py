@@ -46,6 +46,7 @@ class Stage:
         self.name = f"stage_{definition.name}"
         self.columns = ", ".join(definition.column_names)
         self.rows = 0
+        self.bytes = 0  # as Arrow held the rows written (``write_arrow``)
         # Whether every key written so far came after the one before it (the client's reads
         # hand them in increasing order): then none repeats, and a load written straight into
         # its table need not count them all at the end (a hash of every key: about 50 MB and
@@ -119,6 +120,7 @@ class Stage:
         else:
             self.tx.connection.execute(self._insert(), rows.to_pylist())
         self.rows += rows.num_rows
+        self.bytes += rows.nbytes
 
     def _follow_key_order(self, keys: pa.ChunkedArray) -> None:
         """``keys_ascending`` kept up to date with a chunk's keys (in Arrow, no hash)."""

@@ -1,6 +1,7 @@
 """A merge that runs while the rows arrive: the stage is merged into its table each time it
-holds ``every`` rows, and emptied, so a load holds a bounded batch of rows whatever the size
-of the collection, and after the last chunk only the last batch is left to merge.
+holds ``every`` rows or ``every_bytes`` (whichever comes first), and emptied, so a load holds
+a bounded batch of rows whatever the size of the collection, and after the last chunk only
+the last batch is left to merge.
 
 Everything stays inside the caller's transaction: the table changes all at once at commit,
 or not at all. With ``keep_read``, the keys of every row read are kept (``read``) for what
@@ -29,11 +30,12 @@ if TYPE_CHECKING:
     from connector.warehouse.transaction import Transaction
 
 # Rows merged at a time. Large enough that a merge's scan of the table is paid rarely (a
-# million-row table is read twenty times in a million-row load), small enough that the stage
-# stays some 15 MB and is merged within DuckDB's memory cap while rows stream in (32 MB by
-# default, connector/warehouse/engine.py; merging 150k staged contacts into a million ran out
-# of it), and the merge left after the last chunk is short.
-MERGE_EVERY_ROWS = 50_000
+# million-row table is read ten times in a million-row load), small enough that the stage
+# stays a few tens of MB and the merge left after the last chunk is short.
+MERGE_EVERY_ROWS = 100_000
+# The same bound in bytes (as Arrow holds the staged rows), for rows wider than the sandbox's
+# contacts (about 340 bytes each staged, so 100k of them is some 32 MB).
+MERGE_EVERY_BYTES = 32 << 20
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,7 @@ class StreamedMerge:
         every: int,
         before_merge: Callable[[Stage], None] | None,
         *,
+        every_bytes: int = MERGE_EVERY_BYTES,
         direct: bool = False,
         keep_read: bool = False,
     ) -> None:
@@ -63,6 +66,7 @@ class StreamedMerge:
         self.stage = stage
         self.children = children
         self.every = every
+        self.every_bytes = every_bytes
         self.before_merge = before_merge
         self.direct = direct
         self.keep_read = keep_read
@@ -74,12 +78,14 @@ class StreamedMerge:
         """Call after each chunk is staged (parents and children): merges a full batch.
 
         Only between chunks, so a parent and its children are always merged together."""
-        if not self.direct and self.stage.rows >= self.every:
+        full = self.stage.rows >= self.every or self.stage.bytes >= self.every_bytes
+        if not self.direct and full:
             self._merge_batch()
 
     def finish(self) -> dict[str, MergeCounts]:
         """Merge what is left; the counts of the whole load, per table."""
         if self.direct:
+            self.tx.lift_memory_cap()  # the read is over
             if not self.stage.keys_ascending:  # else no key can repeat
                 self.tx.refuse_repeated_keys(self.stage)
             if self.before_merge is not None:
@@ -114,12 +120,13 @@ def streamed_merge(
     target: str,
     *children: tuple[str, str],
     every: int = MERGE_EVERY_ROWS,
+    every_bytes: int = MERGE_EVERY_BYTES,
     before_merge: Callable[[Stage], None] | None = None,
     keys_once: bool = False,
     keep_read: bool = False,
 ) -> Iterator[StreamedMerge]:
     """Stages for ``target`` and its ``children`` ((table, key column) pairs), merged in
-    batches of ``every`` rows; call ``finish()`` after the last chunk.
+    batches of ``every`` rows or ``every_bytes``; call ``finish()`` after the last chunk.
 
     ``before_merge`` sees each batch's stage before it is merged and emptied. ``keys_once``:
     the chunks should hand each key once (the client's JSON lines), so a first load may go
@@ -131,6 +138,9 @@ def streamed_merge(
         child_writers = tuple(
             (writer, key) for writer, (_, key) in zip(writers[1:], children, strict=True)
         )
+        # Only new rows, written straight in: DuckDB's own memory can stay small (what it would
+        # keep is blocks already written), so the load lowers its cap while the rows come.
+        tx.lower_memory_cap()
         yield StreamedMerge(tx, writers[0], child_writers, every, before_merge, direct=True)
         return
     with contextlib.ExitStack() as stages:
@@ -142,7 +152,15 @@ def streamed_merge(
         if keep_read:
             tx.run("load/drop_read_keys", **names)
             tx.run("load/create_read_keys", **names)
-        yield StreamedMerge(tx, stage, child_stages, every, before_merge, keep_read=keep_read)
+        yield StreamedMerge(
+            tx,
+            stage,
+            child_stages,
+            every,
+            before_merge,
+            every_bytes=every_bytes,
+            keep_read=keep_read,
+        )
         # Only on success, as for the stages: after an error the rollback drops it.
         if keep_read:
             tx.run("load/drop_read_keys", **names)

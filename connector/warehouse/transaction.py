@@ -18,6 +18,7 @@ from connector.warehouse.merge_counts import MergeCounts
 from connector.warehouse.sql_files import statements
 from connector.warehouse.staging import Stage
 from connector.warehouse.streamed_merge import (
+    MERGE_EVERY_BYTES,
     MERGE_EVERY_ROWS,
     ReadKeys,
     StreamedMerge,
@@ -30,15 +31,21 @@ class Transaction:
     """A connection inside one transaction, with the load operations on it."""
 
     def __init__(
-        self, connection: Connection, dialect: str, merge_every_rows: int = MERGE_EVERY_ROWS
+        self,
+        connection: Connection,
+        dialect: str,
+        merge_every_rows: int = MERGE_EVERY_ROWS,
+        merge_every_bytes: int = MERGE_EVERY_BYTES,
     ) -> None:
         self.connection = connection
         self.dialect = dialect
         self.merge_every_rows = merge_every_rows
+        self.merge_every_bytes = merge_every_bytes
         # Tables this transaction wrote, so their statistics can be refreshed after commit.
         self.changed: set[str] = set()
-        # Ends a load's lower memory cap early (``Warehouse.load``): before the steps over
-        # the whole table, whose joins want ``memory_limit``. Nothing to lift otherwise.
+        # A load's lower memory cap while it writes straight into empty tables, and its end
+        # (``Warehouse.load``); outside a load, nothing to lower or lift.
+        self.lower_memory_cap: Callable[[], None] = _nothing
         self.lift_memory_cap: Callable[[], None] = _nothing
 
     def run(self, name: str, params: dict[str, Any] | None = None, **identifiers: str) -> Any:
@@ -103,6 +110,7 @@ class Transaction:
             columns=stage.columns,
         )
         stage.rows = 0
+        stage.bytes = 0
 
     def writer(self, target: str) -> Stage:
         """A writer straight into ``target`` (no stage): for rows known to be new."""
@@ -129,12 +137,14 @@ class Transaction:
         keep_read: bool = False,
     ) -> contextlib.AbstractContextManager[StreamedMerge]:
         """Stages for ``target`` and its children, merged in batches of this transaction's
-        ``merge_every_rows`` as rows arrive (see ``connector/warehouse/streamed_merge.py``)."""
+        ``merge_every_rows`` or ``merge_every_bytes`` as rows arrive (see
+        ``connector/warehouse/streamed_merge.py``)."""
         return streamed_merge(
             self,
             target,
             *children,
             every=self.merge_every_rows,
+            every_bytes=self.merge_every_bytes,
             before_merge=before_merge,
             keys_once=keys_once,
             keep_read=keep_read,
