@@ -48,7 +48,7 @@ async def sync_evidence(
                 if fresh:
                     yield fresh
 
-    with warehouse.load() as tx, tx.stage("evinotice_evidence") as stage:
+    with warehouse.transaction() as tx, tx.stage("evinotice_evidence") as stage:
         result.api_count = await _pipe(
             pages(), lambda page: stage.write(evidence_rows(page, synced_at))
         )

@@ -410,7 +410,7 @@ async def sync_categories(
     synced_at = format_timestamp(now)
     result = SyncResult(mode="replace", read=ReadReport("categories"), synced_at=now)
     with (
-        warehouse.load() as tx,
+        warehouse.transaction() as tx,
         tx.stage("categories") as stage,
         tx.stage("category_statistics_snapshots") as stats,
     ):
@@ -475,7 +475,7 @@ async def sync_messages(
     synced_at = format_timestamp(now)
     window = messages_window(start, end)
     result = SyncResult(mode="replace window", read=ReadReport("messages"), synced_at=now)
-    with warehouse.load() as tx, tx.stage("messages") as stage:
+    with warehouse.transaction() as tx, tx.stage("messages") as stage:
         read = _read(
             client, "messages", bulk, filter=window, select=("audit", "-body"), report=result.read
         )
@@ -499,7 +499,7 @@ async def sync_evinotice_batches(
     now = _now(now)
     synced_at = format_timestamp(now)
     result = SyncResult(mode="merge", synced_at=now)
-    with warehouse.load() as tx, tx.streamed_merge("evinotice_batches") as merge:
+    with warehouse.transaction() as tx, tx.streamed_merge("evinotice_batches") as merge:
         stage = merge.stage
 
         def write(chunk: Chunk) -> None:

@@ -57,8 +57,8 @@ DEFAULT_DUCKDB_MEMORY_LIMIT = "256MB"
 # DuckDB's cap while a first load writes rows straight into empty tables
 # (``?sync_memory_limit=`` in the URL; never above ``memory_limit``). Such a load holds a
 # bounded batch of rows: what DuckDB would keep beyond it is blocks it has already written, a
-# cache it will not read again. A first load of a million contacts peaked at 261-275 MB at
-# 32 MB, 300-304 MB at 64 MB and 424-436 MB at 256 MB (about 5% faster there). Loads that
+# cache it will not read again. A first load of a million contacts peaked at 248-275 MB at
+# 32 MB, 279-304 MB at 64 MB and 416-436 MB at 256 MB (5-13% faster there). Loads that
 # rewrite rows keep ``memory_limit``: DuckDB's record of the rows a transaction replaces grows
 # with them (a refresh rewriting a million contacts ran out of 32 MB; 48 MB was enough).
 DEFAULT_DUCKDB_SYNC_MEMORY_LIMIT = "32MB"
@@ -106,7 +106,7 @@ class Warehouse:
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         options: dict[str, Any] = {"pool_pre_ping": True}
         shown = parsed
-        # DuckDB's (memory cap, cap while a sync loads) and the instance they apply to.
+        # DuckDB's (memory cap, cap while a first load writes) and the instance they apply to.
         self._memory_limits: tuple[str, str] | None = None
         self._instance = ""
         attach: functools.partial[None] | None = None
@@ -379,7 +379,7 @@ _UNITS.update({"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40})
 
 
 def _memory_limits(config: dict[str, Any]) -> tuple[str, str] | None:
-    """(``memory_limit``, the cap while a sync loads), ``sync_memory_limit`` taken out of
+    """(``memory_limit``, the cap while a first load writes), ``sync_memory_limit`` taken out of
     ``config``; None when loads keep ``memory_limit`` (a load never raises a smaller one; one
     in another form, a share of RAM, is kept for loads too)."""
     memory_limit = str(config["memory_limit"])
