@@ -187,11 +187,15 @@ class Warehouse:
             with self.transaction() as tx:
                 yield tx
             return
-        with self._connect() as setter:
+        with contextlib.ExitStack() as opened:
+            # The connection that sets the cap, opened only by a load that lowers it.
+            setter: Connection | None = None
             state: str | None = None
 
             def move(to: str | None) -> None:
-                nonlocal state
+                nonlocal setter, state
+                if setter is None:
+                    setter = opened.enter_context(self._connect())
                 _LOAD_CAPS.move(self._instance, setter, limits, state, to)
                 state = to
 
