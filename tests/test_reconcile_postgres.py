@@ -16,6 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 from reconcile_world import line, write_export
 from sqlalchemy.pool import NullPool
+from sync_support import frozen_sandbox, sync_contacts
 
 from connector.pipelines import reconcile
 from connector.warehouse.engine import Warehouse
@@ -66,6 +67,38 @@ def test_the_plan_refreshes_the_statistics_of_the_tables_it_reads(
             "crm_contacts": 300,
             "pushback_results": 0,
         }
+    finally:
+        warehouse.dispose()
+
+
+def test_a_load_leaves_statistics_for_the_tables_it_changed(postgres_url: str) -> None:
+    # What the planner needs after a first load: the table's size and its unique key. The
+    # sample is small (load/analyze_table.sql); a table the load did not change keeps none.
+    warehouse = Warehouse(postgres_url)
+    try:
+        warehouse.ensure_tables()
+        with warehouse.transaction() as tx:
+            for name in ("contacts", "contact_opt_outs", "categories"):
+                tx.connection.exec_driver_sql(
+                    f"alter table {name} set (autovacuum_enabled = false)"
+                )
+        sync_contacts(frozen_sandbox(contacts=5000), warehouse, full_refresh=True)
+        with warehouse.transaction() as tx:
+            statistics = dict(
+                tx.connection.exec_driver_sql(
+                    "select relname, reltuples from pg_class where relname in "
+                    "('contacts', 'contact_opt_outs', 'categories')"
+                ).all()
+            )
+            opt_outs = tx.connection.exec_driver_sql(
+                "select count(*) from contact_opt_outs"
+            ).scalar_one()
+            distinct_ids = tx.connection.exec_driver_sql(
+                "select n_distinct from pg_stats where tablename = 'contacts' and attname = 'id'"
+            ).scalar_one()
+        assert opt_outs > 0
+        assert statistics == {"contacts": 5000, "contact_opt_outs": opt_outs, "categories": -1}
+        assert distinct_ids == -1  # every id distinct
     finally:
         warehouse.dispose()
 
