@@ -18,6 +18,7 @@ import orjson
 
 from connector.crm import CrmMapping, read_export
 from connector.pipelines.sync import CONTACTS_SYNCED_AT
+from connector.read_ahead import read_ahead
 from connector.warehouse.engine import Warehouse
 
 ACTIONS = ("create", "block", "unblock", "update")
@@ -80,8 +81,9 @@ def load_exports(
         for path in paths:
             with read_export(path, mapping, sheet=sheet) as export:
                 constants = {"run_id": run_id, "read_at": read_at}
-                # Batches of Arrow columns: plain lines are read and normalised in bulk.
-                for batch in export.batches():
+                # Batches of Arrow columns: plain lines are read and normalised in bulk, the
+                # next batch while the warehouse stores this one.
+                for batch in read_ahead(export.batches(), "crm-read"):
                     contacts.write_arrow(batch.contacts, constants)
                     rejected.write(batch.rejected, constants)
                 summary = export.summary
