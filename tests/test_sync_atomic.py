@@ -8,6 +8,7 @@ import inspect
 from collections.abc import Iterator
 from typing import Any
 
+import duckdb
 import pytest
 import sqlalchemy as sa
 from conftest import fresh_postgres_database
@@ -72,6 +73,34 @@ def test_failure_in_the_middle_of_a_load_leaves_the_previous_table(
     result = sync_contacts(sandbox, warehouse, full_refresh=True)
     assert result.counts["contacts"].updated == 50
     assert result.counts["contacts"].deleted == 10
+    assert_contacts_match_truth(warehouse, sandbox)
+
+
+def test_a_record_that_cannot_be_read_stops_the_load_with_the_tables_unchanged(
+    warehouse: Warehouse,
+) -> None:
+    # Its chunk is flattened while earlier chunks are written (on PostgreSQL in a thread of
+    # its own): the error still stops the whole load, and nothing written before it stays.
+    chunk = inspect.signature(MarketplaceClient.read).parameters["chunk_size"].default
+    sandbox = frozen_sandbox(contacts=3 * chunk)
+    sync_contacts(sandbox, warehouse, full_refresh=True)
+    store = sandbox.marketplace
+    sandbox.clock.advance(600)
+    records = list(store.contacts.all())
+    for record in records[:50]:
+        store.update_contact(record["id"], {"email": record["email"], "name": "Changed"})
+    unreadable = records[2 * chunk + 5]
+    store.contacts.put({**unreadable, "audit": {"created": {"at": "not a date"}}})
+    before = {n: rows(warehouse, n) for n in ("contacts", "contact_opt_outs", "sync_state")}
+
+    with pytest.raises(duckdb.ConversionException, match="not a date"):
+        sync_contacts(sandbox, warehouse, full_refresh=True)
+
+    for name, previous in before.items():
+        assert rows(warehouse, name) == previous, name
+    store.contacts.put(unreadable)
+    result = sync_contacts(sandbox, warehouse, full_refresh=True)
+    assert result.counts["contacts"].updated == 50
     assert_contacts_match_truth(warehouse, sandbox)
 
 

@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import orjson
+import pyarrow as pa
 
 from connector.errors import MassDeletionError
 from connector.evinotice.client import EviNoticeClient
@@ -356,18 +357,23 @@ async def _merged_contacts(
         stage, ((opt_outs, _),) = merge.stage, merge.children
         constants = {"synced_at": synced_at}
 
-        def write(chunk: Chunk) -> None:
+        def prepare(chunk: Chunk) -> tuple[Any, Any]:
             if isinstance(chunk, bytes):
                 contacts = with_email_keys(tx.flatten(chunk, "contacts"))
+                return contacts, tx.flatten(contacts, "contact_opt_outs")
+            return contact_rows(chunk, synced_at)
+
+        def write(prepared: tuple[Any, Any]) -> None:
+            contacts, categories = prepared
+            if isinstance(contacts, pa.Table):
                 stage.write_arrow(contacts, constants)
-                opt_outs.write_arrow(tx.flatten(contacts, "contact_opt_outs"), constants)
+                opt_outs.write_arrow(categories, constants)
             else:
-                contacts_rows, categories = contact_rows(chunk, synced_at)
-                stage.write(contacts_rows)
+                stage.write(contacts)
                 opt_outs.write(categories)
             merge.chunk_written()
 
-        await _pipe(chunks, write)
+        await _pipe(chunks, _Steps(prepare, write), tx)
         yield merge
 
 
@@ -446,10 +452,8 @@ async def sync_batches(
     synced_at = format_timestamp(now)
     result = SyncResult(mode="merge", read=ReadReport("batches"), synced_at=now)
     with warehouse.load() as tx, tx.streamed_merge("batches", keys_once=True) as merge:
-        await _pipe(
-            _read(client, "batches", bulk, report=result.read),
-            _writer(tx, merge.stage, batch_rows, synced_at, merge),
-        )
+        steps = _steps(tx, merge.stage, batch_rows, synced_at, merge)
+        await _pipe(_read(client, "batches", bulk, report=result.read), steps, tx)
         result.counts = merge.finish()
     result.api_count = await client.count("batches")
     result.table_count = warehouse.count_rows("batches")
@@ -479,7 +483,7 @@ async def sync_messages(
         read = _read(
             client, "messages", bulk, filter=window, select=("audit", "-body"), report=result.read
         )
-        await _pipe(read, _writer(tx, stage, message_rows, synced_at))
+        await _pipe(read, _steps(tx, stage, message_rows, synced_at), tx)
         result.counts["messages"] = tx.replace_window(stage, "created_at", start, end)
     result.api_count = await client.count("messages", window)
     result.table_count = warehouse.count_window("messages", "created_at", start, end)
@@ -500,72 +504,114 @@ async def sync_evinotice_batches(
     synced_at = format_timestamp(now)
     result = SyncResult(mode="merge", synced_at=now)
     with warehouse.transaction() as tx, tx.streamed_merge("evinotice_batches") as merge:
-        stage = merge.stage
-
-        def write(chunk: Chunk) -> None:
-            if isinstance(chunk, bytes):
-                batches = with_utc_timestamps(tx.flatten(chunk, "evinotice_batches"))
-                stage.write_arrow(batches, {"synced_at": synced_at})
-            else:
-                stage.write(evinotice_batch_rows(chunk, synced_at))
-            merge.chunk_written()
-
+        steps = _steps(
+            tx, merge.stage, evinotice_batch_rows, synced_at, merge, columns=with_utc_timestamps
+        )
         pages = client.read_batch_lines(site_id) if bulk else client.iter_batches(site_id)
-        seen = await _pipe(pages, write)
+        seen = await _pipe(pages, steps, tx)
         result.counts = merge.finish()
     result.api_count = seen
     result.table_count = warehouse.count_rows("evinotice_batches")
     return result
 
 
-def _writer(
+@dataclass(frozen=True)
+class _Steps:
+    """How a chunk of one table's records reaches its stage: ``prepare`` makes its rows
+    (JSON lines flattened in bulk by ``sql/load/flatten_<table>.sql``, or records through a
+    row builder), ``write`` stages them and lets the merge (if the stage is one) merge a
+    full batch."""
+
+    prepare: Callable[[Chunk], Any]
+    write: Callable[[Any], None]
+
+
+def _steps(
     tx: Transaction,
     stage: Stage,
     build: Callable[[list[dict[str, Any]], str], list[dict[str, Any]]],
     synced_at: str,
     merge: StreamedMerge | None = None,
-) -> Callable[[Chunk], None]:
-    """Writes a chunk of one table's records: JSON lines flattened in bulk by
-    ``sql/load/flatten_<table>.sql``, or records through the row builder ``build``; then
-    lets ``merge`` (if the stage is one) merge a full batch."""
+    columns: Callable[[pa.Table], pa.Table] | None = None,
+) -> _Steps:
+    """The steps for one table's chunks; ``columns`` adjusts the flattened columns."""
 
-    def write(chunk: Chunk) -> None:
+    def prepare(chunk: Chunk) -> pa.Table | list[dict[str, Any]]:
         if isinstance(chunk, bytes):
-            stage.write_arrow(tx.flatten(chunk, stage.table.name), {"synced_at": synced_at})
+            rows = tx.flatten(chunk, stage.table.name)
+            return rows if columns is None else columns(rows)
+        return build(chunk, synced_at)
+
+    def write(rows: pa.Table | list[dict[str, Any]]) -> None:
+        if isinstance(rows, pa.Table):
+            stage.write_arrow(rows, {"synced_at": synced_at})
         else:
-            stage.write(build(chunk, synced_at))
+            stage.write(rows)
         if merge is not None:
             merge.chunk_written()
 
-    return write
+    return _Steps(prepare, write)
 
 
-async def _pipe(chunks: AsyncIterator[Any], write: Callable[[Any], None]) -> int:
-    """Write each chunk in a worker thread while the next one is read; returns rows written.
+async def _pipe(
+    chunks: AsyncIterator[Any],
+    write: Callable[[Any], None] | _Steps,
+    tx: Transaction | None = None,
+) -> int:
+    """Write each chunk in a worker thread while the next one is read; returns rows read.
 
-    One write in flight at a time keeps the warehouse connection used by one thread at once
-    and memory at two chunks. Freezing the objects alive now (imports, definitions) spares
-    the garbage collector from walking them again for every chunk of new rows; they are
-    unfrozen afterwards, so nothing stays uncollectable. (No full collection first: in a big
-    process it costs a tenth of a second per load, and garbage frozen with the rest is
-    collected after the unfreeze.)
+    Given ``_Steps``, a chunk is prepared, then written. When the preparing does not use the
+    warehouse connection (``tx.flattens_beside_writes``: flattening on a private DuckDB for
+    PostgreSQL), it runs in a worker thread of its own, beside the write of the chunk before
+    (measured: 0.13 -> 0.16 of fetch-only throughput for contacts on PostgreSQL); otherwise
+    just before the write, in the same thread. One write and one preparation in flight at a
+    time keep the warehouse connection used by one thread at once, and memory at a few chunks.
+
+    Freezing the objects alive now (imports, definitions) spares the garbage collector from
+    walking them again for every chunk of new rows; they are unfrozen afterwards, so nothing
+    stays uncollectable. (No full collection first: in a big process it costs a tenth of a
+    second per load, and garbage frozen with the rest is collected after the unfreeze.)
     """
+    prepare: Callable[[Any], Any] | None = None
+    if isinstance(write, _Steps):
+        if tx is not None and tx.flattens_beside_writes:
+            prepare, write = write.prepare, write.write
+        else:
+            write = functools.partial(_prepared_write, write)
     gc.freeze()
-    pending: asyncio.Future[None] | None = None
+    preparing: asyncio.Future[Any] | None = None
+    writing: asyncio.Future[None] | None = None
     rows = 0
+
+    async def hand(item: Any) -> None:
+        nonlocal writing
+        if writing is not None:
+            await writing
+        writing = asyncio.ensure_future(asyncio.to_thread(write, item))
+
     try:
         async for chunk in chunks:
-            if pending is not None:
-                await pending
-            pending = asyncio.ensure_future(asyncio.to_thread(write, chunk))
             rows += chunk.count(b"\n") if isinstance(chunk, bytes) else len(chunk)
-        if pending is not None:
-            await pending
+            if prepare is None:
+                await hand(chunk)
+                continue
+            if preparing is not None:
+                await hand(await preparing)
+            preparing = asyncio.ensure_future(asyncio.to_thread(prepare, chunk))
+        if preparing is not None:
+            await hand(await preparing)
+        if writing is not None:
+            await writing
     finally:
-        if pending is not None and not pending.done():
-            await asyncio.wait([pending])
+        running = [f for f in (preparing, writing) if f is not None and not f.done()]
+        if running:
+            await asyncio.wait(running)
         gc.unfreeze()
     return rows
+
+
+def _prepared_write(steps: _Steps, chunk: Any) -> None:
+    steps.write(steps.prepare(chunk))
 
 
 def _now(now: datetime | None) -> datetime:

@@ -83,6 +83,12 @@ class Transaction:
         # whose last result is unfinished (the bulk flatten runs on it next).
         return int(self.run("warehouse/count_rows", target=target).scalar_one())
 
+    @property
+    def flattens_beside_writes(self) -> bool:
+        """Whether ``flatten`` may run in another thread while this transaction writes: it
+        does not use the warehouse connection (only a DuckDB warehouse's flattens on it)."""
+        return self.dialect != "duckdb"
+
     def flatten(self, lines: bytes | pa.Table, name: str) -> pa.Table:
         """JSON lines turned into columns by ``sql/load/flatten_<name>.sql``, in bulk (by
         DuckDB: this warehouse's own connection, or a private in-memory one)."""
