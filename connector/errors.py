@@ -15,6 +15,8 @@
     │   └── ConnectionFailedError no connection at all (refused, unknown host): names the host
     ├── AmbiguousOutcomeError     a write may or may not have taken effect; check before retrying
     ├── IncompleteReadError       a collection read did not match the server's own ``total``
+    ├── UnreadableRecordError     a record the API sent has a value of the wrong form
+    ├── RepeatedKeysError         a read handed the same key twice; nothing changed
     └── MassDeletionError         a full refresh would mark too many rows deleted; nothing changed
 
 ``retryable`` tells whether sending the same request again may succeed. Messages never contain
@@ -253,6 +255,21 @@ class MassDeletionError(ConnectorError):
             f"full refresh of {table} would mark {missing} of {live} rows deleted "
             f"({missing / live:.1%}, more than the {max_share:.0%} allowed); nothing was "
             "changed. If the API really lost them, run again with an override reason."
+        )
+
+
+class UnreadableRecordError(ConnectorError):
+    """A record the API sent could not be turned into its table's columns (a value of the
+    wrong form, or a line that is not JSON); the load stopped before writing anything."""
+
+    def __init__(self, collection: str, record: str, cause: str) -> None:
+        self.collection = collection
+        self.record = record
+        self.cause = cause
+        super().__init__(
+            f"{collection}: {record} could not be read ({cause}); nothing was changed. "
+            "The API sent a value of a form this connector does not know: report it with "
+            "the record."
         )
 
 

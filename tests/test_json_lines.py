@@ -8,6 +8,7 @@ import orjson
 import pyarrow as pa
 import pytest
 
+from connector.errors import UnreadableRecordError
 from connector.marketplace.records import contact_rows, message_rows
 from connector.warehouse.json_lines import flatten, lines_table
 
@@ -90,3 +91,44 @@ def test_messages_of_the_bulk_path_leave_the_body_out_of_raw_as_the_row_builder(
     assert [orjson.loads(raw) for raw in got] == [orjson.loads(r["raw"]) for r in expected]
     assert [got[0], got[4], got[5]] == [lines[0].decode(), lines[4].decode(), lines[5].decode()]
     assert all("body" not in orjson.loads(raw) for raw in got)
+
+
+def _contact(number: int, **fields: object) -> dict[str, object]:
+    record: dict[str, object] = {
+        "id": f"CTT-{number:04d}",
+        "email": f"person.{number}@example.com",
+        "audit": {"created": {"at": "2026-11-30T10:00:00.000Z"}},
+    }
+    return {**record, **fields}
+
+
+def _lines(records: list[object]) -> bytes:
+    return b"".join(orjson.dumps(r) + b"\n" for r in records)
+
+
+@pytest.mark.parametrize("position", [0, 1, 500, 998, 999])
+def test_a_record_that_cannot_be_read_is_named_by_its_id(position: int) -> None:
+    records: list[object] = [_contact(n) for n in range(1000)]
+    records[position] = _contact(position, audit={"created": {"at": "30/11/2026"}})
+    with pytest.raises(UnreadableRecordError) as raised:
+        flatten(_lines(records), "contacts")
+    error = raised.value
+    assert (error.collection, error.record) == ("contacts", f"record CTT-{position:04d}")
+    assert "30/11/2026" in error.cause
+
+
+def test_a_line_that_is_not_json_is_named_by_its_place_without_its_text() -> None:
+    lines = _lines([_contact(1), _contact(2)]) + b'{"email": "private@example.com",\n'
+    with pytest.raises(UnreadableRecordError) as raised:
+        flatten(lines, "contacts")
+    assert raised.value.record == "line 3 of a chunk (not JSON)"
+    assert "Malformed JSON" in raised.value.cause
+    assert "private@example.com" not in str(raised.value)
+
+
+def test_the_first_of_several_unreadable_records_is_named() -> None:
+    records: list[object] = [_contact(n) for n in range(100)]
+    for position in (40, 41, 90):
+        records[position] = _contact(position, audit={"updated": {"at": "yesterday"}})
+    with pytest.raises(UnreadableRecordError, match="record CTT-0040 could not be read"):
+        flatten(_lines(records), "contacts")

@@ -8,7 +8,6 @@ import inspect
 from collections.abc import Iterator
 from typing import Any
 
-import duckdb
 import pytest
 import sqlalchemy as sa
 from conftest import fresh_postgres_database
@@ -25,7 +24,7 @@ from sync_support import (
     sync_everything,
 )
 
-from connector.errors import ConnectorError
+from connector.errors import ConnectorError, UnreadableRecordError
 from connector.marketplace.client import MarketplaceClient
 from connector.pipelines import sync
 from connector.warehouse.engine import Warehouse
@@ -93,8 +92,9 @@ def test_a_record_that_cannot_be_read_stops_the_load_with_the_tables_unchanged(
     store.contacts.put({**unreadable, "audit": {"created": {"at": "not a date"}}})
     before = {n: rows(warehouse, n) for n in ("contacts", "contact_opt_outs", "sync_state")}
 
-    with pytest.raises(duckdb.ConversionException, match="not a date"):
+    with pytest.raises(UnreadableRecordError, match="not a date") as raised:
         sync_contacts(sandbox, warehouse, full_refresh=True)
+    assert str(raised.value).startswith(f"contacts: record {unreadable['id']} could not be read")
 
     for name, previous in before.items():
         assert rows(warehouse, name) == previous, name

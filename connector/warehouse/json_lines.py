@@ -12,9 +12,11 @@ from __future__ import annotations
 import threading
 
 import duckdb
+import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from connector.errors import UnreadableRecordError
 from connector.warehouse.sql_files import statements
 
 FLATTEN_MEMORY_LIMIT = "32MB"
@@ -63,7 +65,11 @@ def flatten(
     # bind of the contacts statement costs more than parsing 10,000 contacts), nor a view
     # registered for the call, which a warehouse's open transaction keeps, memory and all,
     # until it ends.
-    rows = connection.sql(statement).to_arrow_table()
+    try:
+        rows = connection.sql(statement).to_arrow_table()
+    except (duckdb.ConversionException, duckdb.InvalidInputException) as exc:
+        record = _first_unreadable(chunk, statement)
+        raise UnreadableRecordError(name, record, _first_line(exc)) from None
     del notifsync_arrow_chunk
     if name not in KEEPS_LINE:
         return rows
@@ -76,6 +82,49 @@ def flatten(
     if changed.null_count < len(changed):
         line = pc.coalesce(changed.cast(line.type), line)
     return rows.set_column(rows.schema.get_field_index("raw"), "raw", line)
+
+
+def _first_unreadable(chunk: pa.Table, statement: str) -> str:
+    """The first row of ``chunk`` the statement refuses, named by its id where it has one
+    (found by halving: a few runs of the statement, only once a chunk has failed). On this
+    thread's private DuckDB: a warehouse's transaction is aborted by the failure."""
+    connection = _connection()
+    start, end = 0, chunk.num_rows
+    while end - start > 1:
+        middle = (start + end) // 2
+        notifsync_arrow_chunk = chunk.slice(start, middle - start)  # noqa: F841 (read by name)
+        try:
+            connection.sql(statement).fetchall()
+        except (duckdb.ConversionException, duckdb.InvalidInputException):
+            end = middle
+        else:
+            start = middle
+    return _record_name(chunk.slice(start, 1), start)
+
+
+def _record_name(row: pa.Table, position: int) -> str:
+    """``record <id>`` of a one-row chunk (its line, or columns with an id), else its place."""
+    for column in ("id", "Id"):
+        if column in row.column_names:
+            value = row.column(column)[0].as_py()
+            if value is not None:
+                return f"record {value}"
+    if "raw" in row.column_names:
+        try:
+            record = orjson.loads(row.column("raw")[0].as_py())
+        except orjson.JSONDecodeError:
+            return f"line {position + 1} of a chunk (not JSON)"
+        if isinstance(record, dict):
+            for key in ("id", "Id"):
+                if isinstance(record.get(key), str | int):
+                    return f"record {record[key]}"
+    return f"line {position + 1} of a chunk"
+
+
+def _first_line(exc: Exception) -> str:
+    # DuckDB quotes the start of a malformed line after "Input:": left out, as the line may
+    # hold personal data (the record is named instead).
+    return str(exc).strip().splitlines()[0].split("  Input:", 1)[0].strip()
 
 
 def _connection() -> duckdb.DuckDBPyConnection:
