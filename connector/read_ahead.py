@@ -20,11 +20,12 @@ def read_ahead(items: Iterator[T], name: str = "read-ahead") -> Iterator[T]:
     """``items``, each one made while the caller works on the one before.
 
     ``items`` is advanced by one thread at a time, never two at once. An error making an item
-    is raised where the caller takes it; when the caller stops early, the item being made is
-    waited for and ``items`` is closed (its ``finally`` blocks run) before this returns."""
+    is raised where the caller takes it. A caller that may stop early closes this generator
+    (``contextlib.closing``): the item being made is then waited for and ``items`` closed
+    (its ``finally`` blocks run) before the close returns."""
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix=name) as worker:
+        pending = worker.submit(next, items, _END)
         try:
-            pending = worker.submit(next, items, _END)
             while (item := pending.result()) is not _END:
                 pending = worker.submit(next, items, _END)
                 yield item  # type: ignore[misc]

@@ -114,7 +114,8 @@ def test_a_record_that_cannot_be_read_is_named_by_its_id(position: int) -> None:
         flatten(_lines(records), "contacts")
     error = raised.value
     assert (error.collection, error.record) == ("contacts", f"record CTT-{position:04d}")
-    assert "30/11/2026" in error.cause
+    assert "invalid timestamp" in error.cause
+    assert "30/11/2026" not in str(error)  # the value itself may be personal data
 
 
 def test_a_line_that_is_not_json_is_named_by_its_place_without_its_text() -> None:

@@ -4,6 +4,7 @@ have been taken, and a caller stopping early leaves the source closed."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Iterator
 
@@ -62,12 +63,14 @@ def test_an_error_making_an_item_is_raised_where_it_would_be_taken() -> None:
 
 def test_a_caller_stopping_early_leaves_the_source_closed() -> None:
     source = Source(1000)
-    items = read_ahead(source.items())
-    with pytest.raises(RuntimeError, match="the warehouse refused"):
+    with (
+        pytest.raises(RuntimeError, match="the warehouse refused"),
+        contextlib.closing(read_ahead(source.items())) as items,
+    ):
         for number in items:
             if number == 2:
+                assert not source.closed
                 raise RuntimeError("the warehouse refused")
-    items.close()  # what leaving the loop does to a generator once it is collected
     assert source.closed
     assert source.made <= 4  # the items taken and the one being made when the caller stopped
 

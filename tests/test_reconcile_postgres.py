@@ -93,12 +93,14 @@ def test_a_load_leaves_statistics_for_the_tables_it_changed(postgres_url: str) -
             opt_outs = tx.connection.exec_driver_sql(
                 "select count(*) from contact_opt_outs"
             ).scalar_one()
-            distinct_ids = tx.connection.exec_driver_sql(
-                "select n_distinct from pg_stats where tablename = 'contacts' and attname = 'id'"
-            ).scalar_one()
+            distinct_ids, buckets = tx.connection.exec_driver_sql(
+                "select n_distinct, cardinality(histogram_bounds) from pg_stats "
+                "where tablename = 'contacts' and attname = 'id'"
+            ).one()
         assert opt_outs > 0
         assert statistics == {"contacts": 5000, "contact_opt_outs": opt_outs, "categories": -1}
         assert distinct_ids == -1  # every id distinct
+        assert buckets == 11  # the small sample's ten buckets (the default's hundred take 0.2 s)
     finally:
         warehouse.dispose()
 

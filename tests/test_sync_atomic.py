@@ -3,8 +3,10 @@ next run completes (DuckDB and PostgreSQL)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import inspect
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -92,9 +94,10 @@ def test_a_record_that_cannot_be_read_stops_the_load_with_the_tables_unchanged(
     store.contacts.put({**unreadable, "audit": {"created": {"at": "not a date"}}})
     before = {n: rows(warehouse, n) for n in ("contacts", "contact_opt_outs", "sync_state")}
 
-    with pytest.raises(UnreadableRecordError, match="not a date") as raised:
+    with pytest.raises(UnreadableRecordError, match="invalid timestamp") as raised:
         sync_contacts(sandbox, warehouse, full_refresh=True)
     assert str(raised.value).startswith(f"contacts: record {unreadable['id']} could not be read")
+    assert "not a date" not in str(raised.value)
 
     for name, previous in before.items():
         assert rows(warehouse, name) == previous, name
@@ -102,6 +105,87 @@ def test_a_record_that_cannot_be_read_stops_the_load_with_the_tables_unchanged(
     result = sync_contacts(sandbox, warehouse, full_refresh=True)
     assert result.counts["contacts"].updated == 50
     assert_contacts_match_truth(warehouse, sandbox)
+
+
+def test_a_load_stopped_while_a_chunk_is_written_waits_for_the_write_then_rolls_back(
+    open_warehouse: Any,
+) -> None:
+    # A stopped run cancels the sync while a worker thread writes a chunk. The rollback must
+    # wait for that write: run under it, it would close the transaction the thread writes in
+    # (on PostgreSQL it would even block the event loop until the write ends). The write is
+    # held by an advisory lock this test owns (a trigger on contacts waits for it).
+    chunk = inspect.signature(MarketplaceClient.read).parameters["chunk_size"].default
+    sandbox = frozen_sandbox(contacts=3 * chunk)
+    with fresh_postgres_database() as url:
+        warehouse = open_warehouse(url)
+        with warehouse.transaction() as tx:
+            tx.connection.exec_driver_sql(
+                "create function hold() returns trigger language plpgsql as $$ begin "
+                "perform pg_advisory_lock_shared(4242); perform pg_advisory_unlock_shared(4242);"
+                " return null; end $$"
+            )
+            tx.connection.exec_driver_sql(
+                "create trigger hold before insert on contacts "
+                "for each statement execute function hold()"
+            )
+        holder = sa.create_engine(url, isolation_level="AUTOCOMMIT").connect()
+        holder.exec_driver_sql("select pg_advisory_lock(4242)")
+        # Only if the rollback wrongly blocks this thread's event loop: it lets the write go
+        # on so that the test fails instead of hanging.
+        valve = threading.Timer(120, lambda: _release(url))
+        events: list[str] = []
+
+        def write_held() -> bool:
+            return bool(
+                holder.exec_driver_sql(
+                    "select count(*) from pg_stat_activity where datname = current_database() "
+                    "and wait_event_type = 'Lock' and wait_event = 'advisory'"
+                ).scalar_one()
+            )
+
+        async def stop_while_held() -> None:
+            async with marketplace_client(sandbox.app) as client:
+                task = asyncio.ensure_future(
+                    sync.sync_contacts(client, warehouse, full_refresh=True)
+                )
+                for _ in range(6000):  # until the write waits for the lock (at most a minute)
+                    if task.done() or await asyncio.to_thread(write_held):
+                        break
+                    await asyncio.sleep(0.01)
+                assert not task.done(), "the write never waited for the lock"
+                valve.start()
+                task.cancel()
+                for _ in range(20):
+                    await asyncio.sleep(0)
+                events.append("done before the write ended" if task.done() else "waiting")
+                await asyncio.to_thread(holder.exec_driver_sql, "select pg_advisory_unlock(4242)")
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+                events.append("cancelled")
+
+        try:
+            run(stop_while_held())
+        finally:
+            valve.cancel()
+            holder.close()
+        assert events == ["waiting", "cancelled"]
+        assert rows(warehouse, "contacts") == []  # the first load rolled back
+        with warehouse.transaction() as tx:
+            tx.connection.exec_driver_sql("drop trigger hold on contacts")
+        sync_contacts(sandbox, warehouse, full_refresh=True)
+        assert_contacts_match_truth(warehouse, sandbox)
+        warehouse.dispose()
+
+
+def _release(url: str) -> None:
+    """End every session holding advisory locks on the database (the test's safety valve)."""
+    engine = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        connection.exec_driver_sql(
+            "select pg_terminate_backend(pid) from pg_locks "
+            "where locktype = 'advisory' and granted and mode = 'ExclusiveLock'"
+        )
+    engine.dispose()
 
 
 @contextlib.contextmanager

@@ -7,6 +7,7 @@ lines against a million contacts is a join, not a Python loop.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -82,10 +83,12 @@ def load_exports(
             with read_export(path, mapping, sheet=sheet) as export:
                 constants = {"run_id": run_id, "read_at": read_at}
                 # Batches of Arrow columns: plain lines are read and normalised in bulk, the
-                # next batch while the warehouse stores this one.
-                for batch in read_ahead(export.batches(), "crm-read"):
-                    contacts.write_arrow(batch.contacts, constants)
-                    rejected.write(batch.rejected, constants)
+                # next batch while the warehouse stores this one. Closed before the export
+                # is, also when a write fails: the reader thread is done with the file then.
+                with contextlib.closing(read_ahead(export.batches(), "crm-read")) as batches:
+                    for batch in batches:
+                        contacts.write_arrow(batch.contacts, constants)
+                        rejected.write(batch.rejected, constants)
                 summary = export.summary
             load.rows += summary.contacts
             load.rejected += summary.rejected

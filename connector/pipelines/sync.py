@@ -373,7 +373,7 @@ async def _merged_contacts(
                 opt_outs.write(opt_out_rows)
             merge.chunk_written()
 
-        await _pipe(chunks, _Steps(prepare, write), tx)
+        await _pipe(chunks, _Steps(prepare, write, tx.flattens_beside_writes))
         yield merge
 
 
@@ -453,7 +453,7 @@ async def sync_batches(
     result = SyncResult(mode="merge", read=ReadReport("batches"), synced_at=now)
     with warehouse.load() as tx, tx.streamed_merge("batches", keys_once=True) as merge:
         steps = _steps(tx, merge.stage, batch_rows, synced_at, merge)
-        await _pipe(_read(client, "batches", bulk, report=result.read), steps, tx)
+        await _pipe(_read(client, "batches", bulk, report=result.read), steps)
         result.counts = merge.finish()
     result.api_count = await client.count("batches")
     result.table_count = warehouse.count_rows("batches")
@@ -483,7 +483,7 @@ async def sync_messages(
         read = _read(
             client, "messages", bulk, filter=window, select=("audit", "-body"), report=result.read
         )
-        await _pipe(read, _steps(tx, stage, message_rows, synced_at), tx)
+        await _pipe(read, _steps(tx, stage, message_rows, synced_at))
         result.counts["messages"] = tx.replace_window(stage, "created_at", start, end)
     result.api_count = await client.count("messages", window)
     result.table_count = warehouse.count_window("messages", "created_at", start, end)
@@ -508,7 +508,7 @@ async def sync_evinotice_batches(
             tx, merge.stage, evinotice_batch_rows, synced_at, merge, columns=with_utc_timestamps
         )
         pages = client.read_batch_lines(site_id) if bulk else client.iter_batches(site_id)
-        seen = await _pipe(pages, steps, tx)
+        seen = await _pipe(pages, steps)
         result.counts = merge.finish()
     result.api_count = seen
     result.table_count = warehouse.count_rows("evinotice_batches")
@@ -520,10 +520,12 @@ class _Steps:
     """How a chunk of one table's records reaches its stage: ``prepare`` makes its rows
     (JSON lines flattened in bulk by ``sql/load/flatten_<table>.sql``, or records through a
     row builder), ``write`` stages them and lets the merge (if the stage is one) merge a
-    full batch."""
+    full batch. ``beside``: ``prepare`` leaves the warehouse connection alone, so it may run
+    in another thread while the chunk before is written (``tx.flattens_beside_writes``)."""
 
     prepare: Callable[[Chunk], Any]
     write: Callable[[Any], None]
+    beside: bool
 
 
 def _steps(
@@ -550,22 +552,20 @@ def _steps(
         if merge is not None:
             merge.chunk_written()
 
-    return _Steps(prepare, write)
+    return _Steps(prepare, write, tx.flattens_beside_writes)
 
 
-async def _pipe(
-    chunks: AsyncIterator[Any],
-    write: Callable[[Any], None] | _Steps,
-    tx: Transaction | None = None,
-) -> int:
+async def _pipe(chunks: AsyncIterator[Any], write: Callable[[Any], None] | _Steps) -> int:
     """Write each chunk in a worker thread while the next one is read; returns rows read.
 
-    Given ``_Steps``, a chunk is prepared, then written. When the preparing does not use the
-    warehouse connection (``tx.flattens_beside_writes``: flattening on a private DuckDB for
-    PostgreSQL), it runs in a worker thread of its own, beside the write of the chunk before
-    (measured: 0.13 -> 0.17 of fetch-only throughput for contacts on PostgreSQL); otherwise
-    just before the write, in the same thread. One write and one preparation in flight at a
-    time keep the warehouse connection used by one thread at once, and memory at a few chunks.
+    Given ``_Steps``, a chunk is prepared, then written: in a worker thread of its own,
+    beside the write of the chunk before, when ``beside`` (flattening on a private DuckDB
+    while PostgreSQL copies the last chunk in: measured 0.13 -> 0.17 of fetch-only throughput
+    for contacts), else just before the write, in the same thread. One write and one
+    preparation in flight at a time keep the warehouse connection used by one thread at
+    once, and memory at a few chunks. A worker thread is waited for even when the caller is
+    cancelled (a run stopped): the transaction it writes in must not be rolled back and
+    closed under it.
 
     Freezing the objects alive now (imports, definitions) spares the garbage collector from
     walking them again for every chunk of new rows; they are unfrozen afterwards, so nothing
@@ -574,7 +574,7 @@ async def _pipe(
     """
     prepare: Callable[[Any], Any] | None = None
     if isinstance(write, _Steps):
-        if tx is not None and tx.flattens_beside_writes:
+        if write.beside:
             prepare, write = write.prepare, write.write
         else:
             write = functools.partial(_prepared_write, write)
@@ -586,7 +586,7 @@ async def _pipe(
     async def hand(item: Any) -> None:
         nonlocal writing
         if writing is not None:
-            await writing
+            await asyncio.shield(writing)
         writing = asyncio.ensure_future(asyncio.to_thread(write, item))
 
     try:
@@ -596,21 +596,26 @@ async def _pipe(
                 await hand(chunk)
                 continue
             if preparing is not None:
-                await hand(await preparing)
+                await hand(await asyncio.shield(preparing))
             preparing = asyncio.ensure_future(asyncio.to_thread(prepare, chunk))
         if preparing is not None:
-            await hand(await preparing)
+            await hand(await asyncio.shield(preparing))
         if writing is not None:
-            await writing
+            await asyncio.shield(writing)
     finally:
-        running = [f for f in (preparing, writing) if f is not None and not f.done()]
+        started = [f for f in (preparing, writing) if f is not None]
+        running = [f for f in started if not f.done()]
         if running:
             await asyncio.wait(running)
+        for future in started:
+            if future.done() and not future.cancelled():
+                future.exception()  # retrieved: the first error is the one raised
         gc.unfreeze()
     return rows
 
 
 def _prepared_write(steps: _Steps, chunk: Any) -> None:
+    """Both steps, one after the other (a preparation that uses the warehouse connection)."""
     steps.write(steps.prepare(chunk))
 
 

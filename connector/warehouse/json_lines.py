@@ -9,6 +9,7 @@ holds one chunk at a time.
 
 from __future__ import annotations
 
+import re
 import threading
 
 import duckdb
@@ -69,7 +70,7 @@ def flatten(
         rows = connection.sql(statement).to_arrow_table()
     except (duckdb.ConversionException, duckdb.InvalidInputException) as exc:
         record = _first_unreadable(chunk, statement)
-        raise UnreadableRecordError(name, record, _first_line(exc)) from None
+        raise UnreadableRecordError(name, record, _cause(exc)) from None
     del notifsync_arrow_chunk
     if name not in KEEPS_LINE:
         return rows
@@ -86,20 +87,32 @@ def flatten(
 
 def _first_unreadable(chunk: pa.Table, statement: str) -> str:
     """The first row of ``chunk`` the statement refuses, named by its id where it has one
-    (found by halving: a few runs of the statement, only once a chunk has failed). On this
-    thread's private DuckDB: a warehouse's transaction is aborted by the failure."""
+    (found by halving: a few runs of the statement, only once a chunk has failed), or "a
+    record of a chunk" when no single row fails on its own. On this thread's private DuckDB:
+    a warehouse's transaction is aborted by the failure."""
     connection = _connection()
-    start, end = 0, chunk.num_rows
-    while end - start > 1:
-        middle = (start + end) // 2
-        notifsync_arrow_chunk = chunk.slice(start, middle - start)  # noqa: F841 (read by name)
+
+    def refused(start: int, count: int) -> bool:
+        notifsync_arrow_chunk = chunk.slice(start, count)  # noqa: F841 (read by name)
         try:
-            connection.sql(statement).fetchall()
+            connection.sql(statement).to_arrow_table()
         except (duckdb.ConversionException, duckdb.InvalidInputException):
-            end = middle
-        else:
-            start = middle
-    return _record_name(chunk.slice(start, 1), start)
+            return True
+        return False
+
+    try:
+        start, end = 0, chunk.num_rows
+        while end - start > 1:
+            middle = (start + end) // 2
+            if refused(start, middle - start):
+                end = middle
+            else:
+                start = middle
+        if chunk.num_rows and refused(start, 1):
+            return _record_name(chunk.slice(start, 1), start)
+    except duckdb.Error:  # the search itself failed (memory): the chunk is named as a whole
+        pass
+    return "a record of a chunk"
 
 
 def _record_name(row: pa.Table, position: int) -> str:
@@ -121,10 +134,14 @@ def _record_name(row: pa.Table, position: int) -> str:
     return f"line {position + 1} of a chunk"
 
 
-def _first_line(exc: Exception) -> str:
-    # DuckDB quotes the start of a malformed line after "Input:": left out, as the line may
-    # hold personal data (the record is named instead).
-    return str(exc).strip().splitlines()[0].split("  Input:", 1)[0].strip()
+# DuckDB quotes the value it refused, and after "Input:" the start of a malformed line: both
+# left out, as they may hold personal data (the record is named instead).
+_QUOTED = re.compile(r'"[^"]*"')
+
+
+def _cause(exc: Exception) -> str:
+    first = str(exc).strip().splitlines()[0].split("  Input:", 1)[0].strip()
+    return _QUOTED.sub('"…"', first)
 
 
 def _connection() -> duckdb.DuckDBPyConnection:
