@@ -33,6 +33,15 @@ from connector.warehouse.engine import Warehouse
 from connector.warehouse.sql_files import read_sql
 from sandbox.app import Sandbox
 
+# The client's chunk size: tests that fail a load part-way need whole chunks before the failure.
+CHUNK = inspect.signature(MarketplaceClient.read).parameters["chunk_size"].default
+
+
+def contact_tables(warehouse: Warehouse) -> dict[str, list[dict]]:
+    """Every row of the tables a contacts sync writes (the sync state included)."""
+    return {name: rows(warehouse, name) for name in ("contacts", "contact_opt_outs", "sync_state")}
+
+
 # --- atomic failure --------------------------------------------------------------------------
 
 
@@ -40,8 +49,7 @@ def test_failure_in_the_middle_of_a_load_leaves_the_previous_table(
     warehouse: Warehouse,
 ) -> None:
     # Big enough that whole chunks reach the stage before the failure, whatever the chunk size.
-    chunk = inspect.signature(MarketplaceClient.read).parameters["chunk_size"].default
-    sandbox = frozen_sandbox(contacts=2 * chunk + 500)
+    sandbox = frozen_sandbox(contacts=2 * CHUNK + 500)
     sync_contacts(sandbox, warehouse)
     # Upstream changes a failed run must not half-apply.
     store = sandbox.marketplace
@@ -51,13 +59,11 @@ def test_failure_in_the_middle_of_a_load_leaves_the_previous_table(
         store.update_contact(contact["id"], {"email": contact["email"], "name": "Changed"})
     for contact in truth[-10:]:
         store.delete_contact(contact["id"])
-    before = {
-        name: rows(warehouse, name) for name in ("contacts", "contact_opt_outs", "sync_state")
-    }
+    before = contact_tables(warehouse)
 
     # Pages of 100: more than a chunk's worth arrives (and is staged), then every request
     # fails and the client gives up.
-    proxy = Paging(sandbox.app, fail_after=(chunk + 1000) // 100 + 3)
+    proxy = Paging(sandbox.app, fail_after=(CHUNK + 1000) // 100 + 3)
 
     async def failing() -> sync.SyncResult:
         async with marketplace_client(proxy, max_attempts=2) as client:
@@ -67,8 +73,7 @@ def test_failure_in_the_middle_of_a_load_leaves_the_previous_table(
         run(failing())
 
     assert proxy.failed > 0
-    for name, previous in before.items():
-        assert rows(warehouse, name) == previous, name
+    assert contact_tables(warehouse) == before
 
     # Nothing left behind stops the next run from completing.
     result = sync_contacts(sandbox, warehouse, full_refresh=True)
@@ -82,25 +87,23 @@ def test_a_record_that_cannot_be_read_stops_the_load_with_the_tables_unchanged(
 ) -> None:
     # Its chunk is flattened while earlier chunks are written (on PostgreSQL in a thread of
     # its own): the error still stops the whole load, and nothing written before it stays.
-    chunk = inspect.signature(MarketplaceClient.read).parameters["chunk_size"].default
-    sandbox = frozen_sandbox(contacts=3 * chunk)
+    sandbox = frozen_sandbox(contacts=3 * CHUNK)
     sync_contacts(sandbox, warehouse, full_refresh=True)
     store = sandbox.marketplace
     sandbox.clock.advance(600)
     records = list(store.contacts.all())
     for record in records[:50]:
         store.update_contact(record["id"], {"email": record["email"], "name": "Changed"})
-    unreadable = records[2 * chunk + 5]
+    unreadable = records[2 * CHUNK + 5]
     store.contacts.put({**unreadable, "audit": {"created": {"at": "not a date"}}})
-    before = {n: rows(warehouse, n) for n in ("contacts", "contact_opt_outs", "sync_state")}
+    before = contact_tables(warehouse)
 
     with pytest.raises(UnreadableRecordError, match="invalid timestamp") as raised:
         sync_contacts(sandbox, warehouse, full_refresh=True)
     assert str(raised.value).startswith(f"contacts: record {unreadable['id']} could not be read")
     assert "not a date" not in str(raised.value)
 
-    for name, previous in before.items():
-        assert rows(warehouse, name) == previous, name
+    assert contact_tables(warehouse) == before
     store.contacts.put(unreadable)
     result = sync_contacts(sandbox, warehouse, full_refresh=True)
     assert result.counts["contacts"].updated == 50
@@ -114,8 +117,7 @@ def test_a_load_stopped_while_a_chunk_is_written_waits_for_the_write_then_rolls_
     # wait for that write: run under it, it would close the transaction the thread writes in
     # (on PostgreSQL it would even block the event loop until the write ends). The write is
     # held by an advisory lock this test owns (a trigger on contacts waits for it).
-    chunk = inspect.signature(MarketplaceClient.read).parameters["chunk_size"].default
-    sandbox = frozen_sandbox(contacts=3 * chunk)
+    sandbox = frozen_sandbox(contacts=3 * CHUNK)
     with fresh_postgres_database() as url:
         warehouse = open_warehouse(url)
         with warehouse.transaction() as tx:
@@ -223,13 +225,12 @@ def test_failure_inside_the_merge_statements_rolls_everything_back(
             sandbox.marketplace.update_contact(
                 contact["id"], {"email": contact["email"], "name": "Half Way"}
             )
-        before = {n: rows(warehouse, n) for n in ("contacts", "contact_opt_outs", "sync_state")}
+        before = contact_tables(warehouse)
 
         with refusing_trigger(warehouse, changed[50]["id"]), pytest.raises(sa.exc.DBAPIError):
             sync_contacts(sandbox, warehouse)
 
-        for name, previous in before.items():
-            assert rows(warehouse, name) == previous, name
+        assert contact_tables(warehouse) == before
         result = sync_contacts(sandbox, warehouse)
         assert result.counts["contacts"].updated == 60
         assert_contacts_match_truth(warehouse, sandbox)
