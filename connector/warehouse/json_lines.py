@@ -140,6 +140,7 @@ _QUOTED = re.compile(r'"[^"]*"')
 
 
 def _cause(exc: Exception) -> str:
+    """The first line of DuckDB's message, without the values it quotes."""
     first = str(exc).strip().splitlines()[0].split("  Input:", 1)[0].strip()
     return _QUOTED.sub('"…"', first)
 
