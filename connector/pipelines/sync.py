@@ -177,8 +177,12 @@ async def _load_contacts(
                         # The rows this read merged are among the keys read, so only rows
                         # the API no longer returns count as missing. A stop here rolls the
                         # whole load back. (With no live row before the read, none is.)
-                        _guard_mass_deletion(tx, merge, live, policy, mass_deletion_reason, now)
-                        deleted = tx.mark_missing_as_deleted(merge.read, now)
+                        missing = _guard_mass_deletion(
+                            tx, merge, live, policy, mass_deletion_reason, now
+                        )
+                        # Nothing missing (the daily case): no update to run over the table.
+                        if missing:
+                            deleted = tx.mark_missing_as_deleted(merge.read, now)
                     elif full:
                         # Fewer rows than the API counts: "missing" may only mean "not read".
                         result.notes.append("read incomplete: no contact marked deleted this time")
@@ -384,15 +388,17 @@ def _guard_mass_deletion(
     policy: ContactsPolicy,
     reason: str | None,
     now: datetime,
-) -> None:
-    """Stop a full refresh that would mark too many contacts deleted, or record why not."""
+) -> int:
+    """Stop a full refresh that would mark too many contacts deleted, or record why not;
+    returns how many it will mark (live contacts the read did not return)."""
     missing = tx.count_missing(merge.read)
     if not live or missing <= policy.max_deleted_share * live:
-        return
+        return missing
     if not reason or not reason.strip():
         raise MassDeletionError("contacts", missing, live, policy.max_deleted_share)
     record = {"at": now.isoformat(), "reason": reason.strip(), "missing": missing, "live": live}
     tx.set_state(CONTACTS_MASS_DELETION_OVERRIDE, orjson.dumps(record).decode(), now)
+    return missing
 
 
 def _read(
